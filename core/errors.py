@@ -1,0 +1,48 @@
+"""Exception hierarchy shared by every subpackage.
+
+The CLI maps these to exit codes: UsageError -> 2 (the user asked for something invalid),
+ExportFailure -> 1 (a valid request that failed to convert or verify). Anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class MobileClipExportError(Exception):
+    """Base class for all errors this package raises on purpose."""
+
+    exit_code: int = 1
+
+
+class UsageError(MobileClipExportError):
+    """Bad input from the user: unknown name, bad flag, unwritable path, bad checkpoint."""
+
+    exit_code = 2
+
+
+class UnknownNameError(UsageError, KeyError):
+    """An unknown model/target/encoder name; the message lists the valid choices."""
+
+    def __init__(self, kind: str, name: str, choices: list[str] | tuple[str, ...]):
+        self.kind, self.name, self.choices = kind, name, list(choices)
+        super().__init__(f"unknown {kind} {name!r}; choose one of: {', '.join(self.choices)}")
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return self.args[0]
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that is missing, corrupt, unsafe, of another variant, or has mismatched keys."""
+
+
+class MissingDependencyError(UsageError):
+    """An optional backend extra is not installed; the message carries the pip command."""
+
+
+class ExportFailure(MobileClipExportError):
+    """A conversion failed inside a converter."""
+
+    exit_code = 1
+
+
+class VerificationError(ExportFailure):
+    """An artifact ran but its outputs disagree with the train-time model beyond tolerance."""
