@@ -1,0 +1,34 @@
+"""The one tolerance table: (stage or target, precision) -> Tolerance.
+
+fp32 artifacts must reproduce the train-time model to float rounding; fp16 artifacts to half-precision
+rounding accumulated over the network (cosine and PSNR matter more for retrieval than max|diff|).
+Stage "reparam" is the PyTorch train-time vs reparameterized comparison.
+"""
+
+from __future__ import annotations
+
+from mobileclip_export.export.parity import Tolerance
+
+FP32 = Tolerance(min_cosine=0.99999, max_abs_rel=1e-3, min_psnr_db=60.0)
+FP16 = Tolerance(min_cosine=0.999, max_abs_rel=5e-2, min_psnr_db=30.0)
+
+TOLERANCES: dict[tuple[str, str], Tolerance] = {
+    ("reparam", "fp32"): Tolerance(min_cosine=0.99999, max_abs_rel=1e-4, min_psnr_db=70.0),
+    ("onnx", "fp32"): FP32,
+    ("onnx", "fp16"): FP16,
+    ("executorch", "fp32"): FP32,
+    ("executorch", "fp16"): FP16,
+    ("tflite", "fp32"): FP32,
+    ("tflite", "fp16"): FP16,
+    ("coreml", "fp32"): FP32,
+    ("coreml", "fp16"): FP16,
+    ("coreai", "fp32"): FP32,
+    ("coreai", "fp16"): FP16,
+}
+
+
+def tolerance_for(stage: str, precision: str) -> Tolerance:
+    try:
+        return TOLERANCES[(stage, precision)]
+    except KeyError:
+        raise KeyError(f"no tolerance for ({stage!r}, {precision!r}); add it to {__name__}") from None
