@@ -1,0 +1,1 @@
+"""Building blocks, one family per file; train-time classes keep Apple's attribute names (checkpoint keys)."""
