@@ -1,0 +1,126 @@
+"""Model registry: specs from ``configs/*.json`` and ``create_model``.
+
+``create_model`` builds the train-time network (the form checkpoints are stored in). Without a
+checkpoint the weights are seeded random (``random_init=True``, logged as a WARNING); the global
+torch RNG is left untouched so building a model never changes anyone else's random stream.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mobileclip_export.errors import CheckpointError, UnknownNameError
+
+from .clip import ImageEncoder, MobileCLIP
+from .spec import ModelSpec
+from .text import build_text_encoder
+from .vit import VIT_ENCODERS, build_vit
+
+log = logging.getLogger(__name__)
+
+MCI_ENCODERS = ("mci0", "mci1", "mci2", "mci3", "mci4")
+
+
+@functools.cache
+def _specs() -> dict[str, ModelSpec]:
+    specs: dict[str, ModelSpec] = {}
+    for entry in resources.files("mobileclip_export.models").joinpath("configs").iterdir():
+        if entry.name.endswith(".json"):
+            spec = ModelSpec.from_dict(json.loads(entry.read_text()))
+            if spec.name != entry.name[: -len(".json")]:
+                raise ValueError(f"config {entry.name} declares name {spec.name!r}")
+            specs[spec.name] = spec
+    return dict(sorted(specs.items()))
+
+
+def list_models() -> list[str]:
+    return list(_specs())
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    specs = _specs()
+    if name not in specs:
+        raise UnknownNameError("model", name, list(specs))
+    return specs[name]
+
+
+def build_image_network(name: str, embed_dim: int, *, image_size: int, reduced: bool = False) -> nn.Module:
+    """The image network incl. its projection head (what sits at ``image_encoder.model``)."""
+    if name in VIT_ENCODERS:
+        return build_vit(name, embed_dim, image_size=image_size, reduced=reduced)
+    if name in MCI_ENCODERS:
+        from .mci import build_mci  # A1's module
+
+        return build_mci(name, embed_dim, reduced=reduced)
+    raise UnknownNameError("image encoder", name, [*MCI_ENCODERS, *VIT_ENCODERS])
+
+
+def build_model(spec: ModelSpec, *, reduced: bool = False) -> MobileCLIP:
+    """Construct the train-time model for ``spec`` with the current RNG (no seeding, no loading)."""
+    pre = spec.preprocessing
+    norm = None if pre.is_identity_normalization else (pre.mean, pre.std)
+    image = ImageEncoder(
+        build_image_network(spec.image_encoder, spec.embed_dim, image_size=spec.image_size, reduced=reduced),
+        *(norm or (None, None)),
+    )
+    text = build_text_encoder(
+        spec.text_encoder,
+        spec.embed_dim,
+        context_length=spec.context_length,
+        vocab_size=spec.vocab_size,
+        causal=spec.causal_text,
+        reduced=reduced,
+    )
+    model = MobileCLIP(spec, image, text)
+    model.reduced = reduced
+    return model
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def create_model(
+    name: str, checkpoint: str | Path | None = None, *, seed: int = 0, reduced: bool = False
+) -> MobileCLIP:
+    """Build ``name`` in eval mode: weights from ``checkpoint``, else seeded random weights.
+
+    Raises ``UnknownNameError`` for an unknown name and ``CheckpointError`` for a bad checkpoint.
+    """
+    spec = get_model_spec(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(spec, reduced=reduced)
+    model.seed = seed
+    if checkpoint is None:
+        log.warning(
+            "%s%s: no checkpoint given, using seeded random weights (seed=%d); embeddings are meaningless",
+            name,
+            " (reduced)" if reduced else "",
+            seed,
+        )
+        model.random_init = True
+        return model.eval()
+
+    path = Path(checkpoint)
+    try:
+        from .checkpoint import load_checkpoint  # B's module
+    except ImportError as err:  # pragma: no cover - only while the checkpoint module is missing
+        raise CheckpointError(f"cannot load {path}: checkpoint loading is not available ({err})") from err
+    report = load_checkpoint(model, path)
+    log.info("loaded %s into %s: %s", path, name, report)
+    model.random_init = False
+    model.checkpoint_sha256 = getattr(report, "sha256", None) or _sha256(path)
+    return model.eval()
