@@ -1,0 +1,256 @@
+"""ONNX target: torch.onnx dynamo exporter -> one self-contained ``.onnx`` file, run with onnxruntime.
+
+Facts this file is built around (see shared docs, dependencies.md):
+- opset 18 is what the dynamo exporter reliably writes; a lower request can silently come back as 18, so we
+  read the opset from the saved file and refuse a mismatch instead of recording a lie.
+- weights are embedded (``external_data=False``) so an artifact is one file; ONNX protobuf caps that at 2 GB.
+- the exporter names graph values after aten ops, so a text model already has a value called ``embedding``
+  (the token lookup); we name the graph I/O after export, renaming any clashing inner value first.
+- fp16 keeps fp32 I/O (cast in the graph) so apps feed the same arrays at either precision.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mobileclip_export.errors import ExportFailure, UsageError
+
+from ..target import ArtifactInfo, EncoderExport, OptionSpec, Runner, RuntimeUnavailable, Target, TensorSpec
+
+log = logging.getLogger(__name__)
+
+_MAX_SINGLE_FILE = 2 * 1024**3 - 1
+_OUTPUT_NAME = "embedding"
+
+
+class _HalfWrapper(nn.Module):
+    """Runs the encoder in fp16 with fp32 embeddings out; float inputs are cast in the graph."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.inner = copy.deepcopy(module).half().eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_floating_point():
+            x = x.half()
+        return self.inner(x).float()
+
+
+def _rename_value(graph: Any, old: str, new: str) -> None:
+    """Rename a value everywhere in ``graph`` (node inputs/outputs, graph I/O, initializers)."""
+    if old == new:
+        return
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
+    for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        if value.name == old:
+            value.name = new
+
+
+def _all_value_names(graph: Any) -> set[str]:
+    names = {v.name for v in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+    return names
+
+
+def _set_io_names(model: Any, input_names: list[str], output_names: list[str]) -> None:
+    graph = model.graph
+    wanted = list(zip([v.name for v in graph.input], input_names)) + list(
+        zip([v.name for v in graph.output], output_names)
+    )
+    taken = _all_value_names(graph)
+    for current, target in wanted:
+        if current == target:
+            continue
+        if target in taken:  # an inner value already uses the name: move it aside first
+            k = 0
+            while f"{target}_inner{k}" in taken:
+                k += 1
+            _rename_value(graph, target, f"{target}_inner{k}")
+            taken.add(f"{target}_inner{k}")
+        _rename_value(graph, current, target)
+        taken.add(target)
+
+
+def _census(model: Any) -> dict[str, int]:
+    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+
+
+class OnnxRunner(Runner):
+    is_deployment_runtime = True
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.label = f"onnxruntime {ort.__version__} (CPUExecutionProvider)"
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        feeds = {k: np.ascontiguousarray(v) for k, v in inputs.items() if k in self.input_names}
+        missing = set(self.input_names) - set(feeds)
+        if missing:
+            raise ValueError(f"missing inputs {sorted(missing)}; this model takes {self.input_names}")
+        return np.asarray(self.session.run(None, feeds)[0], dtype=np.float32)
+
+
+class OnnxTarget(Target):
+    name = "onnx"
+    order = 20
+    aliases = ("ort", "onnxruntime")
+    description = "ONNX (torch.onnx dynamo exporter), runs with onnxruntime"
+    extension = ".onnx"
+    extra = "onnx"
+    requires = ("onnx", "onnxruntime", "onnxscript")
+    precisions = ("fp32", "fp16")
+    default_precision = "fp32"
+    options = (
+        OptionSpec("opset", "ONNX opset for the onnx target (the dynamo exporter supports >= 18)", 18, None, int),
+        OptionSpec("dynamic_batch", "onnx: make the batch dimension dynamic (default: fixed batch 1)", False,
+                   None, bool),
+    )
+
+    def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        out = super().validate(precision, options)
+        opset = out["opset"]
+        if not isinstance(opset, int) or not 18 <= opset <= 23:
+            raise UsageError(f"--opset {opset!r} is not supported by target 'onnx' (choose 18..23; default 18)")
+        return out
+
+    def export(self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path) -> ArtifactInfo:
+        import onnx
+
+        module: nn.Module = enc.module if precision == "fp32" else _HalfWrapper(enc.module)
+        in_name = enc.inputs[0].name
+        opset = int(options.get("opset", 18))
+        dynamic = bool(options.get("dynamic_batch", False))
+        dynamic_shapes = None
+        if dynamic:
+            dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},)
+        try:
+            with torch.no_grad():
+                program = torch.onnx.export(
+                    module,
+                    tuple(enc.example_inputs),
+                    dynamo=True,
+                    opset_version=opset,
+                    external_data=False,
+                    dynamic_shapes=dynamic_shapes,
+                    verbose=False,
+                    optimize=True,
+                )
+            if program is None:
+                raise ExportFailure("torch.onnx.export returned no program")
+            model = program.model_proto
+        except ExportFailure:
+            raise
+        except Exception as err:  # converter errors come in many types; wrap with context
+            raise ExportFailure(f"onnx: torch.onnx.export failed for the {enc.encoder} encoder: {err}") from err
+
+        _set_io_names(model, [in_name], [_OUTPUT_NAME])
+        got_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        if got_opset != opset:
+            raise ExportFailure(f"onnx: asked for opset {opset} but the exporter wrote opset {got_opset}")
+        model.producer_name = "mobileclip-export"
+        meta = {**enc.metadata, "precision": precision, "io_precision": "fp32"}
+        del model.metadata_props[:]
+        for key, value in meta.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = str(key), str(value)
+        model.doc_string = f"{enc.model_name} {enc.encoder} encoder ({precision}); embedding is not L2-normalized"
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as err:
+            raise ExportFailure(f"onnx: checker rejected the {enc.encoder} graph: {err}") from err
+        blob = model.SerializeToString()
+        if len(blob) > _MAX_SINGLE_FILE:
+            raise ExportFailure(f"onnx: model is {len(blob) / 1e9:.2f} GB, above the 2 GB single-file limit")
+        Path(path).write_bytes(blob)
+
+        batch_dim = -1 if dynamic else 1
+        inputs = tuple(
+            TensorSpec(s.name, (batch_dim, *s.shape[1:]), s.dtype, s.description) for s in enc.inputs
+        )
+        outputs = tuple(
+            TensorSpec(_OUTPUT_NAME, (batch_dim, *s.shape[1:]), "float32", s.description) for s in enc.outputs
+        )
+        census = _census(model)
+        notes = [f"opset {got_opset}", "fixed batch 1" if not dynamic else "dynamic batch (dim 0)"]
+        if precision == "fp16":
+            notes.append("fp16 weights and compute; fp32 inputs/outputs (cast inside the graph)")
+        return ArtifactInfo(
+            path=Path(path),
+            inputs=inputs,
+            outputs=outputs,
+            notes=notes,
+            details={"opset": got_opset, "op_census": census, "n_nodes": len(model.graph.node)},
+        )
+
+    def load(self, path: Path, options: Mapping[str, Any]) -> Runner:
+        if self.missing_dependencies():
+            raise RuntimeUnavailable(f"onnxruntime is not installed ({', '.join(self.missing_dependencies())})")
+        return OnnxRunner(Path(path))
+
+    def structural_checks(self, path: Path, enc: EncoderExport) -> dict[str, Any]:
+        import onnx
+
+        model = onnx.load(str(path))
+        census = _census(model)
+        problems = []
+        if "BatchNormalization" in census:
+            problems.append(f"{census['BatchNormalization']} BatchNormalization node(s) left: not reparameterized")
+        in_names = [i.name for i in model.graph.input]
+        out_names = [o.name for o in model.graph.output]
+        want_in = [s.name for s in enc.inputs]
+        if in_names != want_in:
+            problems.append(f"inputs are {in_names}, expected {want_in}")
+        if out_names != [_OUTPUT_NAME]:
+            problems.append(f"outputs are {out_names}, expected ['{_OUTPUT_NAME}']")
+        if enc.encoder == "text":
+            dtype = model.graph.input[0].type.tensor_type.elem_type
+            if dtype != onnx.TensorProto.INT32:
+                problems.append(f"text input dtype is {onnx.TensorProto.DataType.Name(dtype)}, expected INT32")
+        meta = {p.key: p.value for p in model.metadata_props}
+        if meta.get("model") != enc.model_name:
+            problems.append("metadata_props lacks the model name")
+        return {
+            "n_batchnorm": census.get("BatchNormalization", 0),
+            "n_nodes": len(model.graph.node),
+            "inputs": in_names,
+            "outputs": out_names,
+            "metadata_keys": sorted(meta),
+            "problems": problems,
+        }
+
+    def versions(self) -> dict[str, str]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        out = {}
+        for pkg in ("onnx", "onnxruntime", "onnxscript"):
+            try:
+                out[pkg] = version(pkg)
+            except PackageNotFoundError:
+                out[pkg] = "not installed"
+        return out
+
+
+TARGET = OnnxTarget
+

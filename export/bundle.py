@@ -1,0 +1,154 @@
+"""The on-disk bundle: ``{output_dir}/{model}/{target}/{model}-{encoder}-{precision}{ext}`` + manifest.json.
+
+Atomicity: everything is built in a hidden temp directory inside ``output_dir`` (same filesystem, so renames
+are atomic), each artifact is written to a ``.partial`` name and renamed only after it verified, the manifest
+is written last (temp file + ``os.replace``), and the finished directory is renamed into place. A crash or
+Ctrl-C leaves the previous bundle untouched and removes (or at worst leaves) only the hidden temp directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from mobileclip_export.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def artifact_name(model: str, encoder: str, precision: str, extension: str) -> str:
+    return f"{model}-{encoder}-{precision}{extension}"
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Create ``output_dir`` if needed and prove we can write there, before any heavy work."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=output_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UsageError(f"output directory {str(output_dir)!r} is not writable: {err.strerror or err}") from err
+
+
+def path_bytes(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def path_sha256(path: Path) -> str:
+    """sha256 of a file, or of a directory artifact (.mlpackage, .aimodel): relative paths + contents."""
+    h = hashlib.sha256()
+    if path.is_file():
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(p.relative_to(path).as_posix().encode() + b"\0")
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class BundleWriter:
+    """Builds one bundle in a temp dir and commits it into ``output_dir/model``."""
+
+    def __init__(self, output_dir: Path, model: str, force: bool) -> None:
+        self.output_dir = Path(output_dir)
+        self.model = model
+        self.final_dir = self.output_dir / model
+        self.force = force
+        self.tmp_dir: Path | None = None
+
+    def check_existing(self) -> None:
+        if self.final_dir.exists() and not self.force:
+            raise UsageError(
+                f"bundle {str(self.final_dir)!r} already exists; pass --force (force=True) to replace it, "
+                f"or choose another --output-dir"
+            )
+
+    def open(self) -> Path:
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.model}.partial-", dir=self.output_dir))
+        return self.tmp_dir
+
+    def partial_path(self, target: str, name: str) -> Path:
+        """Where a backend writes (inside the temp bundle, hidden name)."""
+        assert self.tmp_dir is not None
+        folder = self.tmp_dir / target
+        folder.mkdir(exist_ok=True)
+        return folder / f".{name}.partial"
+
+    def place(self, partial: Path, target: str, name: str) -> Path:
+        """Rename a finished artifact to its final name inside the temp bundle; returns the relative path."""
+        assert self.tmp_dir is not None
+        dest = self.tmp_dir / target / name
+        remove_path(dest)
+        os.replace(partial, dest)
+        return dest.relative_to(self.tmp_dir)
+
+    def add_files(self, target: str, files: dict[str, bytes | Path]) -> list[str]:
+        assert self.tmp_dir is not None
+        folder = self.tmp_dir / target
+        folder.mkdir(exist_ok=True)
+        out = []
+        for name, src in files.items():
+            dest = folder / name
+            if isinstance(src, Path):
+                shutil.copyfile(src, dest)
+            else:
+                dest.write_bytes(src)
+            out.append(dest.relative_to(self.tmp_dir).as_posix())
+        return out
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        assert self.tmp_dir is not None
+        write_json_atomic(self.tmp_dir / MANIFEST, manifest)
+
+    def commit(self) -> Path:
+        """Move the finished bundle into place (replacing the old one only when forced)."""
+        assert self.tmp_dir is not None
+        old: Path | None = None
+        if self.final_dir.exists():
+            if not self.force:  # appeared while we worked
+                raise UsageError(f"bundle {str(self.final_dir)!r} appeared during the export; not overwriting")
+            old = self.output_dir / f".{self.model}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.final_dir, old)
+        os.replace(self.tmp_dir, self.final_dir)
+        self.tmp_dir = None
+        if old is not None:
+            remove_path(old)
+        return self.final_dir
+
+    def abort(self) -> None:
+        if self.tmp_dir is not None:
+            remove_path(self.tmp_dir)
+            self.tmp_dir = None

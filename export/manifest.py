@@ -1,0 +1,130 @@
+"""Result records (what ``export_model`` returns) and the manifest.json built from them."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ArtifactRecord:
+    """One artifact (or one failed attempt). ``path`` is relative to the bundle dir (None when not written).
+
+    ``status``: "verified" (parity passed in a runtime), "unverified" (runtime unavailable here or
+    --no-verify; structural checks passed), "failed" (conversion, structural check or parity failed).
+    """
+
+    target: str
+    encoder: str  # "image" | "text" | "image+text"
+    precision: str
+    path: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    parity: dict[str, Any] = field(default_factory=dict)
+    status: str = "failed"
+    error: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ExportResult:
+    model: str
+    bundle_dir: Path | None
+    manifest_path: Path | None
+    artifacts: list[ArtifactRecord] = field(default_factory=list)
+    random_init: bool = True
+    reparam_parity: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(a.ok for a in self.artifacts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "model": self.model,
+            "bundle_dir": str(self.bundle_dir) if self.bundle_dir else None,
+            "manifest_path": str(self.manifest_path) if self.manifest_path else None,
+            "random_init": self.random_init,
+            "reparam_parity": self.reparam_parity,
+            "warnings": list(self.warnings),
+            "seconds": dict(self.seconds),
+            "artifacts": [a.to_dict() for a in self.artifacts],
+        }
+
+
+def tool_versions(targets: list[Any]) -> dict[str, str]:
+    import numpy
+    import torch
+
+    from mobileclip_export import __version__
+
+    out = {
+        "mobileclip_export": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+    }
+    for t in targets:
+        try:
+            out.update(t.versions())
+        except Exception as err:  # a broken optional package must not sink the manifest
+            out[f"{t.name}_versions_error"] = str(err)
+    return out
+
+
+def build_manifest(
+    *,
+    result: ExportResult,
+    spec_dict: dict[str, Any],
+    weights: dict[str, Any],
+    preprocessing: dict[str, Any],
+    tokenizer: dict[str, Any],
+    logit_scale: dict[str, float],
+    export_args: dict[str, Any],
+    versions: dict[str, str],
+) -> dict[str, Any]:
+    """Only artifacts that were fully written and renamed into place carry a ``path``."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": result.model,
+        "weights": weights,
+        "random_init": result.random_init,
+        "embed_dim": spec_dict.get("embed_dim"),
+        "image_size": spec_dict.get("image_size"),
+        "context_length": spec_dict.get("context_length"),
+        "preprocessing": preprocessing,
+        "tokenizer": tokenizer,
+        "logit_scale": logit_scale,
+        "embedding": "unnormalized; L2-normalize image and text embeddings, then logits = logit_scale * cos",
+        "export_args": export_args,
+        "tool_versions": versions,
+        "reparam_parity": result.reparam_parity,
+        "spec": spec_dict,
+        "ok": result.ok,
+        "artifacts": [a.to_dict() for a in result.artifacts],
+    }
+
+
+def relpath(path: Path, root: Path) -> str:
+    return Path(path).relative_to(root).as_posix()

@@ -1,0 +1,104 @@
+"""Verification inputs and the artifact-vs-train-time comparison.
+
+Inputs are chosen to catch the usual export bugs: random images (general numerics), structured images
+(gradient, checkerboard, constant: normalization and padding mistakes show up as large errors on flat
+inputs), and texts of different lengths (empty, short, long, and > 77 tokens: EOT pooling and truncation).
+The reference is always the TRAIN-TIME PyTorch encoder in fp32, so reparameterization errors count too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .parity import ParityStats, compare
+from .target import Runner
+
+log = logging.getLogger(__name__)
+
+VERIFY_TEXTS: tuple[str, ...] = (
+    "",
+    "a dog",
+    "a photo of a cat sitting on a wooden chair next to a window on a sunny afternoon",
+    " ".join(
+        "a very long caption that keeps going with many different words so that the tokenizer has to "
+        "truncate it and force the end of text token into the last slot".split()
+        * 3
+    ),
+)
+
+
+@dataclass(frozen=True)
+class VerifyInputs:
+    encoder: str
+    data: np.ndarray  # images float32 [N,3,H,W] in [0,1], or ids int32 [N,77]
+    labels: tuple[str, ...]
+
+
+def image_inputs(image_size: int, seed: int = 0, n_random: int = 2) -> VerifyInputs:
+    rng = np.random.default_rng(seed)
+    h = w = image_size
+    imgs, labels = [], []
+    for i in range(n_random):
+        imgs.append(rng.random((3, h, w), dtype=np.float32))
+        labels.append(f"random-{i}")
+    ramp = np.linspace(0.0, 1.0, w, dtype=np.float32)
+    grad = np.stack([np.broadcast_to(ramp, (h, w)), np.broadcast_to(ramp[:, None], (h, w)),
+                     np.broadcast_to(ramp[::-1], (h, w))])
+    imgs.append(grad)
+    labels.append("gradient")
+    yy, xx = np.mgrid[0:h, 0:w]
+    checker = (((yy // 16) + (xx // 16)) % 2).astype(np.float32)
+    imgs.append(np.stack([checker, 1 - checker, checker]))
+    labels.append("checkerboard")
+    imgs.append(np.full((3, h, w), 0.5, dtype=np.float32))
+    labels.append("constant-0.5")
+    return VerifyInputs("image", np.ascontiguousarray(np.stack(imgs)), tuple(labels))
+
+
+def text_inputs(context_length: int = 77, texts: Sequence[str] = VERIFY_TEXTS) -> VerifyInputs:
+    from mobileclip_export.models.tokenizer import tokenize
+
+    ids = tokenize(list(texts), context_length)
+    labels = tuple(f"text[{len(t.split())} words]" for t in texts)
+    return VerifyInputs("text", ids.astype(np.int32), labels)
+
+
+@torch.no_grad()
+def torch_outputs(module: nn.Module, inputs: VerifyInputs) -> np.ndarray:
+    """Row by row (batch 1), as the artifacts run: batch-dependent numerics stay out of the comparison."""
+    rows = []
+    for i in range(inputs.data.shape[0]):
+        x = torch.from_numpy(inputs.data[i : i + 1].copy())
+        rows.append(module(x).detach().float().cpu().numpy())
+    return np.concatenate(rows, axis=0)
+
+
+def runner_outputs(runner: Runner, input_name: str, inputs: VerifyInputs,
+                   extra_feeds: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    rows = []
+    for i in range(inputs.data.shape[0]):
+        feeds = {input_name: inputs.data[i : i + 1], **(extra_feeds or {})}
+        out = np.asarray(runner.run(feeds), dtype=np.float32)
+        rows.append(out.reshape(1, -1))
+    return np.concatenate(rows, axis=0)
+
+
+def parity_dict(stats: ParityStats | None, status: str, runtime: str | None = None,
+                deployment: bool | None = None, violations: Sequence[str] = ()) -> dict:
+    """The parity block of a manifest record (same keys whether verification ran or not)."""
+    d = {"cosine": None, "max_abs_diff": None, "mean_abs_diff": None, "psnr_db": None}
+    if stats is not None:
+        sd = stats.to_dict()
+        d.update({k: sd[k] for k in d})
+        d["ref_max_abs"] = sd["ref_max_abs"]
+        d["n_inputs"] = sd["n_rows"]
+    d.update({"status": status, "runtime": runtime, "is_deployment_runtime": deployment})
+    if violations:
+        d["violations"] = list(violations)
+    return d
