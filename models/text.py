@@ -124,11 +124,11 @@ class PositionalEmbedding(nn.Module):
         return pe.reshape(1, n, self.dim)
 
 
-def _make_repmixer(dim: int, kernel: int) -> nn.Module:
-    # A1's block: input [B, D, 1, L]; imported here so models/text.py stays importable alone.
-    from mobileclip_export.models.blocks.repmixer import RepMixerBlock
+def _make_repmixer(dim: int, kernel: int, mlp_dim: int) -> nn.Module:
+    """MCt's conv block on ``[B, D, 1, L]``: (1, k) depthwise mixer and ConvFFN (mixer has no scale branch)."""
+    from .blocks.repmixer import RepMixerBlock
 
-    return RepMixerBlock(dim, kernel_size=(1, kernel))
+    return RepMixerBlock(dim, kernel_size=(1, kernel), mlp_ratio=mlp_dim / dim, ffn_kernel_size=(1, kernel))
 
 
 class TextTransformer(nn.Module):
@@ -150,7 +150,11 @@ class TextTransformer(nn.Module):
         self.positional_embedding = PositionalEmbedding(context_length, w)
         blocks: list[nn.Module] = [TransformerEncoder(w, cfg.heads, cfg.mlp_dim, ln_eps=cfg.ln_eps) for _ in range(cfg.layers)]
         if cfg.mct:
-            blocks = [_make_repmixer(w, cfg.repmixer_kernel), *blocks, _make_repmixer(w, cfg.repmixer_kernel)]
+            blocks = [
+                _make_repmixer(w, cfg.repmixer_kernel, cfg.mlp_dim),
+                *blocks,
+                _make_repmixer(w, cfg.repmixer_kernel, cfg.mlp_dim),
+            ]
         self.transformer = nn.ModuleList(blocks)
         # Which layers are conv blocks working on [B, D, 1, L]; fixed here because reparameterization
         # may later swap the block types.
@@ -166,18 +170,11 @@ class TextTransformer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Apple's scheme for the embeddings/projection; truncated-normal linears in the transformers."""
+        """Apple's normal(0, width^-0.5) for the embeddings and projection; linears keep torch's init."""
         std = self.cfg.width**-0.5
         nn.init.normal_(self.embedding_layer.weight, std=std)
         nn.init.normal_(self.positional_embedding.pos_embed.pos_embed, std=std)
         nn.init.normal_(self.projection_layer, std=std)
-        for i, block in enumerate(self.transformer):
-            if i in self._conv_layers:
-                continue  # the RepMixer blocks own their init
-            for m in block.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.trunc_normal_(m.weight, std=0.02)
-                    nn.init.zeros_(m.bias)
 
     def forward_tokens(self, ids: Tensor) -> Tensor:
         """Per-position states after ``final_layer_norm``: ``[B, L, width]``."""

@@ -47,13 +47,16 @@ class ConvNormAct(nn.Module):
             layers["act"] = nn.GELU()
         self.block = nn.Sequential(OrderedDict(layers))
 
-    @classmethod
-    def from_layers(cls, layers: OrderedDict[str, nn.Module]) -> ConvNormAct:
-        """Wrap ready-made layers (used by the reparameterization rule)."""
-        m = cls.__new__(cls)
-        nn.Module.__init__(m)
-        m.block = nn.Sequential(layers)
-        return m
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(x)
+
+
+class ConvAct(nn.Module):
+    """Inference form of ``ConvNormAct``: BN folded into ``block.conv`` (which has a bias)."""
+
+    def __init__(self, layers: OrderedDict[str, nn.Module]) -> None:
+        super().__init__()
+        self.block = nn.Sequential(layers)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.block(x)
@@ -82,14 +85,6 @@ class ViTConfig:
     patch_size: int = 14  # ViT-L only
 
 
-def _init_linear(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
 class ViTB16(nn.Module):
     """cvnets-style ViT-B/16 with a 3-conv stem (stride 4, 2, 2); cls token pooling, no-bias projection."""
 
@@ -111,10 +106,10 @@ class ViTB16(nn.Module):
         self.post_transformer_norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
         self.classifier = _Classifier(cfg.dim, embed_dim)
         with torch.no_grad():
-            nn.init.trunc_normal_(self.cls_token, std=0.02)
-            nn.init.trunc_normal_(self.pos_embed.pos_embed.pos_embed, std=0.02)
+            # Linear layers keep torch's default init (cheap; random weights only feed tests).
+            nn.init.normal_(self.cls_token, std=0.02)
+            nn.init.normal_(self.pos_embed.pos_embed.pos_embed, std=0.02)
             nn.init.normal_(self.classifier.proj, std=cfg.dim**-0.5)
-            _init_linear(self.transformer)
 
     def _grid(self, size: int) -> int:
         # first conv: (size + 2p - 4) // 4 + 1, then two exact halvings
@@ -197,9 +192,8 @@ class ViTL14(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
         self.head = nn.Linear(cfg.dim, embed_dim)
         with torch.no_grad():
-            nn.init.normal_(self.cls_token, std=1e-6)
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
-            _init_linear(self)
+            nn.init.normal_(self.cls_token, std=0.02)
+            nn.init.normal_(self.pos_embed, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.patch_embed(x)
@@ -230,4 +224,4 @@ def build_vit(name: str, embed_dim: int, *, image_size: int = 224, reduced: bool
     return ViTL14(cfg, embed_dim) if name == "vit_l14" else ViTB16(cfg, embed_dim)
 
 
-__all__ = ["VIT_ENCODERS", "ConvNormAct", "ViTB16", "ViTConfig", "ViTL14", "build_vit"]
+__all__ = ["VIT_ENCODERS", "ConvAct", "ConvNormAct", "ViTB16", "ViTConfig", "ViTL14", "build_vit"]
