@@ -1,0 +1,87 @@
+"""The fp16 emulation model: how "Core ML computes this op in float16" is reproduced in NumPy.
+
+Model (documented, deliberately simple): every op computes in float32 from its (already rounded) inputs and
+its outputs are rounded to float16 when the program types them fp16. A few ops whose fp16 kernels are known to
+overflow internally (layer_norm: squared deviations; see coremltools issues #2110/#2728) also round their
+intermediates. Rounding a *finite* float32 value to an infinite float16 is an overflow event, recorded with the
+op name: because downstream ops receive inf already (their float32 compute is non-finite too), only the op where
+an overflow originates is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FP16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+
+@dataclass(frozen=True)
+class OverflowEvent:
+    """One fp16 rounding that turned finite values into inf (``what`` = "output" or an intermediate's name)."""
+
+    op_name: str
+    op_type: str
+    what: str
+    count: int  # how many elements overflowed
+    max_abs_fp32: float  # the largest finite magnitude that was rounded
+
+
+@dataclass
+class OverflowLog:
+    events: list[OverflowEvent] = field(default_factory=list)
+
+    def ops(self) -> list[str]:
+        """Op names with at least one event, in program order, without repeats."""
+        return list(dict.fromkeys(e.op_name for e in self.events))
+
+
+def round_fp16(
+    x: np.ndarray,
+    *,
+    log: OverflowLog | None = None,
+    op_name: str = "",
+    op_type: str = "",
+    what: str = "output",
+) -> np.ndarray:
+    """Round to float16 (round-to-nearest-even, as the hardware does); record finite -> inf overflows."""
+    x = np.asarray(x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = x.astype(np.float16)
+    if log is not None and y.size:
+        new_inf = np.isinf(y) & np.isfinite(x)
+        n = int(new_inf.sum())
+        if n:
+            log.events.append(OverflowEvent(op_name, op_type, what, n, float(np.abs(x[new_inf]).max())))
+    return y
+
+
+def fp16_overflow_events(path_or_program: Any, feeds: Mapping[str, np.ndarray]) -> list[OverflowEvent]:
+    """Every fp16 overflow event of a run with fp16 emulation on, kept only where the same op run in
+    float32 (emulation off, same stored weights) stays finite."""
+    from .executor import Program
+    from .loader import load_program
+
+    prog = path_or_program if isinstance(path_or_program, Program) else load_program(path_or_program)
+    olog = OverflowLog()
+    prog.with_fp16_emulation(True)._execute(feeds, keep_all=False, overflow_log=olog)
+    if not olog.events:
+        return []
+    flagged = set(olog.ops())
+    finite32: dict[str, bool] = {}
+
+    def watch(op: Any, vals: tuple[np.ndarray, ...]) -> None:
+        if op.name in flagged:
+            finite32[op.name] = all(bool(np.isfinite(v).all()) for v in vals if v.dtype.kind == "f")
+
+    prog.with_fp16_emulation(False)._execute(feeds, keep_all=False, on_op=watch)
+    return [e for e in olog.events if finite32.get(e.op_name, False)]
+
+
+def find_fp16_overflows(path_or_program: Any, feeds: Mapping[str, np.ndarray]) -> list[str]:
+    """Names of the ops (program order) where float16 rounding turns finite values into inf, although the
+    op stays finite in float32: the ops to keep in fp32 (coremltools ``op_selector``) or to rescale."""
+    return list(dict.fromkeys(e.op_name for e in fp16_overflow_events(path_or_program, feeds)))
