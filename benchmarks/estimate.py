@@ -15,9 +15,7 @@ The coefficients are non-negative least squares on relative error, fitted to the
 latencies (iPhone 12 Pro Max, Core ML; field notes "Published anchors") with GMACs from the reference (section 6)
 and reparameterized parameter counts (section 1). Anchors are de-duplicated: several models share one text
 encoder and one published text latency, and counting those twice would flatter the leave-one-out error.
-Approximation stated: the anchors' conv/matmul split is by architecture (MCi towers count as conv - their
-attention stage is a small share of MACs; ViT and text towers count as matmul); our own graphs use the split
-actually counted.
+The conv/matmul split of every anchor is counted from the graph (``macs.count_macs``), as for our own graphs.
 
 Leave-one-out (LOO): each anchor is predicted from a fit on the other nine; the mean absolute % error and the
 worst case are printed next to every estimate.
@@ -46,21 +44,23 @@ class Anchor:
     name: str
     encoder: str  # "image" | "text"
     gmacs: float
-    matmul_fraction: float  # share of MACs in matmuls (see module doc: approximated by architecture)
+    matmul_fraction: float  # share of MACs in matmuls (linear, attention); the rest is convolution
     weight_mparams: float  # streamed parameters, millions (token embedding excluded)
     latency_ms: float
 
 
-# Text towers: params minus the 49408 x width token embedding (25.3M at 512, 37.9M at 768).
+# GMACs: reference section 6. Params: reparameterized counts (section 1); text towers minus the 49408 x width
+# token embedding (25.3M at 512, 37.9M at 768). matmul_fraction: counted by ``macs.count_macs`` on this
+# package's reparameterized models (MACs do not depend on weight values); their totals match section 6 to 0.5 %.
 ANE_ANCHORS: tuple[Anchor, ...] = (
-    Anchor("MCi0 (S0)", "image", 2.38, 0.0, 11.4, 1.5),
-    Anchor("MCi1 (S1)", "image", 4.65, 0.0, 21.5, 2.5),
-    Anchor("MCi2 (S2)", "image", 7.82, 0.0, 35.7, 3.6),
-    Anchor("ViT-B/16 (B)", "image", 17.7, 1.0, 86.3, 10.4),
-    Anchor("MCi3 (S3)", "image", 14.8, 0.0, 125.1, 8.0),
-    Anchor("MCi4 (S4)", "image", 27.8, 0.0, 321.6, 19.6),
-    Anchor("ViT-L/14 (L-14)", "image", 81.0, 1.0, 304.3, 57.9),
-    Anchor("MCt (S0 text)", "text", 1.32, 1.0, 42.4 - 25.3, 1.6),
+    Anchor("MCi0 (S0)", "image", 2.38, 0.060, 11.4, 1.5),
+    Anchor("MCi1 (S1)", "image", 4.65, 0.061, 21.5, 2.5),
+    Anchor("MCi2 (S2)", "image", 7.82, 0.056, 35.7, 3.6),
+    Anchor("ViT-B/16 (B)", "image", 17.7, 0.985, 86.3, 10.4),
+    Anchor("MCi3 (S3)", "image", 14.8, 0.063, 125.1, 8.0),
+    Anchor("MCi4 (S4)", "image", 27.8, 0.079, 321.6, 19.6),
+    Anchor("ViT-L/14 (L-14)", "image", 81.0, 0.998, 304.3, 57.9),
+    Anchor("MCt (S0 text)", "text", 1.32, 0.754, 42.4 - 25.3, 1.6),
     Anchor("Base 12L-512 text", "text", 2.98, 1.0, 63.4 - 25.3, 3.3),
     Anchor("12L-768 text", "text", 6.65, 1.0, 123.6 - 37.9, 6.6),
 )

@@ -1,0 +1,74 @@
+"""Where the artifacts to benchmark come from: a fresh ``export_model`` call or an existing bundle's manifest.
+
+Either way the benchmark sees plain dicts shaped like ``ArtifactRecord.to_dict()`` plus the bundle dir, so both
+paths share one code path afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mobileclip_export.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Bundle:
+    model: str
+    bundle_dir: Path
+    artifacts: list[dict[str, Any]]
+    export_args: dict[str, Any] = field(default_factory=dict)
+    random_init: bool = True
+
+
+def find_manifest(bundle_dir: Path, model: str) -> Path:
+    """``bundle_dir/manifest.json`` or ``bundle_dir/<model>/manifest.json`` (the export CLI's layout)."""
+    for candidate in (bundle_dir / MANIFEST, bundle_dir / model / MANIFEST):
+        if candidate.is_file():
+            return candidate
+    raise UsageError(
+        f"no {MANIFEST} for model {model!r} under {str(bundle_dir)!r} (looked in {bundle_dir / MANIFEST} and "
+        f"{bundle_dir / model / MANIFEST}); export first with: mobileclip-export --model {model} "
+        f"--output-dir {bundle_dir}"
+    )
+
+
+def read_bundle(bundle_dir: str | Path, model: str) -> Bundle:
+    path = find_manifest(Path(bundle_dir), model)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path} is not a readable manifest: {err}") from err
+    if doc.get("model") != model:
+        raise UsageError(f"{path} is a bundle of {doc.get('model')!r}, not {model!r}")
+    arts = doc.get("artifacts")
+    if not isinstance(arts, list):
+        raise UsageError(f"{path} has no artifact list")
+    return Bundle(model=model, bundle_dir=path.parent, artifacts=arts, export_args=doc.get("export_args") or {},
+                  random_init=bool(doc.get("random_init", True)))
+
+
+def export_bundle(model: str, targets: list[str], encoders: tuple[str, ...], precision: str | None,
+                  output_dir: Path, *, reduced: bool, seed: int, checkpoint: str | None) -> Bundle:
+    """Export with ``verify=False``: the benchmark measures parity itself, in the same run, on its own inputs."""
+    try:
+        from mobileclip_export.export import export_model  # type: ignore[attr-defined]
+    except ImportError:  # the package may not re-export it
+        from mobileclip_export.export.api import export_model
+
+    result = export_model(model, targets, checkpoint=checkpoint, encoders=encoders, precision=precision,
+                          output_dir=output_dir, force=True, verify=False, reduced=reduced, seed=seed)
+    arts = [a.to_dict() for a in result.artifacts]
+    if result.bundle_dir is None:
+        # Nothing was written; keep the failure records so the report says why.
+        return Bundle(model, output_dir / model, arts, random_init=result.random_init)
+    return Bundle(model, Path(result.bundle_dir), arts,
+                  export_args={"seed": seed, "reduced": reduced, "checkpoint": checkpoint},
+                  random_init=result.random_init)

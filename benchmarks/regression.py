@@ -1,0 +1,90 @@
+"""Regression gate: compare this run's median latencies against a baseline report.
+
+A row is matched on (backend, encoder, precision) among measured records (kind ``host`` or ``device``; estimates
+never gate). Change = (new - old) / old. The gate fails when any matched row is slower by more than the
+threshold; faster rows, rows within the threshold, and rows present on one side only never fail (they are
+listed as such).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mobileclip_export.errors import UsageError
+
+from .report import GATE_METRIC, SCHEMA
+
+
+@dataclass(frozen=True)
+class RowChange:
+    key: str
+    old_ms: float | None
+    new_ms: float | None
+
+    @property
+    def change_pct(self) -> float | None:
+        if self.old_ms is None or self.new_ms is None or self.old_ms <= 0:
+            return None
+        return (self.new_ms - self.old_ms) / self.old_ms * 100.0
+
+
+@dataclass(frozen=True)
+class GateResult:
+    threshold_pct: float
+    changes: list[RowChange]
+
+    @property
+    def regressions(self) -> list[RowChange]:
+        return [c for c in self.changes if c.change_pct is not None and c.change_pct > self.threshold_pct]
+
+    @property
+    def passed(self) -> bool:
+        return not self.regressions
+
+    def lines(self) -> list[str]:
+        out = []
+        for c in self.changes:
+            pct = c.change_pct
+            if c.old_ms is None:
+                out.append(f"  new       {c.key}: {c.new_ms:.3f} ms (not in baseline)")
+            elif c.new_ms is None:
+                out.append(f"  missing   {c.key}: baseline {c.old_ms:.3f} ms, not measured now")
+            else:
+                verdict = "REGRESSED" if pct is not None and pct > self.threshold_pct else "ok"
+                out.append(f"  {verdict:<9} {c.key}: {c.old_ms:.3f} -> {c.new_ms:.3f} ms ({pct:+.1f}%)")
+        head = "PASSED" if self.passed else f"FAILED ({len(self.regressions)} row(s) slower than +{self.threshold_pct:g}%)"
+        return [f"regression gate vs baseline, threshold +{self.threshold_pct:g}% on median latency: {head}", *out]
+
+
+def medians(doc: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for rec in doc.get("records", []):
+        if rec.get("metric") != GATE_METRIC or rec.get("kind") not in ("host", "device"):
+            continue
+        bm = rec["benchmarkModel"]
+        out[f"{bm['backend']}/{bm['encoder']}/{bm['precision']}"] = float(rec["actualValue"])
+    return out
+
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise UsageError(f"baseline file {str(path)!r} does not exist") from err
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(f"baseline file {str(path)!r} is not readable JSON: {err}") from err
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise UsageError(f"baseline file {str(path)!r} is not a benchmark report (expected schema {SCHEMA!r})")
+    return doc
+
+
+def compare(baseline: Mapping[str, Any], current: Mapping[str, Any], threshold_pct: float) -> GateResult:
+    if threshold_pct < 0:
+        raise UsageError(f"--fail-on-regression must be >= 0, got {threshold_pct}")
+    old, new = medians(baseline), medians(current)
+    keys = list(new) + [k for k in old if k not in new]
+    return GateResult(threshold_pct, [RowChange(k, old.get(k), new.get(k)) for k in keys])
