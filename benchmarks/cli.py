@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSONL file to append this run to (default: OUTPUT_DIR/history.jsonl)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-estimates", action="store_true", help="skip the device estimates")
+    p.add_argument("--device", choices=("host", "android", "ios"), default="host",
+                   help="also time the artifacts on an attached device (android: adb; ios: from a Mac)")
+    p.add_argument("--serial", default=None, help="adb serial when several Android devices are attached")
+    p.add_argument("--device-tool", type=Path, action="append", default=None,
+                   help="local benchmark_model / executor_runner binary to push (repeatable)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -165,6 +170,36 @@ def _failed_row(rec: Mapping[str, Any], why: str) -> dict[str, Any]:
             "size_mb": (rec.get("bytes") or 0) / 1e6 or None, "latency": None}
 
 
+def _device_runner(args: argparse.Namespace) -> Any:
+    if args.device == "host":
+        return None
+    from .devices import get_runner
+
+    runner = get_runner(args.device, serial=args.serial)
+    info = runner.check()  # raises DeviceUnavailable with the reason
+    log.info("device: %s", info)
+    return runner
+
+
+def _device_rows(runner: Any, bundle: Bundle, targets: list[str], encoders: tuple[str, ...],
+                 args: argparse.Namespace) -> list[dict[str, Any]]:
+    from .devices import DeviceJob, tool_for
+
+    tools = {p.name: p for p in (args.device_tool or [])}
+    rows = []
+    for rec in _select(bundle, targets, encoders, args.precision):
+        if rec.get("status") == "failed" or not rec.get("path"):
+            continue
+        path = bundle.bundle_dir / rec["path"]
+        tool_name = tool_for(runner, path)
+        if tool_name is None:
+            continue
+        job = DeviceJob(artifact=path, target=rec["target"], encoder=rec["encoder"], precision=rec["precision"],
+                        runs=args.runs, warmup=args.warmup, threads=args.threads, tool=tools.get(tool_name))
+        rows.append(runner.run(job).as_row())
+    return rows
+
+
 def _resolve_bundle(args: argparse.Namespace, targets: list[str], encoders: tuple[str, ...]) -> Bundle:
     if args.bundle_dir is not None:
         bundle = read_bundle(args.bundle_dir, args.model)
@@ -203,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     args.output_dir.mkdir(parents=True, exist_ok=True)
 
+    device_runner = _device_runner(args)  # fail fast: no device attached means no heavy work
     bundle = _resolve_bundle(args, targets, encoders)
     model = create_model(args.model, args.checkpoint, seed=args.seed, reduced=args.reduced).eval()
     reparam = reparameterize_model(model).eval()
@@ -260,6 +296,8 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
     rows.extend(extra_rows)
     H.release(results)
+    if device_runner is not None:
+        rows.extend(_device_rows(device_runner, bundle, targets, encoders, args))
 
     estimates: list[dict[str, Any]] = []
     if not args.no_estimates:

@@ -66,7 +66,8 @@ def medians(doc: Mapping[str, Any]) -> dict[str, float]:
         if rec.get("metric") != GATE_METRIC or rec.get("kind") not in ("host", "device"):
             continue
         bm = rec["benchmarkModel"]
-        out[f"{bm['backend']}/{bm['encoder']}/{bm['precision']}"] = float(rec["actualValue"])
+        key = f"{bm['backend']}/{bm['encoder']}/{bm['precision']}"
+        out[key + ("@device" if rec["kind"] == "device" else "")] = float(rec["actualValue"])
     return out
 
 

@@ -59,6 +59,12 @@ LATENCY_METRICS: tuple[tuple[str, str], ...] = (
 GATE_METRIC = "median_inference_latency(ms)"
 
 
+def row_key(row: Mapping[str, Any]) -> str:
+    """Identity of a row across runs; device rows are kept apart from host rows of the same artifact."""
+    key = f"{row['target']}/{row['encoder']}/{row['precision']}"
+    return key + "@device" if row.get("record_kind") == "device" else key
+
+
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -82,7 +88,8 @@ def records_from_rows(model: str, rows: Iterable[Mapping[str, Any]], device: Map
     out: list[dict[str, Any]] = []
     for row in rows:
         bm = model_block(model, row)
-        base = {"device": dict(device), "kind": row.get("record_kind", kind), "runtime": row.get("runtime", "")}
+        base = {"device": dict(row.get("device") or device), "kind": row.get("record_kind", kind),
+                "runtime": row.get("runtime", "")}
         for metric, fld, unit in ROW_METRICS:
             if _finite(row.get(fld)):
                 out.append({"benchmarkModel": bm, "metric": metric, "actualValue": row[fld], "unit": unit, **base})
@@ -162,10 +169,7 @@ def append_history(path: Path, doc: Mapping[str, Any]) -> None:
         "model": doc["model"],
         "device": doc["device"],
         "settings": doc["settings"],
-        "median_ms": {
-            f"{r['target']}/{r['encoder']}/{r['precision']}": (r.get("latency") or {}).get("median")
-            for r in doc["rows"]
-        },
+        "median_ms": {row_key(r): (r.get("latency") or {}).get("median") for r in doc["rows"]},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as fh:
@@ -214,8 +218,9 @@ def markdown(doc: Mapping[str, Any]) -> str:
             median += " (reference runtime)"
             speed = "— (reference runtime)"
         frac = r.get("fraction_of_peak")
+        where = f" (device: {r['device']['name']})" if r.get("record_kind") == "device" else ""
         lines.append(
-            f"| {r['target']} | {r['encoder']} | {r['precision']} | {status} | {_fmt(r.get('size_mb'))} | "
+            f"| {r['target']}{where} | {r['encoder']} | {r['precision']} | {status} | {_fmt(r.get('size_mb'))} | "
             f"{_cos(r.get('parity_cosine'))} | {_fmt(r.get('load_ms'), 1)} | {_fmt(r.get('first_ms'))} | "
             f"{median} | {_fmt(lat.get('p90'))} | {_fmt(r.get('gflops_per_s'), 1)} | "
             f"{_fmt(frac * 100 if _finite(frac) else None, 1)} | {speed} |"

@@ -1,0 +1,66 @@
+"""One interface for on-device runners; each returns rows shaped like the host rows (``record_kind: device``)
+so ``report.records_from_rows`` turns them into the same JSON records as host measurements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mobileclip_export.errors import UsageError
+
+
+class DeviceUnavailable(UsageError):
+    """No reachable device (none attached, unauthorized, wrong host OS, tool missing); the message says which."""
+
+
+@dataclass
+class DeviceJob:
+    """One artifact to time on a device."""
+
+    artifact: Path
+    target: str
+    encoder: str
+    precision: str
+    runs: int = 50
+    warmup: int = 5
+    threads: int = 1
+    tool: Path | None = None  # local binary to push (benchmark_model / executor_runner); None: already on device
+
+
+@dataclass
+class DeviceRow:
+    """A measured row; ``as_row()`` matches the host rows of the report."""
+
+    job: DeviceJob
+    device: dict[str, Any]
+    runtime: str
+    status: str = "ok"
+    load_ms: float | None = None
+    first_ms: float | None = None
+    memory_mb: float | None = None
+    latency: dict[str, float] | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def as_row(self) -> dict[str, Any]:
+        j = self.job
+        size = j.artifact.stat().st_size if j.artifact.is_file() else None
+        return {
+            "target": j.target, "encoder": j.encoder, "precision": j.precision, "kind": "deployment",
+            "record_kind": "device", "status": self.status, "runtime": self.runtime, "artifact": str(j.artifact),
+            "size_mb": size / 1e6 if size else None, "parity_cosine": None, "load_ms": self.load_ms,
+            "first_ms": self.first_ms, "rss_delta_mb": self.memory_mb, "latency": self.latency,
+            "device": self.device,
+        }
+
+
+class DeviceRunner(ABC):
+    name: str = ""
+
+    @abstractmethod
+    def check(self) -> dict[str, Any]:
+        """Describe the reachable device ({name, os, cpu, cores, threads, kind: device}) or raise DeviceUnavailable."""
+
+    @abstractmethod
+    def run(self, job: DeviceJob) -> DeviceRow: ...
