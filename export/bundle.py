@@ -98,6 +98,9 @@ class BundleWriter:
 
     def open(self) -> Path:
         self.tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.model}.partial-", dir=self.output_dir))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp_dir, 0o777 & ~umask)  # mkdtemp makes it 0700; the bundle should look like any dir
         return self.tmp_dir
 
     def partial_path(self, target: str, name: str) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +39,7 @@ class _HalfWrapper(nn.Module):
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.inner = copy.deepcopy(module).half().eval()
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_floating_point():
@@ -143,13 +145,21 @@ class OnnxTarget(Target):
         opset = int(options.get("opset", 18))
         dynamic = bool(options.get("dynamic_batch", False))
         dynamic_shapes = None
+        example = tuple(enc.example_inputs)
         if dynamic:
             dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},)
+            # torch.export specializes a size-1 dimension to the constant 1, so trace with batch 2.
+            example = tuple(torch.cat([x, x]) for x in example)
+        # The exporter logs one warning per optional torchvision op it cannot register; not our concern.
+        reg_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+        old_level = reg_log.level
+        reg_log.setLevel(logging.ERROR)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
                 program = torch.onnx.export(
                     module,
-                    tuple(enc.example_inputs),
+                    example,
                     dynamo=True,
                     opset_version=opset,
                     external_data=False,
@@ -164,6 +174,8 @@ class OnnxTarget(Target):
             raise
         except Exception as err:  # converter errors come in many types; wrap with context
             raise ExportFailure(f"onnx: torch.onnx.export failed for the {enc.encoder} encoder: {err}") from err
+        finally:
+            reg_log.setLevel(old_level)
 
         _set_io_names(model, [in_name], [_OUTPUT_NAME])
         got_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)

@@ -1,0 +1,130 @@
+"""ONNX backend: numeric parity vs PyTorch, I/O contract, metadata, structure (no BatchNormalization), options."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from mobileclip_export.errors import UsageError
+from mobileclip_export.export.api import export_model
+from mobileclip_export.export.backends.onnx import OnnxTarget, _set_io_names
+from mobileclip_export.export.parity import compare
+from mobileclip_export.export.target import EncoderExport, TensorSpec
+from mobileclip_export.export.testing import ToyCLIP, toy_spec, use_toy_models
+
+
+def _enc(encoder: str, module: torch.nn.Module, size: int = 64) -> EncoderExport:
+    if encoder == "image":
+        ex = (torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)),)
+        ins = (TensorSpec("image", (1, 3, size, size), "float32"),)
+    else:
+        ids = torch.zeros(1, 77, dtype=torch.int32)
+        ids[0, :4] = torch.tensor([49406, 320, 1929, 49407])
+        ex = (ids,)
+        ins = (TensorSpec("text", (1, 77), "int32"),)
+    return EncoderExport("mobileclip_s0", encoder, module, ex, ins, (TensorSpec("embedding", (1, 32), "float32"),),
+                         {"model": "mobileclip_s0", "encoder": encoder})
+
+
+@pytest.fixture(scope="module")
+def toy() -> ToyCLIP:
+    return ToyCLIP(toy_spec(), seed=3)
+
+
+@pytest.mark.parametrize("precision,max_rel", [("fp32", 1e-5), ("fp16", 2e-2)])
+@pytest.mark.parametrize("encoder", ["image", "text"])
+def test_export_matches_torch(tmp_path, toy, encoder, precision, max_rel) -> None:
+    t = OnnxTarget()
+    module = toy.image_encoder if encoder == "image" else toy.text_encoder
+    enc = _enc(encoder, module)
+    path = tmp_path / f"m-{encoder}.onnx"
+    opts = t.validate(precision, {})
+    info = t.export(enc, precision, opts, path)
+    assert path.is_file() and not list(tmp_path.glob("*.data")), "weights must be embedded in one file"
+    model = onnx.load(str(path))
+    assert [i.name for i in model.graph.input] == [encoder]
+    assert [o.name for o in model.graph.output] == ["embedding"]
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["model"] == "mobileclip_s0" and meta["precision"] == precision
+    assert info.details["opset"] == 18 and model.opset_import[0].version == 18
+    if encoder == "text":
+        assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT32
+    runner = t.load(path, opts)
+    x = enc.example_inputs[0]
+    got = runner.run({encoder: x.numpy()})
+    with torch.no_grad():
+        ref = module(x).numpy()
+    stats = compare(ref, got)
+    assert stats.max_abs_diff <= max_rel * stats.ref_max_abs, stats
+    assert stats.cosine > (0.99999 if precision == "fp32" else 0.999), stats
+    assert t.structural_checks(path, enc)["problems"] == []
+
+
+def test_dynamic_batch(tmp_path, toy) -> None:
+    t = OnnxTarget()
+    enc = _enc("image", toy.image_encoder)
+    path = tmp_path / "dyn.onnx"
+    opts = t.validate("fp32", {"dynamic_batch": True})
+    info = t.export(enc, "fp32", opts, path)
+    assert info.inputs[0].shape[0] == -1
+    x = torch.rand(3, 3, 64, 64)
+    got = t.load(path, opts).run({"image": x.numpy()})
+    with torch.no_grad():
+        ref = toy.image_encoder(x).numpy()
+    assert got.shape == (3, 32)
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_structural_check_flags_batchnorm(tmp_path) -> None:
+    toy_bn = ToyCLIP(toy_spec(), batchnorm=True)
+    t = OnnxTarget()
+    enc = _enc("image", toy_bn.image_encoder)
+    path = tmp_path / "bn.onnx"
+    t.export(enc, "fp32", t.validate("fp32", {}), path)
+    checks = t.structural_checks(path, enc)
+    assert checks["n_batchnorm"] >= 1
+    assert any("BatchNormalization" in p for p in checks["problems"])
+
+
+def test_io_rename_moves_clashing_inner_value() -> None:
+    """The exporter names the token lookup 'embedding'; the graph output must still get that name."""
+    from onnx import helper
+
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["embedding"]), helper.make_node("Relu", ["embedding"], ["out0"])],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("out0", onnx.TensorProto.FLOAT, [1])],
+    )
+    m = helper.make_model(g)
+    _set_io_names(m, ["text"], ["embedding"])
+    onnx.checker.check_model(m)
+    assert m.graph.input[0].name == "text" and m.graph.output[0].name == "embedding"
+    assert m.graph.node[0].input[0] == "text" and m.graph.node[1].input[0] != "embedding"
+
+
+@pytest.mark.parametrize("opset", [17, 30])
+def test_bad_opset_is_usage_error(opset) -> None:
+    with pytest.raises(UsageError, match="opset"):
+        OnnxTarget().validate("fp32", {"opset": opset})
+
+
+def test_reduced_s0_pipeline_has_no_batchnorm(tmp_path) -> None:
+    """The real (reduced) S0 through export_model: verified parity and zero BatchNormalization nodes."""
+    res = export_model("mobileclip_s0", "onnx", output_dir=tmp_path, reduced=True)
+    assert res.ok, [a.error for a in res.artifacts]
+    for a in res.artifacts:
+        assert a.status == "verified" and a.parity["cosine"] > 0.99999
+        model = onnx.load(str(res.bundle_dir / a.path))
+        ops = {n.op_type for n in model.graph.node}
+        assert "BatchNormalization" not in ops
+        assert a.details["op_census"].get("BatchNormalization", 0) == 0
+
+
+def test_pipeline_fp16_toy(tmp_path, monkeypatch) -> None:
+    use_toy_models(monkeypatch)
+    res = export_model("mobileclip_s0", "onnx", precision="fp16", output_dir=tmp_path)
+    assert res.ok
+    assert {a.precision for a in res.artifacts} == {"fp16"}
+    assert all(a.parity["cosine"] > 0.999 for a in res.artifacts)
+    assert (tmp_path / "mobileclip_s0" / "onnx" / "mobileclip_s0-image-fp16.onnx").is_file()
