@@ -1,0 +1,271 @@
+"""ExecuTorch ``.pte`` backend: ``torch.export`` -> ``to_edge_transform_and_lower`` -> ``.pte``.
+
+Delegates: XNNPACK (default, runs here), Core ML (lowered ahead of time on Linux; the ``.pte`` runs only
+where the CoreMLBackend is registered, i.e. Apple platforms) and portable (no delegate: the reference
+kernels). The delegated / non-delegated operator census goes into ArtifactInfo so a user sees which ops
+fell back to portable kernels.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mobileclip_export.errors import ExportFailure, UsageError
+from mobileclip_export.export.target import (
+    ArtifactInfo,
+    EncoderExport,
+    OptionSpec,
+    Runner,
+    RuntimeUnavailable,
+    Target,
+    TensorSpec,
+)
+
+log = logging.getLogger(__name__)
+
+# c10::ScalarType codes reported by the runtime's TensorInfo.dtype()
+_SCALAR_TYPES = {3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64"}
+DELEGATES = ("xnnpack", "coreml", "portable")
+_BACKEND_IDS = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend"}
+
+
+class ExecuTorchTarget(Target):
+    name = "executorch"
+    order = 30
+    aliases = ("pte",)
+    description = "ExecuTorch .pte (XNNPACK delegate by default; Core ML delegate built ahead of time)"
+    extension = ".pte"
+    extra = "executorch"
+    requires = ("executorch",)
+    precisions = ("fp32", "fp16")
+    default_precision = "fp32"
+    options = (OptionSpec("delegate", "backend the graph is lowered to", "xnnpack", DELEGATES),)
+
+    def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        opts = super().validate(precision, options)
+        if precision == "fp16" and opts["delegate"] == "portable":
+            raise UsageError(
+                "target 'executorch' with --delegate portable supports only fp32 "
+                "(use --delegate xnnpack or coreml for fp16)"
+            )
+        return opts
+
+    def versions(self) -> dict[str, str]:
+        out = {}
+        for dist in ("executorch", "torch", "coremltools"):
+            try:
+                out[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                pass
+        return out
+
+    # ---------------------------------------------------------------- export
+    def export(
+        self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path
+    ) -> ArtifactInfo:
+        opts = self.validate(precision, options)
+        delegate = opts["delegate"]
+        if delegate == "coreml":
+            _require("coremltools", "the Core ML delegate", "coreml")
+        module, example = _prepared(enc, precision, delegate)
+        try:
+            program, census = _lower(module, example, delegate, precision)
+        except (UsageError, ExportFailure):
+            raise
+        except Exception as err:  # lowering internals raise anything; keep the cause, add context
+            raise ExportFailure(
+                f"ExecuTorch lowering ({delegate}) of the {enc.encoder} encoder failed: {err}"
+            ) from err
+        Path(path).write_bytes(program.buffer)
+        non_delegated = {
+            k: v["non_delegated"] for k, v in census["by_operator"].items() if v["non_delegated"]
+        }
+        notes = [
+            f"{delegate}: {census['delegated_nodes']} op(s) delegated in {census['delegated_subgraphs']} "
+            f"subgraph(s), {census['non_delegated_nodes']} on portable kernels"
+            + (
+                f" ({', '.join(f'{k} x{v}' for k, v in sorted(non_delegated.items()))})"
+                if non_delegated
+                else ""
+            )
+        ]
+        if delegate == "coreml":
+            notes.append(
+                "Core ML delegate: lowered ahead of time; runs only where CoreMLBackend is registered (Apple)"
+            )
+        io_dtype = "float16" if precision == "fp16" and delegate != "coreml" else "float32"
+        inputs = tuple(
+            TensorSpec(
+                s.name, s.shape, io_dtype if s.dtype in ("image", "float32") else s.dtype, s.description
+            )
+            for s in enc.inputs
+        )
+        outputs = tuple(TensorSpec(s.name, s.shape, io_dtype, s.description) for s in enc.outputs)
+        return ArtifactInfo(
+            path=path,
+            inputs=inputs,
+            outputs=outputs,
+            notes=notes,
+            details={"delegate": delegate, "delegation": census, "io_dtype": io_dtype},
+        )
+
+    # ------------------------------------------------------------------ load
+    def load(self, path: Path, options: Mapping[str, Any]) -> Runner:
+        from executorch.runtime import Runtime, Verification
+
+        runtime = Runtime.get()
+        backends = _backends_used(Path(path))
+        missing = [b for b in backends if not runtime.backend_registry.is_available(b)]
+        if missing:
+            raise RuntimeUnavailable(
+                f"this .pte needs {', '.join(missing)}, not registered in this ExecuTorch runtime "
+                "(the Core ML delegate runs on macOS/iOS only)"
+            )
+        program = runtime.load_program(Path(path), verification=Verification.Minimal)
+        return _ETRunner(program, backends)
+
+    # ------------------------------------------------------------ structure
+    def structural_checks(self, path: Path, enc: EncoderExport) -> dict[str, Any]:
+        problems: list[str] = []
+        data = Path(path).read_bytes()
+        if len(data) < 8 or data[4:6] != b"ET":
+            return {"problems": [f"{path} is not an ExecuTorch program (no 'ET' file identifier)"]}
+        try:
+            from executorch.exir._serialize._program import deserialize_pte_binary
+
+            program = deserialize_pte_binary(data)
+            program = getattr(program, "program", program)
+        except Exception as err:
+            return {"problems": [f"program does not deserialize: {err}"]}
+        plans = {p.name: p for p in program.execution_plan}
+        if "forward" not in plans:
+            return {"problems": [f"no 'forward' method (methods: {sorted(plans)})"]}
+        plan = plans["forward"]
+        operators = sorted({op.name + (f".{op.overload}" if op.overload else "") for op in plan.operators})
+        delegates = [d.id for d in plan.delegates]
+        if any("batch_norm" in op for op in operators):
+            problems.append("a batch_norm operator runs on portable kernels: reparameterization incomplete")
+        if len(plan.inputs) != len(enc.inputs):
+            problems.append(f"forward takes {len(plan.inputs)} input(s), expected {len(enc.inputs)}")
+        if len(plan.outputs) != len(enc.outputs):
+            problems.append(f"forward returns {len(plan.outputs)} output(s), expected {len(enc.outputs)}")
+        return {
+            "bytes": len(data),
+            "methods": sorted(plans),
+            "delegates": delegates,
+            "portable_operators": operators,
+            "problems": problems,
+        }
+
+
+# ---------------------------------------------------------------- helpers
+def _require(module: str, what: str, extra: str) -> None:
+    import importlib.util
+
+    from mobileclip_export.errors import MissingDependencyError
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(
+            f"{what} needs {module}, which is not installed; "
+            f"install it with: pip install 'mobileclip-export[{extra}]'"
+        )
+
+
+def _prepared(enc: EncoderExport, precision: str, delegate: str) -> tuple[Any, tuple[Any, ...]]:
+    """A fresh copy of the module (lowering consumes constants) and its example inputs in the right dtype."""
+    import copy
+
+    import torch
+
+    module = copy.deepcopy(enc.module).eval()
+    example = tuple(x.detach().clone() for x in enc.example_inputs)
+    # The Core ML delegate takes fp32 graphs and applies fp16 as its compute precision.
+    if precision == "fp16" and delegate != "coreml":
+        module = module.half()
+        example = tuple(x.half() if x.is_floating_point() else x for x in example)
+    with torch.no_grad():
+        module(*example)  # fail early, in eager, with a readable error if the dtype change broke something
+    return module, example
+
+
+def _partitioners(delegate: str, precision: str) -> list[Any]:
+    if delegate == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        return [XnnpackPartitioner()]
+    if delegate == "coreml":
+        import coremltools as ct
+        from executorch.backends.apple.coreml.compiler import CoreMLBackend
+        from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+        specs = CoreMLBackend.generate_compile_specs(
+            minimum_deployment_target=ct.target.iOS17,
+            compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+        )
+        return [CoreMLPartitioner(compile_specs=specs)]
+    return []
+
+
+def _lower(
+    module: Any, example: tuple[Any, ...], delegate: str, precision: str
+) -> tuple[Any, dict[str, Any]]:
+    import torch
+    from executorch.devtools.backend_debug import get_delegation_info
+    from executorch.exir import to_edge_transform_and_lower
+
+    with torch.no_grad():
+        ep = torch.export.export(module, example)
+    edge = to_edge_transform_and_lower(ep, partitioner=_partitioners(delegate, precision))
+    info = get_delegation_info(edge.exported_program().graph_module)
+    census = {
+        "delegated_subgraphs": info.num_delegated_subgraphs,
+        "delegated_nodes": info.num_delegated_nodes,
+        "non_delegated_nodes": info.num_non_delegated_nodes,
+        "by_operator": {
+            op: {"delegated": b.delegated, "non_delegated": b.non_delegated}
+            for op, b in sorted(info.delegation_by_operator.items())
+        },
+    }
+    return edge.to_executorch(), census
+
+
+def _backends_used(path: Path) -> list[str]:
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(path.read_bytes())
+    program = getattr(program, "program", program)
+    return sorted({d.id for plan in program.execution_plan for d in plan.delegates})
+
+
+class _ETRunner(Runner):
+    def __init__(self, program: Any, backends: list[str]):
+        import executorch.version
+
+        self.method = program.load_method("forward")
+        meta = self.method.metadata
+        self.input_dtypes = [
+            _SCALAR_TYPES[meta.input_tensor_meta(i).dtype()] for i in range(meta.num_inputs())
+        ]
+        self.batch = int(meta.input_tensor_meta(0).sizes()[0])
+        used = ", ".join(backends) if backends else "portable kernels only"
+        self.label = f"ExecuTorch {executorch.version.__version__} runtime ({used})"
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        x = next(iter(inputs.values()))
+        want = getattr(torch, self.input_dtypes[0])
+        rows = []
+        for i in range(0, x.shape[0], self.batch):  # fixed-shape program: feed it its own batch size
+            t = torch.from_numpy(np.ascontiguousarray(x[i : i + self.batch])).to(want)
+            out = self.method.execute([t])[0]
+            rows.append(out.float().numpy())
+        return np.concatenate(rows, axis=0).astype(np.float32)
+
+
+TARGET = ExecuTorchTarget
