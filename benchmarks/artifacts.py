@@ -1,6 +1,7 @@
 """Where the artifacts to benchmark come from: a fresh ``export_model`` call or an existing bundle's manifest.
 
-Either way the benchmark sees plain dicts shaped like ``ArtifactRecord.to_dict()`` plus the bundle dir, so both
+Either way the benchmark sees plain dicts shaped like ``ArtifactRecord.to_dict()`` plus the bundle dir, so
+both
 paths share one code path afterwards.
 """
 
@@ -51,24 +52,52 @@ def read_bundle(bundle_dir: str | Path, model: str) -> Bundle:
     arts = doc.get("artifacts")
     if not isinstance(arts, list):
         raise UsageError(f"{path} has no artifact list")
-    return Bundle(model=model, bundle_dir=path.parent, artifacts=arts, export_args=doc.get("export_args") or {},
-                  random_init=bool(doc.get("random_init", True)))
+    return Bundle(
+        model=model,
+        bundle_dir=path.parent,
+        artifacts=arts,
+        export_args=doc.get("export_args") or {},
+        random_init=bool(doc.get("random_init", True)),
+    )
 
 
-def export_bundle(model: str, targets: list[str], encoders: tuple[str, ...], precision: str | None,
-                  output_dir: Path, *, reduced: bool, seed: int, checkpoint: str | None) -> Bundle:
-    """Export with ``verify=False``: the benchmark measures parity itself, in the same run, on its own inputs."""
+def export_bundle(
+    model: str,
+    targets: list[str],
+    encoders: tuple[str, ...],
+    precision: str | None,
+    output_dir: Path,
+    *,
+    reduced: bool,
+    seed: int,
+    checkpoint: str | None,
+) -> Bundle:
+    """Export with ``verify=False``: the benchmark measures parity itself, same run, on its own inputs."""
     try:
         from mobileclip_export.export import export_model  # type: ignore[attr-defined]
     except ImportError:  # the package may not re-export it
         from mobileclip_export.export.api import export_model
 
-    result = export_model(model, targets, checkpoint=checkpoint, encoders=encoders, precision=precision,
-                          output_dir=output_dir, force=True, verify=False, reduced=reduced, seed=seed)
+    result = export_model(
+        model,
+        targets,
+        checkpoint=checkpoint,
+        encoders=encoders,
+        precision=precision,
+        output_dir=output_dir,
+        force=True,
+        verify=False,
+        reduced=reduced,
+        seed=seed,
+    )
     arts = [a.to_dict() for a in result.artifacts]
     if result.bundle_dir is None:
         # Nothing was written; keep the failure records so the report says why.
         return Bundle(model, output_dir / model, arts, random_init=result.random_init)
-    return Bundle(model, Path(result.bundle_dir), arts,
-                  export_args={"seed": seed, "reduced": reduced, "checkpoint": checkpoint},
-                  random_init=result.random_init)
+    return Bundle(
+        model,
+        Path(result.bundle_dir),
+        arts,
+        export_args={"seed": seed, "reduced": reduced, "checkpoint": checkpoint},
+        random_init=result.random_init,
+    )

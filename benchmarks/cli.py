@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
+from mobileclip_export.benchmarks import estimate as E
+from mobileclip_export.benchmarks import harness as H
+from mobileclip_export.benchmarks import regression, report
+from mobileclip_export.benchmarks.artifacts import Bundle, export_bundle, read_bundle
 from mobileclip_export.errors import MobileClipExportError, UsageError
-
-from . import estimate as E
-from . import harness as H
-from . import regression, report
-from .artifacts import Bundle, export_bundle, read_bundle
 
 log = logging.getLogger(__name__)
 PROG = "mobileclip-export bench"
@@ -30,8 +28,12 @@ THREAD_OPTION_NAMES = ("threads", "num_threads", "intra_op_num_threads")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="model name, e.g. mobileclip_s0")
-    p.add_argument("--target", action="append", default=None,
-                   help="target(s) to benchmark, comma-separated or repeated (default: all)")
+    p.add_argument(
+        "--target",
+        action="append",
+        default=None,
+        help="target(s) to benchmark, comma-separated or repeated (default: all)",
+    )
     p.add_argument("--precision", default=None, help="precision (default: each target's default)")
     p.add_argument("--encoder", default="both", help="image, text or both (default: both)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for every runtime (default: 1)")
@@ -39,23 +41,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs per candidate (default: 5)")
     p.add_argument("--fast", action="store_true", help="short run for CI: --runs 10 --warmup 2")
     p.add_argument("--output-dir", type=Path, default=Path("bench-out"), help="where reports go")
-    p.add_argument("--bundle-dir", type=Path, default=None,
-                   help="reuse an exported bundle (dir holding manifest.json, or its parent) instead of exporting")
-    p.add_argument("--checkpoint", default=None, help="checkpoint for a fresh export (default: random weights)")
+    p.add_argument(
+        "--bundle-dir",
+        type=Path,
+        default=None,
+        help="reuse an exported bundle (dir holding manifest.json, or its parent) instead of exporting",
+    )
+    p.add_argument(
+        "--checkpoint", default=None, help="checkpoint for a fresh export (default: random weights)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for random weights and inputs (default: 0)")
     p.add_argument("--reduced", action="store_true", help="reduced-size model (tests / smoke runs)")
     p.add_argument("--baseline", type=Path, default=None, help="earlier report.json to compare against")
-    p.add_argument("--fail-on-regression", type=float, default=None, metavar="PCT",
-                   help="with --baseline: exit 1 when any median latency is more than PCT %% slower")
-    p.add_argument("--history", type=Path, default=None,
-                   help="JSONL file to append this run to (default: OUTPUT_DIR/history.jsonl)")
+    p.add_argument(
+        "--fail-on-regression",
+        type=float,
+        default=None,
+        metavar="PCT",
+        help="with --baseline: exit 1 when any median latency is more than PCT %% slower",
+    )
+    p.add_argument(
+        "--history",
+        type=Path,
+        default=None,
+        help="JSONL file to append this run to (default: OUTPUT_DIR/history.jsonl)",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-estimates", action="store_true", help="skip the device estimates")
-    p.add_argument("--device", choices=("host", "android", "ios"), default="host",
-                   help="also time the artifacts on an attached device (android: adb; ios: from a Mac)")
+    p.add_argument(
+        "--device",
+        choices=("host", "android", "ios"),
+        default="host",
+        help="also time the artifacts on an attached device (android: adb; ios: from a Mac)",
+    )
     p.add_argument("--serial", default=None, help="adb serial when several Android devices are attached")
-    p.add_argument("--device-tool", type=Path, action="append", default=None,
-                   help="local benchmark_model / executor_runner binary to push (repeatable)")
+    p.add_argument(
+        "--device-tool",
+        type=Path,
+        action="append",
+        default=None,
+        help="local benchmark_model / executor_runner binary to push (repeatable)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -133,11 +159,20 @@ def _torch_candidate(target: str, encoder: str, module: Any, data: np.ndarray, s
 
         return run, f"torch {torch.__version__} eager", True
 
-    return H.Candidate(target=target, encoder=encoder, precision="fp32", load=load, feeds={"x": data},
-                       kind=H.BASELINE, size_bytes=size)
+    return H.Candidate(
+        target=target,
+        encoder=encoder,
+        precision="fp32",
+        load=load,
+        feeds={"x": data},
+        kind=H.BASELINE,
+        size_bytes=size,
+    )
 
 
-def _artifact_candidate(rec: Mapping[str, Any], bundle_dir: Path, data: np.ndarray, threads: int) -> H.Candidate:
+def _artifact_candidate(
+    rec: Mapping[str, Any], bundle_dir: Path, data: np.ndarray, threads: int
+) -> H.Candidate:
     from mobileclip_export.export.registry import get_target
 
     target = get_target(rec["target"])
@@ -160,20 +195,36 @@ def _artifact_candidate(rec: Mapping[str, Any], bundle_dir: Path, data: np.ndarr
         for r in runner_box:
             r.close()
 
-    return H.Candidate(target=target.name, encoder=rec["encoder"], precision=rec["precision"], load=load,
-                       feeds=feeds, size_bytes=rec.get("bytes"), artifact=str(path), close=close)
+    return H.Candidate(
+        target=target.name,
+        encoder=rec["encoder"],
+        precision=rec["precision"],
+        load=load,
+        feeds=feeds,
+        size_bytes=rec.get("bytes"),
+        artifact=str(path),
+        close=close,
+    )
 
 
 def _failed_row(rec: Mapping[str, Any], why: str) -> dict[str, Any]:
-    return {"target": rec["target"], "encoder": rec["encoder"], "precision": rec["precision"],
-            "kind": H.DEPLOYMENT, "status": why, "runtime": "", "artifact": rec.get("path"),
-            "size_mb": (rec.get("bytes") or 0) / 1e6 or None, "latency": None}
+    return {
+        "target": rec["target"],
+        "encoder": rec["encoder"],
+        "precision": rec["precision"],
+        "kind": H.DEPLOYMENT,
+        "status": why,
+        "runtime": "",
+        "artifact": rec.get("path"),
+        "size_mb": (rec.get("bytes") or 0) / 1e6 or None,
+        "latency": None,
+    }
 
 
 def _device_runner(args: argparse.Namespace) -> Any:
     if args.device == "host":
         return None
-    from .devices import get_runner
+    from mobileclip_export.benchmarks.devices import get_runner
 
     runner = get_runner(args.device, serial=args.serial)
     info = runner.check()  # raises DeviceUnavailable with the reason
@@ -181,9 +232,10 @@ def _device_runner(args: argparse.Namespace) -> Any:
     return runner
 
 
-def _device_rows(runner: Any, bundle: Bundle, targets: list[str], encoders: tuple[str, ...],
-                 args: argparse.Namespace) -> list[dict[str, Any]]:
-    from .devices import DeviceJob, tool_for
+def _device_rows(
+    runner: Any, bundle: Bundle, targets: list[str], encoders: tuple[str, ...], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    from mobileclip_export.benchmarks.devices import DeviceJob, tool_for
 
     tools = {p.name: p for p in (args.device_tool or [])}
     rows = []
@@ -194,8 +246,16 @@ def _device_rows(runner: Any, bundle: Bundle, targets: list[str], encoders: tupl
         tool_name = tool_for(runner, path)
         if tool_name is None:
             continue
-        job = DeviceJob(artifact=path, target=rec["target"], encoder=rec["encoder"], precision=rec["precision"],
-                        runs=args.runs, warmup=args.warmup, threads=args.threads, tool=tools.get(tool_name))
+        job = DeviceJob(
+            artifact=path,
+            target=rec["target"],
+            encoder=rec["encoder"],
+            precision=rec["precision"],
+            runs=args.runs,
+            warmup=args.warmup,
+            threads=args.threads,
+            tool=tools.get(tool_name),
+        )
         rows.append(runner.run(job).as_row())
     return rows
 
@@ -210,26 +270,37 @@ def _resolve_bundle(args: argparse.Namespace, targets: list[str], encoders: tupl
         args.seed = int(bundle.export_args.get("seed", args.seed))
         args.checkpoint = args.checkpoint or bundle.export_args.get("checkpoint")
         return bundle
-    return export_bundle(args.model, targets, encoders, args.precision, args.output_dir / "exports",
-                         reduced=args.reduced, seed=args.seed, checkpoint=args.checkpoint)
+    return export_bundle(
+        args.model,
+        targets,
+        encoders,
+        args.precision,
+        args.output_dir / "exports",
+        reduced=args.reduced,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+    )
 
 
-def _select(bundle: Bundle, targets: list[str], encoders: tuple[str, ...], precision: str | None
-            ) -> list[dict[str, Any]]:
-    return [a for a in bundle.artifacts
-            if a.get("target") in targets and a.get("encoder") in encoders
-            and (precision is None or a.get("precision") == precision)]
+def _select(
+    bundle: Bundle, targets: list[str], encoders: tuple[str, ...], precision: str | None
+) -> list[dict[str, Any]]:
+    return [
+        a
+        for a in bundle.artifacts
+        if a.get("target") in targets
+        and a.get("encoder") in encoders
+        and (precision is None or a.get("precision") == precision)
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
-
+    from mobileclip_export.benchmarks.machine import describe_host, matmul_peak_gflops
+    from mobileclip_export.benchmarks.macs import count_macs, weight_bytes
     from mobileclip_export.export.parity import compare
     from mobileclip_export.models import create_model
     from mobileclip_export.reparam import reparameterize_model
-
-    from .machine import describe_host, matmul_peak_gflops
-    from .macs import count_macs, weight_bytes
 
     _check_args(args)
     baseline = regression.load_baseline(args.baseline) if args.baseline else None  # fail fast on a bad file
@@ -265,21 +336,37 @@ def run(args: argparse.Namespace) -> int:
     peak_after = matmul_peak_gflops(args.threads)
     peak = max(peak_before, peak_after)
 
-    reference = {m.candidate.encoder: m.output for m in results
-                 if m.candidate.target == "pytorch-train" and m.output is not None}
-    reparam_median = {m.candidate.encoder: m.stats.median for m in results
-                      if m.candidate.target == "pytorch-reparam" and m.stats is not None}
+    reference = {
+        m.candidate.encoder: m.output
+        for m in results
+        if m.candidate.target == "pytorch-train" and m.output is not None
+    }
+    reparam_median = {
+        m.candidate.encoder: m.stats.median
+        for m in results
+        if m.candidate.target == "pytorch-reparam" and m.stats is not None
+    }
     rows: list[dict[str, Any]] = []
     for m in results:
         c = m.candidate
         lat = m.stats.to_dict() if m.stats else None
         row: dict[str, Any] = {
-            "target": c.target, "encoder": c.encoder, "precision": c.precision, "kind": c.kind,
-            "status": m.status, "runtime": m.runtime, "artifact": c.artifact,
+            "target": c.target,
+            "encoder": c.encoder,
+            "precision": c.precision,
+            "kind": c.kind,
+            "status": m.status,
+            "runtime": m.runtime,
+            "artifact": c.artifact,
             "size_mb": c.size_bytes / 1e6 if c.size_bytes else None,
-            "parity_cosine": None, "load_ms": m.load_ms if c.kind != H.BASELINE else None,
-            "first_ms": m.first_ms, "rss_delta_mb": m.rss_delta_mb, "latency": lat,
-            "gmacs": macs[c.encoder].gmacs, "gflops_per_s": None, "fraction_of_peak": None,
+            "parity_cosine": None,
+            "load_ms": m.load_ms if c.kind != H.BASELINE else None,
+            "first_ms": m.first_ms,
+            "rss_delta_mb": m.rss_delta_mb,
+            "latency": lat,
+            "gmacs": macs[c.encoder].gmacs,
+            "gflops_per_s": None,
+            "fraction_of_peak": None,
             "speedup_vs_reparam": None,
         }
         ref = reference.get(c.encoder)
@@ -305,26 +392,41 @@ def run(args: argparse.Namespace) -> int:
         for enc in encoders:
             mr = macs[enc]
             conv = sum(v for k, v in mr.by_op.items() if "conv" in k)
-            est = E.estimate_ane(enc, mr.gmacs, 1 - conv / mr.macs if mr.macs else 0.0,
-                                 mr.streamed_param_bytes / 4 / 1e6, ane)
+            est = E.estimate_ane(
+                enc, mr.gmacs, 1 - conv / mr.macs if mr.macs else 0.0, mr.streamed_param_bytes / 4 / 1e6, ane
+            )
             estimates.append(vars(est))
             deployed = [r for r in rows if r["encoder"] == enc and r["kind"] == H.DEPLOYMENT and r["latency"]]
             if deployed:
                 best = min(deployed, key=lambda r: r["latency"]["median"])
                 est = E.estimate_android(enc, best["latency"]["median"], peak)
                 est_d = vars(est)
-                est_d["method"] += f"; host runtime: {best['target']} {best['precision']}, {args.threads} thread(s)"
+                est_d["method"] += (
+                    f"; host runtime: {best['target']} {best['precision']}, {args.threads} thread(s)"
+                )
                 estimates.append(est_d)
 
     device = describe_host(args.threads).to_dict()
     doc = report.build_document(
-        model={"name": args.model, "random_init": bool(getattr(model, "random_init", True)),
-               "reduced": bool(args.reduced), "seed": args.seed},
+        model={
+            "name": args.model,
+            "random_init": bool(getattr(model, "random_init", True)),
+            "reduced": bool(args.reduced),
+            "seed": args.seed,
+        },
         device=device,
-        settings={"runs": args.runs, "warmup": args.warmup, "threads": args.threads, "interleaved": True,
-                  "peak_matmul_gflops": peak, "peak_matmul_gflops_before": peak_before,
-                  "peak_matmul_gflops_after": peak_after, "bundle_dir": str(bundle.bundle_dir)},
-        rows=rows, estimates=estimates,
+        settings={
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "threads": args.threads,
+            "interleaved": True,
+            "peak_matmul_gflops": peak,
+            "peak_matmul_gflops_before": peak_before,
+            "peak_matmul_gflops_after": peak_after,
+            "bundle_dir": str(bundle.bundle_dir),
+        },
+        rows=rows,
+        estimates=estimates,
     )
     out = args.output_dir
     report.write_json(out / "report.json", doc)
@@ -357,8 +459,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a bad flag (2): return the code instead of exiting the caller
         return int(exc.code or 0)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return run(args)
     except MobileClipExportError as err:

@@ -7,12 +7,14 @@ iPhone-class Neural Engine (Core ML), "ane-linear" model
 - ``c0``: per-inference overhead (dispatch, I/O copies);
 - ``c_conv``, ``c_mm``: ms per GMAC for convolutions and for matrix multiplies (linear layers, attention); the
   Neural Engine runs wide convolutions far more efficiently than transformer matmuls, so one shared rate fits
-  poorly (leave-one-out MAPE 20 % with one rate vs 10 % with two);
-- ``c_mem``: ms per MB of weights streamed per inference (fp16, token-embedding tables excluded: only 77 rows are
+  poorly (leave-one-out MAPE 20 % with one rate vs 9 % with two);
+- ``c_mem``: ms per MB of weights streamed per inference (fp16, token-embedding tables excluded: only 77 rows
+  are
   gathered).
 
 The coefficients are non-negative least squares on relative error, fitted to the published MobileCLIP
-latencies (iPhone 12 Pro Max, Core ML; field notes "Published anchors") with GMACs from the reference (section 6)
+latencies (iPhone 12 Pro Max, Core ML; field notes "Published anchors") with GMACs from the reference
+(section 6)
 and reparameterized parameter counts (section 1). Anchors are de-duplicated: several models share one text
 encoder and one published text latency, and counting those twice would flatter the leave-one-out error.
 The conv/matmul split of every anchor is counted from the graph (``macs.count_macs``), as for our own graphs.
@@ -22,7 +24,8 @@ worst case are printed next to every estimate.
 
 Android big core via XNNPACK, "core-scaled" model
 ------------------------------------------------
-No MobileCLIP Android latencies are published, so nothing can be calibrated or LOO-checked. The estimate scales
+No MobileCLIP Android latencies are published, so nothing can be calibrated or LOO-checked. The estimate
+scales
 this run's fastest host deployment-runtime median by (host dense-matmul GFLOP/s measured in this run) /
 (device core peak GFLOP/s from a stated profile). It assumes the runtime reaches the same fraction of peak on
 the phone as on this host; it says so and carries "LOO n/a".
@@ -51,7 +54,7 @@ class Anchor:
 
 # GMACs: reference section 6. Params: reparameterized counts (section 1); text towers minus the 49408 x width
 # token embedding (25.3M at 512, 37.9M at 768). matmul_fraction: counted by ``macs.count_macs`` on this
-# package's reparameterized models (MACs do not depend on weight values); their totals match section 6 to 0.5 %.
+# package's reparameterized models (MACs do not depend on weight values); totals match section 6 to 0.5 %.
 ANE_ANCHORS: tuple[Anchor, ...] = (
     Anchor("MCi0 (S0)", "image", 2.38, 0.060, 11.4, 1.5),
     Anchor("MCi1 (S1)", "image", 4.65, 0.061, 21.5, 2.5),
@@ -166,8 +169,9 @@ class Estimate:
     inputs: dict[str, float]
 
 
-def estimate_ane(encoder: str, gmacs: float, matmul_fraction: float, weight_mparams: float,
-                 model: AneModel | None = None) -> Estimate:
+def estimate_ane(
+    encoder: str, gmacs: float, matmul_fraction: float, weight_mparams: float, model: AneModel | None = None
+) -> Estimate:
     model = model or AneModel()
     return Estimate(
         device="iPhone 12 Pro Max-class Neural Engine (Core ML)",
@@ -179,14 +183,18 @@ def estimate_ane(encoder: str, gmacs: float, matmul_fraction: float, weight_mpar
     )
 
 
-def estimate_android(encoder: str, host_median_ms: float, host_peak_gflops: float,
-                     profile: CoreProfile = ANDROID_BIG_CORE) -> Estimate:
+def estimate_android(
+    encoder: str, host_median_ms: float, host_peak_gflops: float, profile: CoreProfile = ANDROID_BIG_CORE
+) -> Estimate:
     return Estimate(
         device=profile.name,
         encoder=encoder,
         latency_ms=host_median_ms * host_peak_gflops / profile.peak_gflops_fp32,
         method=f"core-scaled: host median x host peak / device peak ({profile.basis})",
         error_note="LOO n/a: no published Android MobileCLIP latencies to validate against",
-        inputs={"host_median_ms": host_median_ms, "host_peak_gflops": host_peak_gflops,
-                "device_peak_gflops": profile.peak_gflops_fp32},
+        inputs={
+            "host_median_ms": host_median_ms,
+            "host_peak_gflops": host_peak_gflops,
+            "device_peak_gflops": profile.peak_gflops_fp32,
+        },
     )

@@ -18,10 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
+from mobileclip_export.benchmarks.stats import LatencyStats, summarize
 from mobileclip_export.export.target import RuntimeUnavailable
-
-from .stats import LatencyStats, summarize
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """Count multiply-accumulates from the ops a module actually dispatches.
 
 A ``TorchDispatchMode`` sees the aten ops after composite decomposition (``nn.Linear`` -> ``addmm``/``mm``,
-``matmul`` -> ``mm``/``bmm``, attention -> an SDPA kernel or its bmm decomposition), so whatever the Python code
+``matmul`` -> ``mm``/``bmm``, attention -> an SDPA kernel or its bmm decomposition), so whatever the Python
+code
 looks like, the count is of the graph that runs. Counted, as in the reference's section 6: convolutions,
 matrix multiplies (linear layers, attention matmuls) and fused SDPA kernels. Not counted: norms, activations,
 elementwise ops, softmax and embedding gathers. FLOPs ~= 2 x MACs.
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+
 
 def _numel(shape: Sequence[int]) -> int:
     return int(math.prod(shape))

@@ -1,6 +1,7 @@
 """Regression gate: compare this run's median latencies against a baseline report.
 
-A row is matched on (backend, encoder, precision) among measured records (kind ``host`` or ``device``; estimates
+A row is matched on (backend, encoder, precision) among measured records (kind ``host`` or ``device``;
+estimates
 never gate). Change = (new - old) / old. The gate fails when any matched row is slower by more than the
 threshold; faster rows, rows within the threshold, and rows present on one side only never fail (they are
 listed as such).
@@ -14,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mobileclip_export.benchmarks.report import GATE_METRIC, SCHEMA
 from mobileclip_export.errors import UsageError
-
-from .report import GATE_METRIC, SCHEMA
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,15 @@ class GateResult:
             else:
                 verdict = "REGRESSED" if pct is not None and pct > self.threshold_pct else "ok"
                 out.append(f"  {verdict:<9} {c.key}: {c.old_ms:.3f} -> {c.new_ms:.3f} ms ({pct:+.1f}%)")
-        head = "PASSED" if self.passed else f"FAILED ({len(self.regressions)} row(s) slower than +{self.threshold_pct:g}%)"
-        return [f"regression gate vs baseline, threshold +{self.threshold_pct:g}% on median latency: {head}", *out]
+        head = (
+            "PASSED"
+            if self.passed
+            else f"FAILED ({len(self.regressions)} row(s) slower than +{self.threshold_pct:g}%)"
+        )
+        return [
+            f"regression gate vs baseline, threshold +{self.threshold_pct:g}% on median latency: {head}",
+            *out,
+        ]
 
 
 def medians(doc: Mapping[str, Any]) -> dict[str, float]:
@@ -79,7 +86,9 @@ def load_baseline(path: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as err:
         raise UsageError(f"baseline file {str(path)!r} is not readable JSON: {err}") from err
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise UsageError(f"baseline file {str(path)!r} is not a benchmark report (expected schema {SCHEMA!r})")
+        raise UsageError(
+            f"baseline file {str(path)!r} is not a benchmark report (expected schema {SCHEMA!r})"
+        )
     return doc
 
 

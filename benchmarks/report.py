@@ -21,7 +21,8 @@ JSON document (``report.json``), schema ``mobileclip-export.bench/1``::
 
 ``kind`` is never omitted: host numbers are proxies, device numbers come from a phone, estimates are modelled.
 Baselines (PyTorch eager, train-time and reparameterized) use backend names ``pytorch-train`` /
-``pytorch-reparam``. Reference-runtime latencies keep ``kind: host`` but their row says ``kind: reference`` and
+``pytorch-reparam``. Reference-runtime latencies keep ``kind: host`` but their row says ``kind: reference``
+and
 they carry no speedup.
 """
 
@@ -83,30 +84,44 @@ def model_block(model: str, row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def records_from_rows(model: str, rows: Iterable[Mapping[str, Any]], device: Mapping[str, Any],
-                      kind: str = "host") -> list[dict[str, Any]]:
+def records_from_rows(
+    model: str, rows: Iterable[Mapping[str, Any]], device: Mapping[str, Any], kind: str = "host"
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for row in rows:
         bm = model_block(model, row)
-        base = {"device": dict(row.get("device") or device), "kind": row.get("record_kind", kind),
-                "runtime": row.get("runtime", "")}
+        base = {
+            "device": dict(row.get("device") or device),
+            "kind": row.get("record_kind", kind),
+            "runtime": row.get("runtime", ""),
+        }
         for metric, fld, unit in ROW_METRICS:
             if _finite(row.get(fld)):
-                out.append({"benchmarkModel": bm, "metric": metric, "actualValue": row[fld], "unit": unit, **base})
+                out.append(
+                    {"benchmarkModel": bm, "metric": metric, "actualValue": row[fld], "unit": unit, **base}
+                )
         lat = row.get("latency") or {}
         for metric, fld in LATENCY_METRICS:
             if _finite(lat.get(fld)):
                 unit = "" if fld == "n" else "ms"
-                out.append({"benchmarkModel": bm, "metric": metric, "actualValue": lat[fld], "unit": unit, **base})
+                out.append(
+                    {"benchmarkModel": bm, "metric": metric, "actualValue": lat[fld], "unit": unit, **base}
+                )
     return out
 
 
-def estimate_records(model: str, estimates: Iterable[Mapping[str, Any]], precision: str = "fp16"
-                     ) -> list[dict[str, Any]]:
+def estimate_records(
+    model: str, estimates: Iterable[Mapping[str, Any]], precision: str = "fp16"
+) -> list[dict[str, Any]]:
     return [
         {
-            "benchmarkModel": {"name": model, "backend": "estimate", "precision": precision,
-                               "quantization": precision, "encoder": e["encoder"]},
+            "benchmarkModel": {
+                "name": model,
+                "backend": "estimate",
+                "precision": precision,
+                "quantization": precision,
+                "encoder": e["encoder"],
+            },
             "metric": "estimated_inference_latency(ms)",
             "actualValue": e["latency_ms"],
             "unit": "ms",
@@ -119,9 +134,14 @@ def estimate_records(model: str, estimates: Iterable[Mapping[str, Any]], precisi
     ]
 
 
-def build_document(*, model: Mapping[str, Any], device: Mapping[str, Any], settings: Mapping[str, Any],
-                   rows: Sequence[Mapping[str, Any]], estimates: Sequence[Mapping[str, Any]] = ()
-                   ) -> dict[str, Any]:
+def build_document(
+    *,
+    model: Mapping[str, Any],
+    device: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    estimates: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "created_utc": utc_now(),
@@ -178,6 +198,7 @@ def append_history(path: Path, doc: Mapping[str, Any]) -> None:
 
 # ---------------------------------------------------------------- Markdown
 
+
 def _fmt(v: Any, digits: int = 2) -> str:
     if not _finite(v):
         return "—"
@@ -220,7 +241,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
         frac = r.get("fraction_of_peak")
         where = f" (device: {r['device']['name']})" if r.get("record_kind") == "device" else ""
         lines.append(
-            f"| {r['target']}{where} | {r['encoder']} | {r['precision']} | {status} | {_fmt(r.get('size_mb'))} | "
+            f"| {r['target']}{where} | {r['encoder']} | {r['precision']} | {status} | "
+            f"{_fmt(r.get('size_mb'))} | "
             f"{_cos(r.get('parity_cosine'))} | {_fmt(r.get('load_ms'), 1)} | {_fmt(r.get('first_ms'))} | "
             f"{median} | {_fmt(lat.get('p90'))} | {_fmt(r.get('gflops_per_s'), 1)} | "
             f"{_fmt(frac * 100 if _finite(frac) else None, 1)} | {speed} |"
@@ -232,7 +254,9 @@ def markdown(doc: Mapping[str, Any]) -> str:
         "Speedup = reparameterized PyTorch median / this median (>1 is faster), same run.",
     ]
     if refs:
-        lines.append("Reference runtimes (not the deployment runtime; latency not comparable): " + "; ".join(refs))
+        lines.append(
+            "Reference runtimes (not the deployment runtime; latency not comparable): " + "; ".join(refs)
+        )
     if notes:
         lines += ["", "Not measured here:", *notes]
     if doc.get("estimates"):
@@ -244,12 +268,15 @@ def markdown(doc: Mapping[str, Any]) -> str:
             "|---|---|---:|---|---|",
         ]
         for e in doc["estimates"]:
-            lines.append(f"| {e['device']} | {e['encoder']} | {_fmt(e['latency_ms'])} | {e['error_note']} | "
-                         f"{e['method']} |")
+            lines.append(
+                f"| {e['device']} | {e['encoder']} | {_fmt(e['latency_ms'])} | {e['error_note']} | "
+                f"{e['method']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- plots
+
 
 def plots(doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """latency.png (median + p90 per target and encoder) and latency_vs_size.png. Needs matplotlib (Agg)."""
@@ -268,13 +295,23 @@ def plots(doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
     height = 0.8 / len(encoders)
     for j, enc in enumerate(encoders):
         for i, (target, precision) in enumerate(labels):
-            row = next((r for r in rows if (r["target"], r["precision"], r["encoder"]) == (target, precision, enc)),
-                       None)
+            row = next(
+                (r for r in rows if (r["target"], r["precision"], r["encoder"]) == (target, precision, enc)),
+                None,
+            )
             if row is None:
                 continue
             med, p90 = row["latency"]["median"], row["latency"]["p90"]
-            ax.barh(i + j * height, med, height, color=f"C{j}", hatch="//" if row.get("kind") == "reference" else "",
-                    xerr=[[0], [max(p90 - med, 0)]], capsize=2, label=enc if i == 0 else None)
+            ax.barh(
+                i + j * height,
+                med,
+                height,
+                color=f"C{j}",
+                hatch="//" if row.get("kind") == "reference" else "",
+                xerr=[[0], [max(p90 - med, 0)]],
+                capsize=2,
+                label=enc if i == 0 else None,
+            )
     ax.set_yticks([i + height * (len(encoders) - 1) / 2 for i in range(len(labels))])
     ax.set_yticklabels([f"{t} {p}" for t, p in labels])
     ax.set_xlabel("median latency, ms (whisker: p90; hatched: reference runtime)")
@@ -291,10 +328,17 @@ def plots(doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 5))
         for j, enc in enumerate(encoders):
             pts = [r for r in sized if r["encoder"] == enc]
-            ax.scatter([r["size_mb"] for r in pts], [r["latency"]["median"] for r in pts], color=f"C{j}", label=enc)
+            ax.scatter(
+                [r["size_mb"] for r in pts], [r["latency"]["median"] for r in pts], color=f"C{j}", label=enc
+            )
             for r in pts:
-                ax.annotate(f"{r['target']} {r['precision']}", (r["size_mb"], r["latency"]["median"]), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    f"{r['target']} {r['precision']}",
+                    (r["size_mb"], r["latency"]["median"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
         ax.set_xlabel("size, MB")
         ax.set_ylabel("median latency, ms (host)")
         ax.set_title(f"{doc['model']['name']}: latency vs size")

@@ -7,15 +7,23 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from mobileclip_export.benchmarks.devices import DeviceJob, DeviceUnavailable, get_runner
 from mobileclip_export.benchmarks.devices.adb import Adb
 from mobileclip_export.benchmarks.devices.android import big_core_mask, core_frequencies
 from mobileclip_export.errors import UsageError
 
 SAMPLES = Path(__file__).parent / "data" / "bench_samples"
-FREQS = {"0": 1700000, "1": 1700000, "2": 1700000, "3": 1700000, "4": 2370000, "5": 2370000, "6": 2370000,
-         "7": 2370000, "8": 3000000}
+FREQS = {
+    "0": 1700000,
+    "1": 1700000,
+    "2": 1700000,
+    "3": 1700000,
+    "4": 2370000,
+    "5": 2370000,
+    "6": 2370000,
+    "7": 2370000,
+    "8": 3000000,
+}
 
 
 @pytest.fixture
@@ -31,15 +39,25 @@ def fake_adb(tmp_path, monkeypatch):
     monkeypatch.delenv("ADB", raising=False)
 
     def configure(devices):
-        (state / "config.json").write_text(json.dumps({
-            "devices": devices,
-            "props": {"ro.product.model": "Pixel 8", "ro.build.version.release": "14", "ro.soc.model": "Tensor G3",
-                      "ro.product.cpu.abi": "arm64-v8a"},
-            "freqs": FREQS,
-            "outputs": {"benchmark_model": str(SAMPLES / "benchmark_model_xnnpack.txt"),
+        (state / "config.json").write_text(
+            json.dumps(
+                {
+                    "devices": devices,
+                    "props": {
+                        "ro.product.model": "Pixel 8",
+                        "ro.build.version.release": "14",
+                        "ro.soc.model": "Tensor G3",
+                        "ro.product.cpu.abi": "arm64-v8a",
+                    },
+                    "freqs": FREQS,
+                    "outputs": {
+                        "benchmark_model": str(SAMPLES / "benchmark_model_xnnpack.txt"),
                         "executor_runner": str(SAMPLES / "executor_runner_xnnpack.txt"),
-                        "missing_model": str(SAMPLES / "benchmark_model_failed.txt")},
-        }))
+                        "missing_model": str(SAMPLES / "benchmark_model_failed.txt"),
+                    },
+                }
+            )
+        )
         return state
 
     return configure
@@ -88,8 +106,14 @@ def test_tflite_run_pushes_pins_and_parses(fake_adb, tmp_path):
     tool.write_bytes(b"ELF")
     runner = get_runner("android")
     info = runner.check()
-    assert info == {"name": "Pixel 8 (R58M)", "os": "Android 14", "cpu": "Tensor G3 (arm64-v8a)", "cores": 9,
-                    "threads": None, "kind": "device"}
+    assert info == {
+        "name": "Pixel 8 (R58M)",
+        "os": "Android 14",
+        "cpu": "Tensor G3 (arm64-v8a)",
+        "cores": 9,
+        "threads": None,
+        "kind": "device",
+    }
     row = runner.run(DeviceJob(art, "t", "image", "fp32", runs=50, warmup=5, threads=2, tool=tool)).as_row()
     assert row["status"] == "ok" and row["record_kind"] == "device"
     assert row["load_ms"] == pytest.approx(78.123) and row["first_ms"] == pytest.approx(40.512)
@@ -97,7 +121,9 @@ def test_tflite_run_pushes_pins_and_parses(fake_adb, tmp_path):
     assert row["rss_delta_mb"] == pytest.approx(68.4492)
     assert row["size_mb"] == pytest.approx(0.001)
     assert row["device"]["threads"] == 2
-    assert (state / "fs/data/local/tmp/mobileclip_bench/mobileclip_s0-image-fp32.tflite").stat().st_size == 1000
+    assert (
+        state / "fs/data/local/tmp/mobileclip_bench/mobileclip_s0-image-fp32.tflite"
+    ).stat().st_size == 1000
     run_line = [c for c in (state / "commands.log").read_text().splitlines() if c.startswith("taskset")][0]
     assert run_line.startswith("taskset 180 /data/local/tmp/mobileclip_bench/benchmark_model ")
     for flag in ("--num_threads=2", "--num_runs=50", "--warmup_runs=5", "--use_xnnpack=true"):

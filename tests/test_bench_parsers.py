@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from mobileclip_export.benchmarks.devices import parsers
 
 SAMPLES = Path(__file__).parent / "data" / "bench_samples"

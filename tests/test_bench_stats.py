@@ -2,7 +2,6 @@ import math
 
 import numpy as np
 import pytest
-
 from mobileclip_export.benchmarks.stats import summarize, trimmed_mean
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mobileclip_export.benchmarks.devices.base import DeviceJob, DeviceRow, DeviceRunner, DeviceUnavailable
 from mobileclip_export.errors import UnknownNameError
-
-from .base import DeviceJob, DeviceRow, DeviceRunner, DeviceUnavailable
 
 __all__ = ["DeviceJob", "DeviceRow", "DeviceRunner", "DeviceUnavailable", "get_runner", "tool_for"]
 
@@ -16,11 +15,11 @@ RUNNERS = ("android", "ios")
 
 def get_runner(name: str, **kwargs: Any) -> DeviceRunner:
     if name == "android":
-        from .android import AndroidRunner
+        from mobileclip_export.benchmarks.devices.android import AndroidRunner
 
         return AndroidRunner(serial=kwargs.get("serial"))
     if name == "ios":
-        from .ios import IosRunner
+        from mobileclip_export.benchmarks.devices.ios import IosRunner
 
         return IosRunner()
     raise UnknownNameError("device runner", name, list(RUNNERS))
@@ -29,7 +28,7 @@ def get_runner(name: str, **kwargs: Any) -> DeviceRunner:
 def tool_for(runner: DeviceRunner, artifact: Path) -> str | None:
     """Name of the on-device tool that runs ``artifact`` with ``runner`` (None: this runner cannot run it)."""
     if runner.name == "android":
-        from .android import TOOLS
+        from mobileclip_export.benchmarks.devices.android import TOOLS
 
         return TOOLS.get(artifact.suffix)
     if runner.name == "ios":

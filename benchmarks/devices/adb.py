@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import DeviceUnavailable
+from mobileclip_export.benchmarks.devices.base import DeviceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +22,14 @@ class AdbDevice:
 
 
 class Adb:
-    def __init__(self, executable: str | None = None, serial: str | None = None, timeout: float = 600.0) -> None:
+    def __init__(
+        self, executable: str | None = None, serial: str | None = None, timeout: float = 600.0
+    ) -> None:
         exe = executable or os.environ.get("ADB") or shutil.which("adb")
         if exe is None:
             raise DeviceUnavailable(
-                "adb not found: install Android platform-tools and put adb on PATH (or set $ADB)")
+                "adb not found: install Android platform-tools and put adb on PATH (or set $ADB)"
+            )
         self.exe = exe
         self.serial = serial
         self.timeout = timeout
@@ -46,7 +49,8 @@ class Adb:
             raise DeviceUnavailable(f"{shlex.join(cmd)} timed out after {self.timeout:g}s") from err
         if check and proc.returncode != 0:
             raise DeviceUnavailable(
-                f"{shlex.join(cmd)} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
+                f"{shlex.join(cmd)} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()}"
+            )
         return proc
 
     def devices(self) -> list[AdbDevice]:
@@ -62,27 +66,36 @@ class Adb:
         return found
 
     def select(self) -> str:
-        """Pick the device to use (the given serial, or the only ready one); say clearly why none can be used."""
+        """Pick the device (the given serial, or the only ready one); say clearly why none can be used."""
         devs = self.devices()
         ready = [d.serial for d in devs if d.state == "device"]
         if self.serial is not None:
             match = [d for d in devs if d.serial == self.serial]
             if not match:
                 listed = ", ".join(f"{d.serial} ({d.state})" for d in devs) or "none"
-                raise DeviceUnavailable(f"Android device {self.serial!r} is not attached (adb devices: {listed})")
+                raise DeviceUnavailable(
+                    f"Android device {self.serial!r} is not attached (adb devices: {listed})"
+                )
             if match[0].state != "device":
-                raise DeviceUnavailable(f"Android device {self.serial!r} is {match[0].state}; "
-                                        "unlock it and accept the USB debugging prompt")
+                raise DeviceUnavailable(
+                    f"Android device {self.serial!r} is {match[0].state}; "
+                    "unlock it and accept the USB debugging prompt"
+                )
             return self.serial
         if not devs:
-            raise DeviceUnavailable("no Android device attached (adb devices lists none); connect a phone with "
-                                    "USB debugging enabled, or pass --serial")
+            raise DeviceUnavailable(
+                "no Android device attached (adb devices lists none); connect a phone with "
+                "USB debugging enabled, or pass --serial"
+            )
         if not ready:
             states = ", ".join(f"{d.serial} ({d.state})" for d in devs)
-            raise DeviceUnavailable(f"no Android device is ready: {states}; unlock it and accept the USB "
-                                    "debugging prompt")
+            raise DeviceUnavailable(
+                f"no Android device is ready: {states}; unlock it and accept the USB debugging prompt"
+            )
         if len(ready) > 1:
-            raise DeviceUnavailable(f"several Android devices attached ({', '.join(ready)}); choose one with --serial")
+            raise DeviceUnavailable(
+                f"several Android devices attached ({', '.join(ready)}); choose one with --serial"
+            )
         self.serial = ready[0]
         return self.serial
 

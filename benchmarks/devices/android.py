@@ -12,18 +12,19 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from mobileclip_export.benchmarks.devices import parsers
+from mobileclip_export.benchmarks.devices.adb import Adb
+from mobileclip_export.benchmarks.devices.base import DeviceJob, DeviceRow, DeviceRunner, DeviceUnavailable
 from mobileclip_export.errors import UsageError
-
-from . import parsers
-from .adb import Adb
-from .base import DeviceJob, DeviceRow, DeviceRunner, DeviceUnavailable
 
 log = logging.getLogger(__name__)
 
 REMOTE_DIR = "/data/local/tmp/mobileclip_bench"
 TOOLS = {".tflite": "benchmark_model", ".pte": "executor_runner"}
-FREQ_QUERY = ("for c in /sys/devices/system/cpu/cpu[0-9]*; do "
-              "echo ${c##*cpu} $(cat $c/cpufreq/cpuinfo_max_freq 2>/dev/null); done")
+FREQ_QUERY = (
+    "for c in /sys/devices/system/cpu/cpu[0-9]*; do "
+    "echo ${c##*cpu} $(cat $c/cpufreq/cpuinfo_max_freq 2>/dev/null); done"
+)
 
 
 def core_frequencies(text: str) -> dict[int, int]:
@@ -37,7 +38,7 @@ def core_frequencies(text: str) -> dict[int, int]:
 
 
 def big_core_mask(freqs: dict[int, int], threads: int) -> tuple[str, list[int]]:
-    """Hex taskset mask of the ``threads`` fastest cores (ties: higher cpu number, which is where big cores sit)."""
+    """Hex taskset mask of the ``threads`` fastest cores (ties: higher cpu number, where big cores sit)."""
     if not freqs:
         raise DeviceUnavailable("could not read any cpufreq/cpuinfo_max_freq on the device to pick big cores")
     if threads > len(freqs):
@@ -61,25 +62,41 @@ class AndroidRunner(DeviceRunner):
         soc = self.adb.getprop("ro.soc.model") or self.adb.getprop("ro.board.platform")
         abi = self.adb.getprop("ro.product.cpu.abi")
         self._freqs = core_frequencies(self.adb.shell(FREQ_QUERY))
-        self._info = {"name": f"{model} ({serial})", "os": f"Android {release}", "cpu": f"{soc} ({abi})",
-                      "cores": len(self._freqs), "threads": None, "kind": "device"}
+        self._info = {
+            "name": f"{model} ({serial})",
+            "os": f"Android {release}",
+            "cpu": f"{soc} ({abi})",
+            "cores": len(self._freqs),
+            "threads": None,
+            "kind": "device",
+        }
         return dict(self._info)
 
     def _command(self, tool: str, remote_model: str, job: DeviceJob) -> str:
         if tool == "benchmark_model":
-            args = [f"--graph={remote_model}", f"--num_threads={job.threads}", f"--num_runs={job.runs}",
-                    f"--warmup_runs={job.warmup}", "--use_xnnpack=true"]
+            args = [
+                f"--graph={remote_model}",
+                f"--num_threads={job.threads}",
+                f"--num_runs={job.runs}",
+                f"--warmup_runs={job.warmup}",
+                "--use_xnnpack=true",
+            ]
         else:
-            args = [f"--model_path={remote_model}", f"--num_executions={job.warmup + job.runs}",
-                    f"--cpu_threads={job.threads}"]
+            args = [
+                f"--model_path={remote_model}",
+                f"--num_executions={job.warmup + job.runs}",
+                f"--cpu_threads={job.threads}",
+            ]
         return f"{REMOTE_DIR}/{tool} " + " ".join(shlex.quote(a) for a in args)
 
     def run(self, job: DeviceJob) -> DeviceRow:
         info = self.check() if self._info is None else dict(self._info)
         tool = TOOLS.get(job.artifact.suffix)
         if tool is None:
-            raise UsageError(f"{job.artifact.name}: no Android benchmark tool for {job.artifact.suffix!r} files "
-                             f"(supported: {', '.join(TOOLS)})")
+            raise UsageError(
+                f"{job.artifact.name}: no Android benchmark tool for {job.artifact.suffix!r} files "
+                f"(supported: {', '.join(TOOLS)})"
+            )
         if not job.artifact.is_file():
             raise UsageError(f"artifact {str(job.artifact)!r} does not exist")
         mask, cores = big_core_mask(self._freqs, job.threads)
@@ -90,8 +107,10 @@ class AndroidRunner(DeviceRunner):
             self.adb.push(Path(job.tool), f"{REMOTE_DIR}/{tool}")
             self.adb.shell(f"chmod 755 {REMOTE_DIR}/{tool}")
         elif "No such file" in self.adb.shell(f"ls {REMOTE_DIR}/{tool}", check=False):
-            raise DeviceUnavailable(f"{tool} is not on the device at {REMOTE_DIR}/{tool}; pass --device-tool PATH "
-                                    f"to a build for {info['cpu']}")
+            raise DeviceUnavailable(
+                f"{tool} is not on the device at {REMOTE_DIR}/{tool}; pass --device-tool PATH "
+                f"to a build for {info['cpu']}"
+            )
         text = self.adb.shell(f"taskset {mask} {self._command(tool, remote_model, job)}", check=False)
         info["threads"] = job.threads
         runtime = f"{tool} on cores {cores} (taskset {mask})"
@@ -105,8 +124,12 @@ class AndroidRunner(DeviceRunner):
             else:
                 p = parsers.parse_executor_runner(text, warmup=job.warmup)
                 row.load_ms, row.first_ms = p.get("load_ms"), p.get("first_ms")
-                row.latency = p.get("stats") or {"n": p["executions"], "mean": p["avg_ms"], "median": p["avg_ms"],
-                                                 "trimmed_mean": p["avg_ms"]}
+                row.latency = p.get("stats") or {
+                    "n": p["executions"],
+                    "mean": p["avg_ms"],
+                    "median": p["avg_ms"],
+                    "trimmed_mean": p["avg_ms"],
+                }
             row.raw = p
         except parsers.ParseError as err:
             row.status = f"failed: {err}"

@@ -12,7 +12,7 @@ from mobileclip_export.errors import UsageError
 
 
 class DeviceUnavailable(UsageError):
-    """No reachable device (none attached, unauthorized, wrong host OS, tool missing); the message says which."""
+    """No reachable device (none attached, unauthorized, wrong host OS, tool missing); the message says."""
 
 
 @dataclass
@@ -26,7 +26,9 @@ class DeviceJob:
     runs: int = 50
     warmup: int = 5
     threads: int = 1
-    tool: Path | None = None  # local binary to push (benchmark_model / executor_runner); None: already on device
+    tool: Path | None = (
+        None  # local binary to push (benchmark_model / executor_runner); None: already on device
+    )
 
 
 @dataclass
@@ -47,10 +49,20 @@ class DeviceRow:
         j = self.job
         size = j.artifact.stat().st_size if j.artifact.is_file() else None
         return {
-            "target": j.target, "encoder": j.encoder, "precision": j.precision, "kind": "deployment",
-            "record_kind": "device", "status": self.status, "runtime": self.runtime, "artifact": str(j.artifact),
-            "size_mb": size / 1e6 if size else None, "parity_cosine": None, "load_ms": self.load_ms,
-            "first_ms": self.first_ms, "rss_delta_mb": self.memory_mb, "latency": self.latency,
+            "target": j.target,
+            "encoder": j.encoder,
+            "precision": j.precision,
+            "kind": "deployment",
+            "record_kind": "device",
+            "status": self.status,
+            "runtime": self.runtime,
+            "artifact": str(j.artifact),
+            "size_mb": size / 1e6 if size else None,
+            "parity_cosine": None,
+            "load_ms": self.load_ms,
+            "first_ms": self.first_ms,
+            "rss_delta_mb": self.memory_mb,
+            "latency": self.latency,
             "device": self.device,
         }
 
@@ -60,7 +72,7 @@ class DeviceRunner(ABC):
 
     @abstractmethod
     def check(self) -> dict[str, Any]:
-        """Describe the reachable device ({name, os, cpu, cores, threads, kind: device}) or raise DeviceUnavailable."""
+        """Describe the device ({name, os, cpu, cores, threads, kind: device}) or raise DeviceUnavailable."""
 
     @abstractmethod
     def run(self, job: DeviceJob) -> DeviceRow: ...

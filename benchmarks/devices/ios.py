@@ -1,4 +1,4 @@
-"""iPhone from a Mac: coremltools' remote-device benchmarker (a timed predict loop in a runner app on the phone).
+"""iPhone from a Mac: coremltools' remote-device benchmarker (a timed predict loop in an app on the phone).
 
 Needs macOS with Xcode (``devicectl``) and a connected, paired iPhone; anywhere else ``check`` says so.
 """
@@ -9,7 +9,7 @@ import asyncio
 import platform
 from typing import Any
 
-from .base import DeviceJob, DeviceRow, DeviceRunner, DeviceUnavailable
+from mobileclip_export.benchmarks.devices.base import DeviceJob, DeviceRow, DeviceRunner, DeviceUnavailable
 
 
 class IosRunner(DeviceRunner):
@@ -22,20 +22,33 @@ class IosRunner(DeviceRunner):
         if platform.system() != "Darwin":
             raise DeviceUnavailable(
                 f"iOS benchmarking needs macOS with Xcode and a connected iPhone; this machine runs "
-                f"{platform.system()}. Copy the .mlpackage to a Mac and run the same command there.")
+                f"{platform.system()}. Copy the .mlpackage to a Mac and run the same command there."
+            )
         try:
             from coremltools.models.ml_program.experimental.remote_device import Device, DeviceType
         except ImportError as err:
             raise DeviceUnavailable(f"coremltools with remote-device support is needed: {err}") from err
         devices = Device.get_connected_devices(DeviceType.IPHONE)
         if not devices:
-            raise DeviceUnavailable("no iPhone connected (devicectl lists none); connect and pair one in Xcode")
+            raise DeviceUnavailable(
+                "no iPhone connected (devicectl lists none); connect and pair one in Xcode"
+            )
         self._device = devices[0]
-        return {"name": str(getattr(self._device, "name", "iPhone")), "os": "iOS", "cpu": "Apple SoC",
-                "cores": None, "threads": None, "kind": "device"}
+        return {
+            "name": str(getattr(self._device, "name", "iPhone")),
+            "os": "iOS",
+            "cpu": "Apple SoC",
+            "cores": None,
+            "threads": None,
+            "kind": "device",
+        }
 
     def run(self, job: DeviceJob) -> DeviceRow:  # pragma: no cover - needs a Mac and a phone
-        info = self.check() if self._device is None else {"name": str(self._device), "os": "iOS", "kind": "device"}
+        info = (
+            self.check()
+            if self._device is None
+            else {"name": str(self._device), "os": "iOS", "kind": "device"}
+        )
         import coremltools as ct
         from coremltools.models.ml_program.experimental.perf_utils import MLModelBenchmarker
 

@@ -3,7 +3,8 @@
 LiteRT ``benchmark_model`` prints (optionally behind ``INFO: `` or a logcat ``I tflite  : `` prefix)::
 
     count=50 first=35977 curr=35421 min=35102 max=37950 avg=35688.4 std=511 [p5=... median=... p95=...]
-    Inference timings in us: Init: 78123, First inference: 40512, Warmup (avg): 36234.1, Inference (avg): 35688.4
+    Inference timings in us: Init: 78123, First inference: 40512, Warmup (avg): 36234.1,
+        Inference (avg): 35688.4   (one line)
     Memory footprint delta from the start of the tool (MB): init=61.7695 overall=68.4492
     (older releases: "Peak memory footprint (MB): init=... overall=...")
     Overall peak memory footprint (MB) via periodic monitoring: 75.8828
@@ -11,7 +12,8 @@ LiteRT ``benchmark_model`` prints (optionally behind ``INFO: `` or a logcat ``I 
 Numbers may be printed in C++ ``%g`` style (``2.95034e+06``). The last ``count=`` line is the timed phase, the
 one before it the warm-up.
 
-ExecuTorch ``executor_runner`` logs through ``ET_LOG``: ``I 00:00:00.123456 executorch:executor_runner.cpp:NNN]
+ExecuTorch ``executor_runner`` logs through ``ET_LOG``:
+``I 00:00:00.123456 executorch:executor_runner.cpp:NNN]
 <message>`` with messages ``Model loaded in %f ms.`` (recent releases), ``Iteration %u of %u: %f ms``
 (recent releases, one per execution) and ``Model executed successfully %u time(s) in %f ms.`` (all releases).
 """
@@ -27,7 +29,7 @@ NUM = r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
 
 
 class ParseError(ValueError):
-    """The tool's output lacks the lines a measurement needs (the tool probably failed; its text is attached)."""
+    """The output lacks the lines a measurement needs (the tool probably failed; its text is attached)."""
 
 
 def _tail(text: str, n: int = 15) -> str:
@@ -39,9 +41,13 @@ def parse_benchmark_model(text: str) -> dict[str, Any]:
     when printed) of the timed phase, and memory in MB where printed."""
     summary = re.search(
         rf"Inference timings in us: Init: {NUM}, First inference: {NUM}, Warmup \(avg\): {NUM}, "
-        rf"Inference \(avg\): {NUM}", text)
+        rf"Inference \(avg\): {NUM}",
+        text,
+    )
     if summary is None:
-        raise ParseError("benchmark_model output has no 'Inference timings in us' line; last lines:\n" + _tail(text))
+        raise ParseError(
+            "benchmark_model output has no 'Inference timings in us' line; last lines:\n" + _tail(text)
+        )
     init, first, warm, avg = (float(g) / 1e3 for g in summary.groups())
     out: dict[str, Any] = {"init_ms": init, "first_ms": first, "warmup_avg_ms": warm, "avg_ms": avg}
     counts = list(re.finditer(r"count=(\d+)((?: \w+=" + NUM + r")+)", text))
@@ -52,8 +58,11 @@ def parse_benchmark_model(text: str) -> dict[str, Any]:
         for key in ("min", "max", "std", "p5", "median", "p95"):
             if key in fields:
                 out[f"{key}_ms"] = float(fields[key]) / 1e3
-    mem = re.search(rf"(?:Memory footprint delta from the start of the tool|Peak memory footprint) \(MB\): "
-                    rf"init={NUM} overall={NUM}", text)
+    mem = re.search(
+        rf"(?:Memory footprint delta from the start of the tool|Peak memory footprint) \(MB\): "
+        rf"init={NUM} overall={NUM}",
+        text,
+    )
     if mem:
         out["memory_init_mb"], out["memory_overall_mb"] = float(mem.group(1)), float(mem.group(2))
     peak = re.search(rf"Overall peak memory footprint \(MB\) via periodic monitoring: {NUM}", text)
@@ -71,8 +80,12 @@ def parse_benchmark_model(text: str) -> dict[str, Any]:
 def benchmark_model_latency(parsed: dict[str, Any]) -> dict[str, float]:
     """Latency block for a report row. benchmark_model prints no p90; p95 stands in only when printed, and the
     key says so."""
-    lat: dict[str, float] = {"n": parsed.get("count", 0), "mean": parsed["avg_ms"],
-                             "trimmed_mean": parsed["avg_ms"], "median": parsed.get("median_ms", parsed["avg_ms"])}
+    lat: dict[str, float] = {
+        "n": parsed.get("count", 0),
+        "mean": parsed["avg_ms"],
+        "trimmed_mean": parsed["avg_ms"],
+        "median": parsed.get("median_ms", parsed["avg_ms"]),
+    }
     for key in ("min", "max", "std"):
         if f"{key}_ms" in parsed:
             lat[key] = parsed[f"{key}_ms"]
@@ -85,8 +98,9 @@ def parse_executor_runner(text: str, warmup: int = 0) -> dict[str, Any]:
     """Return load_ms (when printed), per-iteration samples (when printed), total and average ms."""
     total = re.search(rf"Model executed successfully (\d+) time\(s\) in {NUM} ms", text)
     if total is None:
-        raise ParseError("executor_runner output has no 'Model executed successfully' line; last lines:\n"
-                         + _tail(text))
+        raise ParseError(
+            "executor_runner output has no 'Model executed successfully' line; last lines:\n" + _tail(text)
+        )
     n, total_ms = int(total.group(1)), float(total.group(2))
     out: dict[str, Any] = {"executions": n, "total_ms": total_ms, "avg_ms": total_ms / max(n, 1)}
     load = re.search(rf"Model loaded in {NUM} ms", text)

@@ -49,7 +49,7 @@ if serial is None:
 if serial not in ready:
     fail(f"adb: device '{serial}' not found")
 if dict(cfg["devices"])[serial] != "device":
-    fail(f"adb: device unauthorized.\nThis adb server's $ADB_VENDOR_KEYS is not set")
+    fail("adb: device unauthorized.\nThis adb server's $ADB_VENDOR_KEYS is not set")
 
 
 def local(remote: str) -> Path:

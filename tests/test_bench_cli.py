@@ -1,0 +1,206 @@
+"""The bench CLI end to end on a stand-in bundle: stand-in targets registered by monkeypatching the registry
+(a deployment runtime, a reference runtime, one unavailable here, one whose export failed)."""
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mobileclip_export.benchmarks.cli import main
+from mobileclip_export.export import registry
+from mobileclip_export.export.target import OptionSpec, Runner, RuntimeUnavailable, Target
+
+SEEN_OPTIONS: list[dict] = []
+
+
+class _Runner(Runner):
+    def __init__(self, module, label, deployment):
+        self.module, self.label, self.is_deployment_runtime = module, label, deployment
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        (x,) = inputs.values()
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(x)).numpy()
+
+
+class _Toy(Target):
+    name, extension, extra = "toy", ".json", "toy"
+    options = (OptionSpec("threads", "intra-op threads", None, None, int),)
+    deployment = True
+
+    def export(self, enc, precision, options, path):  # pragma: no cover - the bundle is written by the test
+        raise NotImplementedError
+
+    def load(self, path: Path, options):
+        SEEN_OPTIONS.append(dict(options))
+        from mobileclip_export.models import create_model
+        from mobileclip_export.reparam import reparameterize_model
+
+        spec = json.loads(Path(path).read_text())
+        model = reparameterize_model(create_model(spec["model"], seed=spec["seed"], reduced=True))
+        return _Runner(
+            getattr(model, f"{spec['encoder']}_encoder"), f"{self.name} runtime 1.0", self.deployment
+        )
+
+
+class _ToyRef(_Toy):
+    name, deployment, options = "toyref", False, ()
+
+
+class _ToyMac(_Toy):
+    name, options = "toymac", ()
+
+    def load(self, path, options):
+        raise RuntimeUnavailable("needs macOS")
+
+
+class _ToyBad(_Toy):
+    name, options = "toybad", ()
+
+
+@pytest.fixture
+def bundle(tmp_path, monkeypatch):
+    targets = {t.name: t for t in (_Toy(), _ToyRef(), _ToyMac(), _ToyBad())}
+    monkeypatch.setattr(registry, "all_targets", lambda: dict(targets))
+    root = tmp_path / "exports" / "mobileclip_s0"
+    root.mkdir(parents=True)
+    arts = []
+    for t in ("toy", "toyref", "toymac"):
+        for enc in ("image", "text"):
+            rel = f"{t}/mobileclip_s0-{enc}-fp32.json"
+            (root / t).mkdir(exist_ok=True)
+            (root / rel).write_text(json.dumps({"model": "mobileclip_s0", "encoder": enc, "seed": 0}))
+            name = "image" if enc == "image" else "text"
+            dtype = "float32" if enc == "image" else "int32"
+            arts.append(
+                {
+                    "target": t,
+                    "encoder": enc,
+                    "precision": "fp32",
+                    "path": rel,
+                    "bytes": 1234567,
+                    "inputs": [{"name": name, "shape": [1], "dtype": dtype}],
+                    "status": "unverified",
+                    "options": {},
+                }
+            )
+    arts.append(
+        {
+            "target": "toybad",
+            "encoder": "image",
+            "precision": "fp32",
+            "path": None,
+            "status": "failed",
+            "error": "converter exploded",
+        }
+    )
+    (root / "manifest.json").write_text(
+        json.dumps(
+            {
+                "model": "mobileclip_s0",
+                "random_init": True,
+                "export_args": {"seed": 0, "reduced": True},
+                "artifacts": arts,
+            }
+        )
+    )
+    return tmp_path / "exports"
+
+
+def test_bench_end_to_end_and_gate(bundle, tmp_path, capsys):
+    out = tmp_path / "bench"
+    SEEN_OPTIONS.clear()
+    code = main(
+        [
+            "--model",
+            "mobileclip_s0",
+            "--bundle-dir",
+            str(bundle),
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+            "--output-dir",
+            str(out),
+            "--threads",
+            "1",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0
+    doc = json.loads((out / "report.json").read_text())
+    rows = {(r["target"], r["encoder"]): r for r in doc["rows"]}
+    assert set(rows) == {
+        (t, e)
+        for t in ("pytorch-train", "pytorch-reparam", "toy", "toyref", "toymac")
+        for e in ("image", "text")
+    } | {("toybad", "image")}
+    toy = rows[("toy", "image")]
+    assert toy["status"] == "ok" and toy["kind"] == "deployment" and toy["runtime"] == "toy runtime 1.0"
+    assert toy["latency"]["n"] == 3 and toy["latency"]["median"] > 0
+    assert toy["parity_cosine"] > 0.99999  # reparameterized vs train-time, same inputs
+    assert toy["speedup_vs_reparam"] > 0 and toy["size_mb"] == pytest.approx(1.234567)
+    assert toy["gflops_per_s"] == pytest.approx(2 * toy["gmacs"] / (toy["latency"]["median"] / 1e3))
+    assert toy["fraction_of_peak"] == pytest.approx(
+        toy["gflops_per_s"] / doc["settings"]["peak_matmul_gflops"]
+    )
+    assert {"threads": 1} in SEEN_OPTIONS  # the thread count reaches targets that declare a threads option
+    ref = rows[("toyref", "text")]
+    assert ref["kind"] == "reference" and ref["speedup_vs_reparam"] is None and ref["load_ms"] > 0
+    assert rows[("toymac", "image")]["status"] == "skipped: needs macOS"
+    assert rows[("toybad", "image")]["status"] == "failed: converter exploded"
+    assert rows[("pytorch-reparam", "image")]["speedup_vs_reparam"] == pytest.approx(1.0)
+    assert doc["model"] == {"name": "mobileclip_s0", "random_init": True, "reduced": True, "seed": 0}
+    assert [e["encoder"] for e in doc["estimates"] if "Neural Engine" in e["device"]] == ["image", "text"]
+    assert "LOO MAPE" in printed and "(reference runtime)" in printed and "needs macOS" in printed
+    assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG" and (out / "report.md").is_file()
+    assert len((out / "history.jsonl").read_text().splitlines()) == 1
+
+    # gate: a baseline 100x faster than now must fail; 100x slower must pass
+    for factor, expected in ((0.01, 1), (100.0, 0)):
+        base = json.loads((out / "report.json").read_text())
+        for rec in base["records"]:
+            if rec["metric"] == "median_inference_latency(ms)":
+                rec["actualValue"] *= factor
+        (tmp_path / "base.json").write_text(json.dumps(base))
+        code = main(
+            [
+                "--model",
+                "mobileclip_s0",
+                "--bundle-dir",
+                str(bundle),
+                "--runs",
+                "2",
+                "--warmup",
+                "0",
+                "--output-dir",
+                str(tmp_path / f"b{factor}"),
+                "--no-plots",
+                "--no-estimates",
+                "--target",
+                "toy",
+                "--encoder",
+                "image",
+                "--baseline",
+                str(tmp_path / "base.json"),
+                "--fail-on-regression",
+                "10",
+            ]
+        )
+        text = capsys.readouterr().out
+        assert code == expected, text
+        assert ("REGRESSED" in text) is (expected == 1)
+        assert "missing   toy/text/fp32" in text  # rows not measured now are listed, never fail
+
+
+def test_usage_errors(bundle, tmp_path, capsys):
+    assert main(["--model", "mobileclip_s0", "--runs", "0"]) == 2
+    assert main(["--model", "mobileclip_s0", "--fail-on-regression", "5"]) == 2
+    assert main(["--model", "mobileclip_s0", "--bundle-dir", str(bundle), "--target", "nope"]) == 2
+    assert main(["--model", "mobileclip_s0", "--bundle-dir", str(tmp_path)]) == 2
+    assert main(["--model", "mobileclip_s0", "--baseline", str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--runs must be >= 1" in err and "needs --baseline" in err and "unknown target 'nope'" in err
+    assert "no manifest.json" in err and "does not exist" in err
