@@ -1,0 +1,192 @@
+"""CLI: exit codes and messages for bad input, JSON shape, --help laziness, bench delegation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+
+import pytest
+from mobileclip_export.export import cli
+from mobileclip_export.export.backends.onnx import OnnxTarget
+from mobileclip_export.export.registry import all_targets
+from mobileclip_export.export.testing import use_toy_models
+
+HEAVY = ("coremltools", "executorch", "litert_torch", "onnxruntime", "coreai", "ai_edge_litert", "jax",
+         "tensorflow")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_does_not_import_converters() -> None:
+    code = (
+        "import sys\n"
+        "from mobileclip_export.export.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+    assert "--opset" in proc.stdout and "--target" in proc.stdout
+
+
+def test_every_target_option_is_a_flag() -> None:
+    parser = cli.build_parser()
+    flags = {s for a in parser._actions for s in a.option_strings}
+    for t in all_targets().values():
+        for o in t.options:
+            assert "--" + o.name.replace("_", "-") in flags
+
+
+def test_unknown_model(capsys, tmp_path) -> None:
+    code, _, err = run(capsys, "--model", "mobileclip_s9", "--target", "onnx", "--output-dir", str(tmp_path))
+    assert code == 2
+    assert "unknown model 'mobileclip_s9'" in err and "mobileclip_s0" in err
+
+
+def test_unknown_target(capsys, tmp_path) -> None:
+    code, _, err = run(capsys, "--model", "mobileclip_s0", "--target", "caffe", "--output-dir", str(tmp_path))
+    assert code == 2
+    assert "unknown target 'caffe'" in err and "onnx" in err and "all" in err
+
+
+def test_unknown_flag_suggests(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--model", "mobileclip_s0", "--presicion", "fp16"])
+    assert exc.value.code == 2
+    assert "did you mean --precision" in capsys.readouterr().err
+
+
+def test_unknown_encoder(capsys, tmp_path) -> None:
+    code, _, err = run(capsys, "--model", "mobileclip_s0", "--target", "onnx", "--encoder", "audio",
+                       "--output-dir", str(tmp_path))
+    assert code == 2 and "unknown encoder 'audio'" in err and "both" in err
+
+
+@pytest.mark.skipif("coreml" not in all_targets(), reason="coreml backend not present")
+def test_option_not_supported_by_chosen_target(capsys, tmp_path) -> None:
+    code, _, err = run(capsys, "--model", "mobileclip_s0", "--target", "coreml", "--opset", "18",
+                       "--output-dir", str(tmp_path))
+    assert code == 2
+    assert "--opset" in err and "coreml" in err and "belongs to: onnx" in err
+    assert not (tmp_path / "mobileclip_s0").exists()
+
+
+def test_unsupported_precision(capsys, tmp_path) -> None:
+    code, _, err = run(capsys, "--model", "mobileclip_s0", "--target", "onnx", "--precision", "int3",
+                       "--output-dir", str(tmp_path))
+    assert code == 2 and "precision 'int3'" in err and "fp32" in err
+
+
+def test_missing_extra(capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(OnnxTarget, "missing_dependencies", lambda self: ["onnxruntime"])
+    code, _, err = run(capsys, "--model", "mobileclip_s0", "--target", "onnx", "--output-dir", str(tmp_path))
+    assert code == 2
+    assert "pip install 'mobileclip-export[onnx]'" in err and "onnxruntime" in err
+
+
+def test_list_targets_shows_pip_command_for_missing(capsys, monkeypatch) -> None:
+    monkeypatch.setattr(OnnxTarget, "missing_dependencies", lambda self: ["onnxruntime"])
+    code, out, _ = run(capsys, "--list-targets")
+    assert code == 0
+    assert "NOT installed: pip install 'mobileclip-export[onnx]'" in out
+
+
+def test_list_models(capsys) -> None:
+    code, out, _ = run(capsys, "--list-models")
+    assert code == 0 and "mobileclip_s0" in out and "mobileclip2_l14" in out
+
+
+def test_unwritable_output_dir(capsys, tmp_path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, _, err = run(capsys, "--model", "mobileclip_s0", "--target", "onnx", "--output-dir", str(blocker / "sub"))
+    assert code == 2 and "not writable" in err
+
+
+def test_missing_checkpoint_file(capsys, tmp_path) -> None:
+    code, _, err = run(capsys, "--model", "mobileclip_s0", "--target", "onnx", "--checkpoint",
+                       str(tmp_path / "nope.pt"), "--output-dir", str(tmp_path))
+    assert code == 2 and "nope.pt" in err
+
+
+def test_checkpoint_of_another_variant(capsys, tmp_path) -> None:
+    pytest.importorskip("mobileclip_export.models.checkpoint")
+    import torch
+    from mobileclip_export.models import create_model
+
+    other = create_model("mobileclip_b", reduced=True)
+    ckpt = tmp_path / "b.pt"
+    torch.save(other.state_dict(), ckpt)
+    code, _, err = run(capsys, "--model", "mobileclip_s0", "--reduced", "--target", "onnx", "--checkpoint",
+                       str(ckpt), "--output-dir", str(tmp_path / "out"))
+    assert code == 2, err
+    assert "checkpoint" in err.lower()
+    assert not (tmp_path / "out" / "mobileclip_s0").exists()
+
+
+def test_export_json_and_existing_bundle(capsys, tmp_path, monkeypatch) -> None:
+    use_toy_models(monkeypatch)
+    args = ["--model", "mobileclip_s0", "--target", "onnx", "--output-dir", str(tmp_path), "--json"]
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    data = json.loads(out)
+    assert set(data) >= {"ok", "model", "bundle_dir", "manifest_path", "artifacts", "random_init", "reparam_parity"}
+    assert data["ok"] is True and data["random_init"] is True
+    assert [(a["target"], a["encoder"], a["status"]) for a in data["artifacts"]] == [
+        ("onnx", "image", "verified"), ("onnx", "text", "verified")]
+    art = data["artifacts"][0]
+    assert set(art) >= {"target", "encoder", "precision", "path", "sha256", "bytes", "inputs", "outputs", "parity",
+                        "status", "error", "seconds", "notes"}
+    assert set(art["parity"]) >= {"cosine", "max_abs_diff", "mean_abs_diff", "psnr_db", "status", "runtime"}
+    assert art["parity"]["cosine"] > 0.99999 and art["parity"]["max_abs_diff"] < 1e-4
+    assert set(art["seconds"]) == {"export", "verify"}
+    # progress, the random-weights warning, the summary and the next command go to stderr
+    assert "NOT for accuracy" in err and "export [onnx image] done" in err
+    assert "mobileclip-export bench --model mobileclip_s0" in err and "verified" in err
+
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "already exists" in err and "--force" in err
+    code, _, err = run(capsys, *args, "--force", "--encoder", "image")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "mobileclip_s0" / "manifest.json").read_text())
+    assert [a["encoder"] for a in manifest["artifacts"]] == ["image"]
+
+
+def test_verification_failure_exits_1_with_numbers(capsys, tmp_path, monkeypatch) -> None:
+    use_toy_models(monkeypatch)
+    real_load = OnnxTarget.load
+
+    def bad_load(self, path, options):
+        runner = real_load(self, path, options)
+        inner = runner.run
+        runner.run = lambda feeds: inner(feeds) * 1.1  # a plausible-looking 10% scale error
+        return runner
+
+    monkeypatch.setattr(OnnxTarget, "load", bad_load)
+    code, out, err = run(capsys, "--model", "mobileclip_s0", "--target", "onnx", "--output-dir", str(tmp_path),
+                         "--encoder", "image", "--json")
+    assert code == 1
+    assert "FAILED onnx image fp32" in err and "max|diff|" in err
+    art = json.loads(out)["artifacts"][0]
+    assert art["status"] == "failed" and art["path"] is None and art["parity"]["status"] == "failed"
+    assert art["parity"]["max_abs_diff"] > 0.05 * art["parity"]["ref_max_abs"]
+    assert not (tmp_path / "mobileclip_s0").exists()  # nothing succeeded: nothing written
+
+
+def test_bench_is_delegated(capsys, monkeypatch) -> None:
+    seen = {}
+    fake = types.ModuleType("mobileclip_export.benchmarks.cli")
+    fake.main = lambda argv: seen.setdefault("argv", argv) and 0
+    monkeypatch.setitem(sys.modules, "mobileclip_export.benchmarks.cli", fake)
+    import mobileclip_export.benchmarks as bench_pkg
+
+    monkeypatch.setattr(bench_pkg, "cli", fake, raising=False)
+    assert cli.main(["bench", "--model", "mobileclip_s0", "--runs", "3"]) == 0
+    assert seen["argv"] == ["--model", "mobileclip_s0", "--runs", "3"]

@@ -1,0 +1,214 @@
+"""export_model: bundle layout, manifest, atomicity, verification statuses, option routing, multifunction."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mobileclip_export.errors import UsageError, VerificationError
+from mobileclip_export.export import api, plan, registry
+from mobileclip_export.export.api import export_model
+from mobileclip_export.export.backends.onnx import OnnxTarget
+from mobileclip_export.export.bundle import path_sha256
+from mobileclip_export.export.target import ArtifactInfo, Runner, RuntimeUnavailable, Target
+from mobileclip_export.export.testing import use_toy_models
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    use_toy_models(monkeypatch)
+
+
+def _leftovers(out: Path) -> list[str]:
+    return [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_bundle_layout_and_manifest(tmp_path, toy) -> None:
+    res = export_model("mobileclip_s0", "onnx", output_dir=tmp_path, seed=7)
+    assert res.ok and res.bundle_dir == tmp_path / "mobileclip_s0"
+    m = json.loads(res.manifest_path.read_text())
+    assert m["schema_version"] == 1 and m["model"] == "mobileclip_s0"
+    assert m["weights"]["source"] == "random init, seed 7" and m["random_init"] is True
+    assert math.isclose(m["logit_scale"]["value"], 1 / 0.07, rel_tol=1e-6) and m["logit_scale"]["max"] == 100.0
+    assert m["preprocessing"]["mean"] == [0.0, 0.0, 0.0] and m["preprocessing"]["color_space"] == "RGB"
+    assert m["tokenizer"]["pad_id"] == 0 and m["tokenizer"]["context_length"] == 77
+    assert {"torch", "onnx", "onnxruntime", "mobileclip_export"} <= set(m["tool_versions"])
+    assert m["export_args"]["seed"] == 7 and m["export_args"]["options"]["onnx"]["opset"] == 18
+    for a in m["artifacts"]:
+        p = res.bundle_dir / a["path"]
+        assert p.name == f"mobileclip_s0-{a['encoder']}-fp32.onnx" and p.parent.name == "onnx"
+        assert path_sha256(p) == a["sha256"] and p.stat().st_size == a["bytes"]
+        assert a["parity"]["runtime"].startswith("onnxruntime") and a["parity"]["is_deployment_runtime"] is True
+    onnx_dir = res.bundle_dir / "onnx"
+    assert {"bpe_simple_vocab_16e6.txt.gz", "LICENSE-clip-bpe.txt", "tokenizer.json"} <= {
+        p.name for p in onnx_dir.iterdir()}
+    assert json.loads((onnx_dir / "tokenizer.json").read_text())["eot_id"] == 49407
+    assert _leftovers(tmp_path) == [] and not list(res.bundle_dir.rglob("*.partial"))
+
+
+def test_crash_mid_export_leaves_no_bundle(tmp_path, toy, monkeypatch) -> None:
+    real = OnnxTarget.export
+
+    def crash_on_text(self, enc, precision, options, path):
+        if enc.encoder == "text":
+            Path(path).write_bytes(b"half an onnx file")
+            raise KeyboardInterrupt
+        return real(self, enc, precision, options, path)
+
+    monkeypatch.setattr(OnnxTarget, "export", crash_on_text)
+    with pytest.raises(KeyboardInterrupt):
+        export_model("mobileclip_s0", "onnx", output_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_crash_with_force_keeps_the_old_bundle(tmp_path, toy, monkeypatch) -> None:
+    first = export_model("mobileclip_s0", "onnx", output_dir=tmp_path, encoders="image")
+    before = first.manifest_path.read_bytes()
+
+    def crash(self, enc, precision, options, path):
+        Path(path).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OnnxTarget, "export", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_model("mobileclip_s0", "onnx", output_dir=tmp_path, force=True)
+    assert first.manifest_path.read_bytes() == before
+    art = json.loads(before)["artifacts"][0]
+    assert path_sha256(first.bundle_dir / art["path"]) == art["sha256"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_one_failed_encoder_is_recorded_not_listed(tmp_path, toy, monkeypatch) -> None:
+    real = OnnxTarget.export
+
+    def fail_text(self, enc, precision, options, path):
+        if enc.encoder == "text":
+            Path(path).write_bytes(b"junk")
+            raise RuntimeError("converter exploded")
+        return real(self, enc, precision, options, path)
+
+    monkeypatch.setattr(OnnxTarget, "export", fail_text)
+    res = export_model("mobileclip_s0", "onnx", output_dir=tmp_path)
+    assert not res.ok
+    by = {a.encoder: a for a in res.artifacts}
+    assert by["image"].status == "verified" and by["text"].status == "failed"
+    assert by["text"].path is None and "converter exploded" in by["text"].error
+    m = json.loads(res.manifest_path.read_text())
+    assert m["ok"] is False
+    listed = [a["path"] for a in m["artifacts"] if a["path"]]
+    assert listed == ["onnx/mobileclip_s0-image-fp32.onnx"]
+    files = sorted(p.name for p in (res.bundle_dir / "onnx").iterdir())
+    assert files == ["mobileclip_s0-image-fp32.onnx"]  # no junk, no tokenizer without a text model
+
+
+def test_runtime_unavailable_is_skipped_with_structural_checks(tmp_path, toy, monkeypatch) -> None:
+    def no_runtime(self, path, options):
+        raise RuntimeUnavailable("needs macOS")
+
+    monkeypatch.setattr(OnnxTarget, "load", no_runtime)
+    res = export_model("mobileclip_s0", "onnx", output_dir=tmp_path, encoders="text")
+    (a,) = res.artifacts
+    assert res.ok and a.status == "unverified" and a.parity["status"] == "skipped: needs macOS"
+    assert a.parity["cosine"] is None
+    assert a.details["structural_checks"]["problems"] == [] and a.details["structural_checks"]["n_batchnorm"] == 0
+
+
+def test_no_verify(tmp_path, toy) -> None:
+    res = export_model("mobileclip_s0", "onnx", output_dir=tmp_path, encoders="image", verify=False)
+    (a,) = res.artifacts
+    assert a.status == "unverified" and a.parity["status"] == "skipped: --no-verify" and a.path
+
+
+def test_leftover_batchnorm_fails_structural_check(tmp_path, monkeypatch) -> None:
+    use_toy_models(monkeypatch, batchnorm=True, identity_reparam=True)
+    res = export_model("mobileclip_s0", "onnx", output_dir=tmp_path, encoders="image")
+    (a,) = res.artifacts
+    assert a.status == "failed" and "BatchNormalization" in a.error
+    assert res.bundle_dir is None and list(tmp_path.iterdir()) == []
+
+
+def test_reparam_parity_failure_raises_with_numbers(tmp_path, toy, monkeypatch) -> None:
+    def broken_reparam(model):
+        import copy
+
+        new = copy.deepcopy(model)
+        with torch.no_grad():
+            new.image_encoder.model.stem.weight.mul_(1.01)
+        return new
+
+    monkeypatch.setattr(api, "_reparameterize", broken_reparam)
+    with pytest.raises(VerificationError, match=r"image encoder's outputs.*max\|diff\|"):
+        export_model("mobileclip_s0", "onnx", output_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_options_routing() -> None:
+    p = plan.plan_export("onnx", "both", None, {"opset": 19, "dynamic_batch": True})
+    assert p.targets[0].options == {"opset": 19, "dynamic_batch": True}
+    p = plan.plan_export(["onnx"], "image", None, {"onnx": {"opset": 20}})
+    assert p.targets[0].options["opset"] == 20 and p.encoders == ("image",)
+    with pytest.raises(UsageError, match="--no-such-option"):
+        plan.plan_export("onnx", "both", None, {"no_such_option": 1})
+    # --target all: each target gets only the options it declares
+    p = plan.plan_export("all", "both", None, {"opset": 18})
+    for tp in p.targets:
+        assert ("opset" in tp.options) == (tp.target.name == "onnx")
+
+
+def test_target_aliases_and_order() -> None:
+    targets, is_all = plan.resolve_targets("ort,onnx")
+    assert [t.name for t in targets] == ["onnx"] and not is_all
+
+
+class _TorchRunner(Runner):
+    label = "torch (fake multifunction)"
+    is_deployment_runtime = False
+
+    def __init__(self, modules):
+        self.modules = modules
+
+    def run(self, inputs):
+        (name, x), = inputs.items()
+        with torch.no_grad():
+            return self.modules[name](torch.from_numpy(np.asarray(x))).numpy()
+
+
+class _MultiTarget(Target):
+    name = "fakemulti"
+    extension = ".fake"
+    extra = "fake"
+    options = ()
+    last: dict = {}
+
+    def export(self, enc, precision, options, path):  # pragma: no cover - multifunction only
+        raise AssertionError("single-encoder export must not be called with --multifunction")
+
+    def export_multifunction(self, encs, precision, options, path):
+        """One artifact, two functions; the runner takes {"image": x} or {"text": ids}."""
+        _MultiTarget.last = {e.encoder: e.module for e in encs}
+        Path(path).write_bytes(b"two functions")
+        return ArtifactInfo(Path(path), tuple(e.inputs[0] for e in encs), encs[0].outputs)
+
+    def load(self, path, options):
+        return _TorchRunner(_MultiTarget.last)
+
+
+def test_multifunction_path(tmp_path, toy, monkeypatch) -> None:
+    from mobileclip_export.export.target import OptionSpec
+
+    _MultiTarget.options = (OptionSpec("multifunction", "one artifact for both encoders", False, None, bool),)
+    fake = {**registry.all_targets(), "fakemulti": _MultiTarget()}
+    monkeypatch.setattr(registry, "all_targets", lambda: fake)
+    monkeypatch.setattr(plan, "all_targets", lambda: fake)
+    res = export_model("mobileclip_s0", "fakemulti", output_dir=tmp_path, options={"multifunction": True})
+    (a,) = res.artifacts
+    assert a.encoder == "image+text" and a.status == "verified", a.error
+    assert set(a.parity["by_encoder"]) == {"image", "text"} and a.parity["is_deployment_runtime"] is False
+    assert a.path == "fakemulti/mobileclip_s0-image-text-fp32.fake"
+    assert (res.bundle_dir / "fakemulti" / "tokenizer.json").is_file()
+    with pytest.raises(UsageError, match="both encoders"):
+        plan.plan_export("fakemulti", "image", None, {"multifunction": True})
