@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -177,9 +178,15 @@ def _artifact_candidate(
 
     target = get_target(rec["target"])
     options = dict(rec.get("options") or {})
-    for opt in target.options:
-        if opt.name in THREAD_OPTION_NAMES:
-            options[opt.name] = threads
+    notes = []
+    thread_opts = [o.name for o in target.options if o.name in THREAD_OPTION_NAMES]
+    for name in thread_opts:
+        options[name] = threads
+    if not thread_opts:
+        notes.append(
+            "thread count not settable through the target's options: the runtime picks its own, "
+            "confined to the pinned cores"
+        )
     path = bundle_dir / rec["path"]
     specs = rec.get("inputs") or []
     name = specs[0]["name"] if specs else rec["encoder"]
@@ -204,6 +211,7 @@ def _artifact_candidate(
         size_bytes=rec.get("bytes"),
         artifact=str(path),
         close=close,
+        notes=notes,
     )
 
 
@@ -294,7 +302,43 @@ def _select(
     ]
 
 
+def _set_affinity(cores: set[int]) -> None:
+    """Every thread of this process (pools already started included), so runtimes inherit the same cores."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cores)
+        except OSError:  # a thread that exited meanwhile
+            pass
+
+
+def pin_cores(threads: int) -> tuple[set[int] | None, list[int]]:
+    """Confine the process to ``threads`` cores (Linux); returns (previous affinity, pinned cores)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None, []
+    before = os.sched_getaffinity(0)
+    if threads > len(before):
+        raise UsageError(f"--threads {threads} exceeds the {len(before)} cores this process may use")
+    cores = sorted(before)[:threads]
+    _set_affinity(set(cores))
+    return before, cores
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    before, cores = pin_cores(args.threads)
+    args.pinned_cores = cores
+    try:
+        return _run(args)
+    finally:
+        if before is not None:
+            _set_affinity(before)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
     from mobileclip_export.benchmarks.machine import describe_host, matmul_peak_gflops
     from mobileclip_export.benchmarks.macs import count_macs, weight_bytes
@@ -302,7 +346,6 @@ def run(args: argparse.Namespace) -> int:
     from mobileclip_export.models import create_model
     from mobileclip_export.reparam import reparameterize_model
 
-    _check_args(args)
     baseline = regression.load_baseline(args.baseline) if args.baseline else None  # fail fast on a bad file
     encoders = _encoders(args.encoder)
     targets = _target_names(args.target)
@@ -368,6 +411,7 @@ def run(args: argparse.Namespace) -> int:
             "gflops_per_s": None,
             "fraction_of_peak": None,
             "speedup_vs_reparam": None,
+            "notes": list(c.notes),
         }
         ref = reference.get(c.encoder)
         if m.output is not None and ref is not None and c.target != "pytorch-train":

@@ -43,6 +43,7 @@ class Candidate:
     size_bytes: int | None = None
     artifact: str | None = None
     close: Callable[[], None] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:

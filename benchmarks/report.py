@@ -217,7 +217,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
         f"## Benchmark: {mdl['name']} ({size}, {weights})",
         "",
         f"**Host** (kind `host`: a proxy, not a phone): {dev['cpu']}, {dev['cores']} cores, {dev['os']}; "
-        f"{st['threads']} thread(s). {st['runs']} timed runs after {st['warmup']} warm-up, interleaved "
+        f"{st['threads']} thread(s), process pinned to cores {st.get('pinned_cores', '?')}. "
+        f"{st['runs']} timed runs after {st['warmup']} warm-up, interleaved "
         f"round-robin across candidates. Dense fp32 matmul peak measured in this run: "
         f"{_fmt(st.get('peak_matmul_gflops'), 1)} GFLOP/s (torch.mm, same thread count).",
         "",
@@ -259,6 +260,13 @@ def markdown(doc: Mapping[str, Any]) -> str:
         )
     if notes:
         lines += ["", "Not measured here:", *notes]
+    row_notes = [
+        f"- `{r['target']}` {r['encoder']} {r['precision']}: {n}"
+        for r in doc["rows"]
+        for n in r.get("notes") or []
+    ]
+    if row_notes:
+        lines += ["", "Notes:", *row_notes]
     if doc.get("estimates"):
         lines += [
             "",

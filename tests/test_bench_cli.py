@@ -150,6 +150,8 @@ def test_bench_end_to_end_and_gate(bundle, tmp_path, capsys):
     ref = rows[("toyref", "text")]
     assert ref["kind"] == "reference" and ref["speedup_vs_reparam"] is None and ref["load_ms"] > 0
     assert rows[("toymac", "image")]["status"] == "skipped: needs macOS"
+    assert toy["notes"] == [] and "not settable" in ref["notes"][0]  # toyref declares no thread option
+    assert len(doc["settings"]["pinned_cores"]) == 1
     assert rows[("toybad", "image")]["status"] == "failed: converter exploded"
     assert rows[("pytorch-reparam", "image")]["speedup_vs_reparam"] == pytest.approx(1.0)
     assert doc["model"] == {"name": "mobileclip_s0", "random_init": True, "reduced": True, "seed": 0}
