@@ -196,10 +196,13 @@ def first_divergence(
     by_output = dict(zip(program.graph.outputs, ref_outs))
 
     def lookup(op: Any, var: str) -> tuple[str, np.ndarray] | None:
-        cands = [by_output.get(var), var, normalize_name(var), op.name, normalize_name(op.name)]
-        base = normalize_name(op.name)
-        if re.search(r"_\d+$", base):
-            cands.append(re.sub(r"_\d+$", "", base))
+        if op.type == "cast":  # a cast is named after the graph input, not what it casts: compare with that
+            cands = [by_output.get(var), normalize_name(str(op.inputs.get("x")))]
+        else:
+            cands = [by_output.get(var), var, normalize_name(var), op.name, normalize_name(op.name)]
+            base = normalize_name(op.name)
+            if re.search(r"_\d+$", base):
+                cands.append(re.sub(r"_\d+$", "", base))
         for c in cands:
             if c and c in ref:
                 return c, ref[c]
@@ -228,7 +231,10 @@ def compare_programs(
     def lookup(op: Any, var: str) -> tuple[str, np.ndarray] | None:
         if var in ref_out and ref_out[var] in ref_vals:
             return ref_out[var], ref_vals[ref_out[var]]
-        for key in (normalize_name(var), f"op:{normalize_name(op.name)}"):
+        keys = (normalize_name(var), f"op:{normalize_name(op.name)}")
+        if op.type == "cast":
+            keys = (normalize_name(str(op.inputs.get("x"))),)
+        for key in keys:
             if key in ref:
                 return key.removeprefix("op:"), ref[key].astype(np.float64)
         return None
