@@ -6,12 +6,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from mobileclip_export.models.spec import ModelSpec
 
 # Importing the rule module registers the ViT stem fold with the reparameterization pass.
 from mobileclip_export.reparam import rules_vit  # noqa: F401
-
-from .spec import ModelSpec
+from torch import Tensor, nn
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = 100.0
@@ -24,16 +23,24 @@ class ImageEncoder(nn.Module):
     when they are not the identity, so identity-normalized variants carry no extra ops.
     """
 
-    def __init__(self, model: nn.Module, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
+    def __init__(
+        self, model: nn.Module, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None
+    ):
         super().__init__()
         self.model = model
-        identity = mean is None or (tuple(mean) == (0.0, 0.0, 0.0) and tuple(std or (1.0,) * 3) == (1.0, 1.0, 1.0))
+        identity = mean is None or (
+            tuple(mean) == (0.0, 0.0, 0.0) and tuple(std or (1.0,) * 3) == (1.0, 1.0, 1.0)
+        )
         if identity:
             self.mean = None
             self.std = None
         else:
-            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1), persistent=False)
-            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1), persistent=False)
+            self.register_buffer(
+                "mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1), persistent=False
+            )
+            self.register_buffer(
+                "std", torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1), persistent=False
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         if self.mean is not None:

@@ -15,14 +15,12 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from mobileclip_export.errors import CheckpointError, UnknownNameError
-
-from .clip import ImageEncoder, MobileCLIP
-from .spec import ModelSpec
-from .text import build_text_encoder
-from .vit import VIT_ENCODERS, build_vit
+from mobileclip_export.models.clip import ImageEncoder, MobileCLIP
+from mobileclip_export.models.spec import ModelSpec
+from mobileclip_export.models.text import build_text_encoder
+from mobileclip_export.models.vit import VIT_ENCODERS, build_vit
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +55,7 @@ def build_image_network(name: str, embed_dim: int, *, image_size: int, reduced: 
     if name in VIT_ENCODERS:
         return build_vit(name, embed_dim, image_size=image_size, reduced=reduced)
     if name in MCI_ENCODERS:
-        from .mci import build_mci  # A1's module
+        from mobileclip_export.models.mci import build_mci  # A1's module
 
         return build_mci(name, embed_dim, reduced=reduced)
     raise UnknownNameError("image encoder", name, [*MCI_ENCODERS, *VIT_ENCODERS])
@@ -116,7 +114,7 @@ def create_model(
 
     path = Path(checkpoint)
     try:
-        from .checkpoint import load_checkpoint  # B's module
+        from mobileclip_export.models.checkpoint import load_checkpoint  # B's module
     except ImportError as err:  # pragma: no cover - only while the checkpoint module is missing
         raise CheckpointError(f"cannot load {path}: checkpoint loading is not available ({err})") from err
     report = load_checkpoint(model, path)

@@ -16,9 +16,8 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from mobileclip_export.errors import UnknownNameError, UsageError
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -125,8 +124,8 @@ class PositionalEmbedding(nn.Module):
 
 
 def _make_repmixer(dim: int, kernel: int, mlp_dim: int) -> nn.Module:
-    """MCt's conv block on ``[B, D, 1, L]``: (1, k) depthwise mixer and ConvFFN (mixer has no scale branch)."""
-    from .blocks.repmixer import RepMixerBlock
+    """MCt's conv block on ``[B, D, 1, L]``: (1, k) dw mixer + ConvFFN; the mixer has no scale branch."""
+    from mobileclip_export.models.blocks.repmixer import RepMixerBlock
 
     return RepMixerBlock(dim, kernel_size=(1, kernel), mlp_ratio=mlp_dim / dim, ffn_kernel_size=(1, kernel))
 
@@ -148,7 +147,9 @@ class TextTransformer(nn.Module):
         w = cfg.width
         self.embedding_layer = nn.Embedding(vocab_size, w)
         self.positional_embedding = PositionalEmbedding(context_length, w)
-        blocks: list[nn.Module] = [TransformerEncoder(w, cfg.heads, cfg.mlp_dim, ln_eps=cfg.ln_eps) for _ in range(cfg.layers)]
+        blocks: list[nn.Module] = [
+            TransformerEncoder(w, cfg.heads, cfg.mlp_dim, ln_eps=cfg.ln_eps) for _ in range(cfg.layers)
+        ]
         if cfg.mct:
             blocks = [
                 _make_repmixer(w, cfg.repmixer_kernel, cfg.mlp_dim),
@@ -207,7 +208,9 @@ def build_text_encoder(
     reduced: bool = False,
 ) -> TextTransformer:
     cfg = text_config(name, reduced=reduced)
-    return TextTransformer(cfg, embed_dim, context_length=context_length, vocab_size=vocab_size, causal=causal)
+    return TextTransformer(
+        cfg, embed_dim, context_length=context_length, vocab_size=vocab_size, causal=causal
+    )
 
 
 def count_params(module: nn.Module) -> int:

@@ -14,11 +14,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import torch
-from torch import Tensor, nn
-
 from mobileclip_export.errors import UnknownNameError, UsageError
-
-from .text import PositionalEmbedding, TransformerEncoder
+from mobileclip_export.models.text import PositionalEmbedding, TransformerEncoder
+from torch import Tensor, nn
 
 
 class ConvNormAct(nn.Module):
@@ -178,7 +176,7 @@ class _PatchEmbed(nn.Module):
 
 
 class ViTL14(nn.Module):
-    """timm ``vit_large_patch14_clip_224``: pre-norm (``norm_pre``), cls token with a position, linear head."""
+    """timm ``vit_large_patch14_clip_224``: ``norm_pre``, cls token with a position, linear head."""
 
     def __init__(self, cfg: ViTConfig, embed_dim: int) -> None:
         super().__init__()
@@ -188,7 +186,9 @@ class ViTL14(nn.Module):
         self.cls_token = nn.Parameter(torch.empty(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.empty(1, self.num_patches + 1, cfg.dim))
         self.norm_pre = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
-        self.blocks = nn.Sequential(*[_Block(cfg.dim, cfg.heads, cfg.mlp_dim, cfg.ln_eps) for _ in range(cfg.depth)])
+        self.blocks = nn.Sequential(
+            *[_Block(cfg.dim, cfg.heads, cfg.mlp_dim, cfg.ln_eps) for _ in range(cfg.depth)]
+        )
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
         self.head = nn.Linear(cfg.dim, embed_dim)
         with torch.no_grad():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from mobileclip_export.errors import UnknownNameError, UsageError
 from mobileclip_export.models.text import TextTransformer, build_text_encoder, text_config
 from mobileclip_export.reparam import reparameterize_model
@@ -26,7 +25,9 @@ def make_ids(batch: int = 3, seed: int = 0, length: int = 77) -> torch.Tensor:
     return ids
 
 
-def build(name: str, *, causal: bool = False, reduced: bool = True, seed: int = 0, embed: int = 512) -> TextTransformer:
+def build(
+    name: str, *, causal: bool = False, reduced: bool = True, seed: int = 0, embed: int = 512
+) -> TextTransformer:
     torch.manual_seed(seed)
     return build_text_encoder(name, embed, causal=causal, reduced=reduced).eval()
 
@@ -160,7 +161,9 @@ def test_reparam_does_not_mutate_and_is_idempotent():
 # ---------------------------------------------------------------- ids dtype, pooling, masking
 
 
-@pytest.mark.parametrize(("name", "causal", "reduced"), [("mct", False, True), ("base-512", True, True), ("base-512", True, False)])
+@pytest.mark.parametrize(
+    ("name", "causal", "reduced"), [("mct", False, True), ("base-512", True, True), ("base-512", True, False)]
+)
 def test_int32_and_int64_ids_identical(name, causal, reduced):
     enc = build(name, causal=causal, reduced=reduced)
     ids = make_ids(2, 5)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import mobileclip_export.models.clip  # noqa: F401,E402  (registers the ViT stem rule, as create_model does)
 import pytest
 import torch
 import torch.nn.functional as F
-
 from mobileclip_export.errors import UnknownNameError
 from mobileclip_export.models.vit import ConvAct, ConvNormAct, build_vit
-from mobileclip_export.reparam import reparameterize_model, registered_rules
+from mobileclip_export.reparam import registered_rules, reparameterize_model
 from mobileclip_export.reparam.verify import randomize_bn_and_layer_scales, train_time_leftovers
-
-import mobileclip_export.models.clip  # noqa: F401,E402  (registers the ViT stem rule, as create_model does)
 
 
 def n_params(m: torch.nn.Module) -> int:
@@ -67,8 +65,16 @@ def test_vit_l14_counts_and_timm_keys():
     sd = m.state_dict()
     assert "patch_embed.proj.bias" not in sd and sd["patch_embed.proj.weight"].shape == (d, 3, 14, 14)
     assert sd["pos_embed"].shape == (1, 257, d) and sd["cls_token"].shape == (1, 1, d)
-    for k in ("norm_pre.weight", "blocks.23.attn.qkv.bias", "blocks.23.attn.proj.weight", "blocks.0.norm1.bias",
-              "blocks.0.norm2.weight", "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc2.bias", "norm.weight"):
+    for k in (
+        "norm_pre.weight",
+        "blocks.23.attn.qkv.bias",
+        "blocks.23.attn.proj.weight",
+        "blocks.0.norm1.bias",
+        "blocks.0.norm2.weight",
+        "blocks.0.mlp.fc1.weight",
+        "blocks.0.mlp.fc2.bias",
+        "norm.weight",
+    ):
         assert k in sd
     assert sd["head.weight"].shape == (768, d) and sd["head.bias"].shape == (768,)
     assert train_time_leftovers(reparameterize_model(m)) == []
@@ -100,7 +106,9 @@ def test_positions_added_before_cls_token():
     assert torch.allclose(seq[:, 1:], patches + m.pos_embed.pos_embed.pos_embed[0], atol=1e-6)
 
 
-@pytest.mark.parametrize(("name", "reduced"), [("vit_b16", False), ("vit_base_mci_224", True), ("vit_b16", True)])
+@pytest.mark.parametrize(
+    ("name", "reduced"), [("vit_b16", False), ("vit_base_mci_224", True), ("vit_b16", True)]
+)
 def test_stem_fold_parity(name, reduced):
     m = randomize_bn_and_layer_scales(build(name, reduced=reduced), 1)
     rep = reparameterize_model(m)
