@@ -1,4 +1,4 @@
-"""Apple Core AI (``.aimodel``): converted with coreai-torch and verified on Linux by the coreai reference runtime.
+"""Apple Core AI (``.aimodel``): converted with coreai-torch, verified on Linux by the Core AI runtime.
 
 Route: ``torch.export`` -> ``run_decompositions(coreai_torch.get_decomp_table())`` -> ``TorchConverter`` ->
 ``AIProgram.save_asset``. The graph dtype follows the exported program (there is no precision flag), so fp16
@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError
 from mobileclip_export.export.target import (
     ArtifactInfo,
@@ -107,17 +106,29 @@ def find_coreai_hazards(exported_program: torch.export.ExportedProgram) -> list[
         dtype = getattr(val, "dtype", None)
         if node.op == "placeholder":
             spec = specs.get(node.name)
-            if spec is not None and spec.kind == InputKind.USER_INPUT and dtype in (torch.int64, torch.float64):
+            if (
+                spec is not None
+                and spec.kind == InputKind.USER_INPUT
+                and dtype in (torch.int64, torch.float64)
+            ):
                 problems.append(
                     f"input {node.name!r} is {dtype}: the Core AI runtime rejects 64-bit inputs "
                     "(trace token ids as int32, images as float32/float16)"
                 )
                 continue
             if spec is not None and dtype == torch.int64 and node.users:
-                tensor = exported_program.state_dict.get(spec.target, exported_program.constants.get(spec.target))
+                tensor = exported_program.state_dict.get(
+                    spec.target, exported_program.constants.get(spec.target)
+                )
                 limit = torch.iinfo(torch.int32)
-                if tensor is not None and tensor.numel() and (tensor.min() < limit.min or tensor.max() > limit.max):
-                    problems.append(f"int64 constant {spec.target!r} exceeds the int32 range it would be narrowed to")
+                if (
+                    tensor is not None
+                    and tensor.numel()
+                    and (tensor.min() < limit.min or tensor.max() > limit.max)
+                ):
+                    problems.append(
+                        f"int64 constant {spec.target!r} exceeds the int32 range it would be narrowed to"
+                    )
         if dtype == torch.float64:
             problems.append(f"{_where(node)} is float64: coreai-torch narrows it to float32 silently")
         if node.op != "call_function":
@@ -133,7 +144,9 @@ def find_coreai_hazards(exported_program: torch.export.ExportedProgram) -> list[
                     "is converted as count_include_pad=True (silently wrong numbers)"
                 )
             if args.get("ceil_mode") is True:
-                problems.append(f"{_where(node)}: {target} with ceil_mode=True crashes the coreai-torch converter")
+                problems.append(
+                    f"{_where(node)}: {target} with ceil_mode=True crashes the coreai-torch converter"
+                )
         elif target.startswith(_UNSUPPORTED_PREFIXES):
             problems.append(f"{_where(node)}: {target} is not supported by coreai-torch")
     return problems
@@ -177,7 +190,9 @@ def _exported_program(enc: EncoderExport, precision: str) -> torch.export.Export
             ep = torch.export.export(module, _example_args(enc, precision))
         ep = ep.run_decompositions(coreai_torch.get_decomp_table())
     except Exception as err:  # noqa: BLE001 - wrap any tracer error with context
-        raise ExportFailure(f"torch.export of the {enc.model_name} {enc.encoder} encoder failed: {err}") from err
+        raise ExportFailure(
+            f"torch.export of the {enc.model_name} {enc.encoder} encoder failed: {err}"
+        ) from err
     hazards = find_coreai_hazards(ep)
     if hazards:
         raise ExportFailure(
@@ -198,8 +213,13 @@ def _metadata(facts: Mapping[str, str], description: str) -> Any:
     return md
 
 
-def _convert_and_save(entries: Sequence[tuple[EncoderExport, str]], precision: str, path: Path,
-                      facts: Mapping[str, str], description: str) -> None:
+def _convert_and_save(
+    entries: Sequence[tuple[EncoderExport, str]],
+    precision: str,
+    path: Path,
+    facts: Mapping[str, str],
+    description: str,
+) -> None:
     """Convert ``(encoder, entry point)`` pairs into one asset at ``path``."""
     coreai_torch = _import_converter()
     converter = coreai_torch.TorchConverter(mode=coreai_torch.TorchConverter.Mode.RELEASE)  # no local paths
@@ -223,8 +243,12 @@ def _convert_and_save(entries: Sequence[tuple[EncoderExport, str]], precision: s
 
 def _specs(enc: EncoderExport, precision: str, entrypoint: str) -> tuple[tuple[TensorSpec, ...], ...]:
     note = f" (function {entrypoint})"
-    ins = tuple(TensorSpec(s.name, s.shape, _io_dtype(s, precision), s.description + note) for s in enc.inputs)
-    outs = tuple(TensorSpec(s.name, s.shape, _io_dtype(s, precision), s.description + note) for s in enc.outputs)
+    ins = tuple(
+        TensorSpec(s.name, s.shape, _io_dtype(s, precision), s.description + note) for s in enc.inputs
+    )
+    outs = tuple(
+        TensorSpec(s.name, s.shape, _io_dtype(s, precision), s.description + note) for s in enc.outputs
+    )
     return ins, outs
 
 
@@ -271,13 +295,17 @@ class _CoreAIRunner(Runner):
         key = frozenset(inputs)
         if key not in self._functions:
             known = "; ".join(f"{sorted(k)}" for k in self._functions)
-            raise UsageError(f"no Core AI function takes inputs {sorted(key)}; the asset's functions take: {known}")
+            raise UsageError(
+                f"no Core AI function takes inputs {sorted(key)}; the asset's functions take: {known}"
+            )
         fn, descriptors, outputs = self._functions[key]
         arrays = {name: np.asarray(value) for name, value in inputs.items()}
         batch = next(iter(arrays.values())).shape[0]
         fixed_batch = all(d.shape and d.shape[0] == 1 for d in descriptors.values())
         if batch > 1 and fixed_batch:  # artifacts are exported for batch 1: run row by row
-            return np.concatenate([self.run({k: v[i : i + 1] for k, v in arrays.items()}) for i in range(batch)])
+            return np.concatenate(
+                [self.run({k: v[i : i + 1] for k, v in arrays.items()}) for i in range(batch)]
+            )
         feeds = {}
         for name, value in arrays.items():
             dtype = _DTYPES[descriptors[name].dtype]
@@ -327,7 +355,9 @@ class CoreAITarget(Target):
         ),
     )
 
-    def export(self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path) -> ArtifactInfo:
+    def export(
+        self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path
+    ) -> ArtifactInfo:
         """One encoder as the single function ``main``. The ``multifunction`` option is the pipeline's cue to
         call ``export_multifunction`` instead; it does not change a single-encoder asset."""
         self._check(enc, precision)
@@ -343,12 +373,13 @@ class CoreAITarget(Target):
             details={"functions": {MAIN_ENTRYPOINT: self._io_details(ins, outs)}, "precision": precision},
         )
 
-    def export_multifunction(self, encs: Sequence[EncoderExport], precision: str, options: Mapping[str, Any],
-                             path: Path) -> ArtifactInfo:
+    def export_multifunction(
+        self, encs: Sequence[EncoderExport], precision: str, options: Mapping[str, Any], path: Path
+    ) -> ArtifactInfo:
         """Both encoders in one ``.aimodel``, as functions ``encode_image`` and ``encode_text``.
 
         How the pipeline uses it: when ``options["multifunction"]`` is true, call this once with the image and
-        text ``EncoderExport``s instead of ``export`` per encoder, then ``runner = target.load(path, options)``;
+        text ``EncoderExport``s instead of ``export`` per encoder, then ``runner = target.load(path, opts)``;
         ``runner.run({"image": x})`` runs ``encode_image`` and ``runner.run({"text": ids})`` runs
         ``encode_text`` (the feed names pick the function), so the usual per-encoder parity check works on the
         one asset. ``ArtifactInfo.details["functions"]`` lists each function's inputs and outputs; each
@@ -395,8 +426,8 @@ class CoreAITarget(Target):
         return _CoreAIRunner(Path(path))
 
     def structural_checks(self, path: Path, enc: EncoderExport) -> dict[str, Any]:
-        """Function I/O from the asset summary, op census, storage types; problems if any disagree with ``enc``
-        (a multi-function asset is checked for ``enc``'s function)."""
+        """Function I/O from the asset summary, op census, storage types; problems where they differ
+        from ``enc`` (a multi-function asset is checked for ``enc``'s function)."""
         from coreai.authoring import AIModelAsset
 
         asset = AIModelAsset.load(Path(path))
@@ -443,8 +474,10 @@ class CoreAITarget(Target):
     # ---- helpers ----
     def _check(self, enc: EncoderExport, precision: str) -> None:
         if precision not in self.precisions:
-            raise UsageError(f"target 'coreai' does not support precision {precision!r} "
-                             f"(supported: {', '.join(self.precisions)})")
+            raise UsageError(
+                f"target 'coreai' does not support precision {precision!r} "
+                f"(supported: {', '.join(self.precisions)})"
+            )
         if enc.encoder not in ("image", "text"):
             raise UsageError(f"unknown encoder {enc.encoder!r}; choose one of: image, text")
 
@@ -452,8 +485,10 @@ class CoreAITarget(Target):
     def _notes(precision: str) -> list[str]:
         notes = ["verified with the Core AI CPU reference runtime on Linux; device kernels not exercised"]
         if precision == "fp16":
-            notes.append("fp16 graph (module.half()): image input and embedding are float16; "
-                         "the runner casts float32 feeds")
+            notes.append(
+                "fp16 graph (module.half()): image input and embedding are float16; "
+                "the runner casts float32 feeds"
+            )
         return notes
 
     @staticmethod

@@ -28,8 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
 from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError
 from mobileclip_export.export.target import (
     ArtifactInfo,
@@ -40,6 +38,7 @@ from mobileclip_export.export.target import (
     Target,
     TensorSpec,
 )
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +80,16 @@ def _convert(enc: EncoderExport) -> bytes:
     wrapper = _NamedIO(enc.module, enc.outputs[0].name).eval()
     try:
         with torch.no_grad():
-            model = litert_torch.Converter().signature(
-                signature_name(enc.encoder), wrapper, sample_kwargs=kwargs
-            ).convert()
+            model = (
+                litert_torch.Converter()
+                .signature(signature_name(enc.encoder), wrapper, sample_kwargs=kwargs)
+                .convert()
+            )
         return bytes(model.model_content())
     except Exception as err:  # noqa: BLE001 - wrap converter errors with context
-        raise ExportFailure(f"litert-torch could not convert the {enc.model_name} {enc.encoder} encoder: {err}") from err
+        raise ExportFailure(
+            f"litert-torch could not convert the {enc.model_name} {enc.encoder} encoder: {err}"
+        ) from err
 
 
 def _quantize(content: bytes, precision: str) -> bytes:
@@ -152,7 +155,7 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def op_census(path: Path) -> tuple[dict[str, int], list[str]]:
-    """Builtin op counts over all subgraphs, read from the flatbuffer (no runtime), and custom/Flex op names."""
+    """Builtin op counts over all subgraphs, read from the flatbuffer (no runtime); custom/Flex op names."""
     fb, model = _root(path)
     names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
     codes = []
@@ -174,7 +177,7 @@ def op_census(path: Path) -> tuple[dict[str, int], list[str]]:
 
 
 class _LiteRTRunner(Runner):
-    """The artifact's one signature; feeds by our input names, rows one by one when the artifact is batch 1."""
+    """The artifact's one signature, fed by our input names; a batch-1 artifact runs rows one by one."""
 
     def __init__(self, path: Path, num_threads: int):
         from ai_edge_litert.interpreter import Interpreter
@@ -191,11 +194,15 @@ class _LiteRTRunner(Runner):
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         if set(inputs) != set(self._inputs):
-            raise UsageError(f"signature {self.signature!r} takes inputs {sorted(self._inputs)}, got {sorted(inputs)}")
+            raise UsageError(
+                f"signature {self.signature!r} takes inputs {sorted(self._inputs)}, got {sorted(inputs)}"
+            )
         arrays = {k: np.asarray(v) for k, v in inputs.items()}
         batch = next(iter(arrays.values())).shape[0]
         if batch > 1 and all(d["shape"][0] == 1 for d in self._inputs.values()):
-            return np.concatenate([self.run({k: v[i : i + 1] for k, v in arrays.items()}) for i in range(batch)])
+            return np.concatenate(
+                [self.run({k: v[i : i + 1] for k, v in arrays.items()}) for i in range(batch)]
+            )
         feeds = {}
         for name, value in arrays.items():
             dtype = self._inputs[name]["dtype"]
@@ -222,15 +229,21 @@ class TFLiteTarget(Target):
     name = "tflite"
     order = 40
     aliases = ("litert",)
-    description = "TFLite / LiteRT .tflite (litert-torch); verified with the ai-edge-litert interpreter (XNNPACK)"
+    description = (
+        "TFLite / LiteRT .tflite (litert-torch); verified with the ai-edge-litert interpreter (XNNPACK)"
+    )
     extension = ".tflite"
     extra = "tflite"
     requires = ("litert_torch", "ai_edge_litert")
     precisions = ("fp32", "fp16", "int8")
     default_precision = "fp32"
     options = (
-        OptionSpec("num_threads", "CPU threads of the LiteRT interpreter when running the artifact here "
-                   "(default: all cores)", default=None, type=int),
+        OptionSpec(
+            "num_threads",
+            "CPU threads of the LiteRT interpreter when running the artifact here (default: all cores)",
+            default=None,
+            type=int,
+        ),
     )
 
     def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -244,18 +257,24 @@ class TFLiteTarget(Target):
             )
         return out
 
-    def export(self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path) -> ArtifactInfo:
+    def export(
+        self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path
+    ) -> ArtifactInfo:
         if precision not in self.precisions:
-            raise UsageError(f"target 'tflite' does not support precision {precision!r} "
-                             f"(supported: {', '.join(self.precisions)})")
+            raise UsageError(
+                f"target 'tflite' does not support precision {precision!r} "
+                f"(supported: {', '.join(self.precisions)})"
+            )
         content = _convert(enc)
         if precision != "fp32":
             content = _quantize(content, precision)
         sig = signature_name(enc.encoder)
         facts = {**enc.metadata, "precision": precision, "signature": sig}
         Path(path).write_bytes(_with_metadata(content, facts))
-        ins = tuple(TensorSpec(s.name, s.shape, "int32" if s.dtype == "int64" else s.dtype, s.description)
-                    for s in enc.inputs)
+        ins = tuple(
+            TensorSpec(s.name, s.shape, "int32" if s.dtype == "int64" else s.dtype, s.description)
+            for s in enc.inputs
+        )
         notes = {
             "fp32": [],
             "fp16": ["fp16 weights, fp32 activations (ai-edge-quantizer float casting + DEQUANTIZE)"],
@@ -297,9 +316,14 @@ class TFLiteTarget(Target):
         signatures = interp.get_signature_list()
         sig = signature_name(enc.encoder)
         if sig not in signatures:
-            return {"op_census": census, "problems": problems + [f"no signature {sig!r} (has {sorted(signatures)})"]}
+            return {
+                "op_census": census,
+                "problems": problems + [f"no signature {sig!r} (has {sorted(signatures)})"],
+            }
         details = interp.get_signature_runner(sig).get_input_details()
-        inputs = {n: {"shape": d["shape"].tolist(), "dtype": np.dtype(d["dtype"]).name} for n, d in details.items()}
+        inputs = {
+            n: {"shape": d["shape"].tolist(), "dtype": np.dtype(d["dtype"]).name} for n, d in details.items()
+        }
         for spec in enc.inputs:
             got = inputs.get(spec.name)
             if got is None:
@@ -311,7 +335,9 @@ class TFLiteTarget(Target):
             if tuple(got["shape"]) != tuple(spec.shape):
                 problems.append(f"input {spec.name!r} has shape {got['shape']}, expected {list(spec.shape)}")
         outputs = signatures[sig]["outputs"]
-        problems += [f"output {s.name!r} missing (has {outputs})" for s in enc.outputs if s.name not in outputs]
+        problems += [
+            f"output {s.name!r} missing (has {outputs})" for s in enc.outputs if s.name not in outputs
+        ]
         undelegated = {}
         for op in interp._get_ops_details():  # with the default XNNPACK delegate applied
             if op["op_name"] != "DELEGATE":
