@@ -1,7 +1,7 @@
 """The on-disk bundle: ``{output_dir}/{model}/{target}/{model}-{encoder}-{precision}{ext}`` + manifest.json.
 
 Atomicity: everything is built in a hidden temp directory inside ``output_dir`` (same filesystem, so renames
-are atomic), each artifact is written to a ``.partial`` name and renamed only after it verified, the manifest
+are atomic), each artifact is written into a hidden staging folder and renamed only after it verified, the manifest
 is written last (temp file + ``os.replace``), and the finished directory is renamed into place. A crash or
 Ctrl-C leaves the previous bundle untouched and removes (or at worst leaves) only the hidden temp directory.
 """
@@ -23,6 +23,7 @@ from mobileclip_export.errors import UsageError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+STAGING = ".staging"  # per-target folder where backends write before an artifact is verified
 
 
 def artifact_name(model: str, encoder: str, precision: str, extension: str) -> str:
@@ -106,9 +107,13 @@ class BundleWriter:
     def partial_path(self, target: str, name: str) -> Path:
         """Where a backend writes (inside the temp bundle, hidden name)."""
         assert self.tmp_dir is not None
-        folder = self.tmp_dir / target
-        folder.mkdir(exist_ok=True)
-        return folder / f".{name}.partial"
+        # Converters check the extension (.mlpackage, .aimodel), so the file keeps its real name inside a
+        # hidden staging folder; only `place` makes it visible.
+        folder = self.tmp_dir / target / STAGING
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / name
+        remove_path(dest)
+        return dest
 
     def place(self, partial: Path, target: str, name: str) -> Path:
         """Rename a finished artifact to its final name inside the temp bundle; returns the relative path."""
@@ -117,6 +122,14 @@ class BundleWriter:
         remove_path(dest)
         os.replace(partial, dest)
         return dest.relative_to(self.tmp_dir)
+
+    def _drop_staging(self) -> None:
+        assert self.tmp_dir is not None
+        for folder in self.tmp_dir.glob(f"*/{STAGING}"):
+            remove_path(folder)
+        for folder in self.tmp_dir.iterdir():
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # a target whose artifacts all failed
 
     def add_files(self, target: str, files: dict[str, bytes | Path]) -> list[str]:
         assert self.tmp_dir is not None
@@ -134,6 +147,7 @@ class BundleWriter:
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         assert self.tmp_dir is not None
+        self._drop_staging()
         write_json_atomic(self.tmp_dir / MANIFEST, manifest)
 
     def commit(self) -> Path:

@@ -47,7 +47,7 @@ def test_bundle_layout_and_manifest(tmp_path, toy) -> None:
     assert {"bpe_simple_vocab_16e6.txt.gz", "LICENSE-clip-bpe.txt", "tokenizer.json"} <= {
         p.name for p in onnx_dir.iterdir()}
     assert json.loads((onnx_dir / "tokenizer.json").read_text())["eot_id"] == 49407
-    assert _leftovers(tmp_path) == [] and not list(res.bundle_dir.rglob("*.partial"))
+    assert _leftovers(tmp_path) == [] and not list(res.bundle_dir.rglob(".staging"))
 
 
 def test_crash_mid_export_leaves_no_bundle(tmp_path, toy, monkeypatch) -> None:
