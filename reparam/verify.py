@@ -20,8 +20,14 @@ def _layer_scale_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 @torch.no_grad()
-def randomize_bn_and_layer_scales(model: nn.Module, seed: int = 0) -> nn.Module:
-    """In place: random BN running_mean/var, weight, bias; layer scales uniform in ±[0.1, 1]. Returns ``model``."""
+def randomize_bn_and_layer_scales(model: nn.Module, seed: int = 0, *, layer_scale_max: float = 0.5) -> nn.Module:
+    """In place: random BN running_mean/var, weight, bias; layer scales of random sign, magnitude uniform in
+    [0.1, layer_scale_max]. Returns ``model``.
+
+    Why 0.5 and not 1: residual growth compounds over a 24-block stage. With magnitudes up to 1, full-size MCi2
+    activations reach ~1e4 and the *train-time* fp32 model alone is 6e-5 (relative) off its own fp64 value, so
+    an fp32 parity check would measure rounding, not fusion. Exactness itself is checked in fp64 by the tests.
+    """
     g = torch.Generator().manual_seed(seed)
 
     def rand(shape: torch.Size, lo: float, hi: float) -> torch.Tensor:
@@ -37,7 +43,7 @@ def randomize_bn_and_layer_scales(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.bias.copy_(rand(m.bias.shape, -0.3, 0.3).to(m.bias))
     for _, p in _layer_scale_params(model):
         sign = torch.where(torch.rand(p.shape, generator=g) < 0.5, -1.0, 1.0)
-        p.copy_((sign * rand(p.shape, 0.1, 1.0)).to(p))
+        p.copy_((sign * rand(p.shape, 0.1, layer_scale_max)).to(p))
     return model
 
 
