@@ -1,0 +1,366 @@
+"""Core AI backend: conversion, parity in the coreai reference runtime, multi-function assets, hazard scanner."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+pytest.importorskip("coreai_torch")
+pytest.importorskip("coreai.runtime")
+
+from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError  # noqa: E402
+from mobileclip_export.export.backends import coreai as backend  # noqa: E402
+from mobileclip_export.export.backends._tolerances import tolerance_for  # noqa: E402
+from mobileclip_export.export.parity import compare  # noqa: E402
+from mobileclip_export.export.registry import get_target  # noqa: E402
+from mobileclip_export.export.target import EncoderExport, TensorSpec  # noqa: E402
+
+TARGET = backend.CoreAITarget()
+EMBED = 16
+
+
+# ---------------------------------------------------------------- toy encoders (deploy form, seeded)
+
+
+class _SE(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.reduce, self.expand = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.avg_pool2d(x, kernel_size=[x.shape[2], x.shape[3]])  # MobileCLIP's SE global pool
+        return x * torch.sigmoid(self.expand(F.relu(self.reduce(y))))
+
+
+class ToyImage(nn.Module):
+    """conv+BN (folded) -> depthwise -> SE -> attention -> mean pool -> projection; input RGB [0,1]."""
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.48, 0.46, 0.41]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.27, 0.26, 0.28]).view(1, 3, 1, 1), persistent=False)
+        stem, bn = nn.Conv2d(3, dim, 8, 8), nn.BatchNorm2d(dim)
+        bn.running_mean.uniform_(-0.2, 0.2), bn.running_var.uniform_(0.5, 1.5), bn.weight.data.uniform_(0.5, 1.5)
+        self.stem = torch.nn.utils.fusion.fuse_conv_bn_eval(stem.eval(), bn.eval())
+        self.dw = nn.Conv2d(dim, dim, 7, 2, 3, groups=dim)
+        self.se = _SE(dim)
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.proj = nn.Parameter(torch.randn(dim, EMBED) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.se(F.gelu(self.dw(F.gelu(self.stem((x - self.mean) / self.std)))))
+        t = x.flatten(2).transpose(1, 2)
+        n = self.norm(t)
+        t = t + self.attn(n, n, n, need_weights=False)[0]
+        return t.mean(1) @ self.proj
+
+
+class ToyText(nn.Module):
+    """Token embedding + positional embedding, pre-norm transformer, EOT (argmax) pooling, projection."""
+
+    def __init__(self, causal: bool, vocab: int = 500, dim: int = 16, length: int = 77):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(length, dim) * 0.1)
+        self.block = nn.TransformerEncoderLayer(dim, 2, 32, 0.0, "gelu", batch_first=True, norm_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Parameter(torch.randn(dim, EMBED) * 0.3)
+        mask = torch.full((length, length), float("-inf")).triu(1) if causal else torch.zeros(length, length)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.block(self.embed(ids) + self.pos, src_mask=self.mask)
+        x = self.norm(x)
+        return x[torch.arange(x.shape[0]), ids.argmax(-1)] @ self.proj
+
+
+def _image_input(seed: int = 0, n: int = 1) -> torch.Tensor:
+    return torch.rand(n, 3, 256, 256, generator=torch.Generator().manual_seed(seed))
+
+
+def _ids(seed: int = 0, n: int = 1, vocab: int = 500) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(n, 77, dtype=torch.int32)
+    for row in range(n):
+        k = 3 + row * 4
+        ids[row, 0] = vocab - 2
+        ids[row, 1 : k + 1] = torch.randint(1, vocab - 3, (k,), generator=g, dtype=torch.int32)
+        ids[row, k + 1] = vocab - 1  # EOT: the largest id, found by argmax
+    return ids
+
+
+def toy_export(kind: str) -> EncoderExport:
+    torch.manual_seed({"image": 0, "text_causal": 1, "text_full": 2}[kind])
+    embed = (TensorSpec("embedding", (1, EMBED), "float32", "unnormalized embedding"),)
+    if kind == "image":
+        ins = (TensorSpec("image", (1, 3, 256, 256), "float32", "RGB in [0, 1]"),)
+        return EncoderExport("toy", "image", ToyImage().eval(), (_image_input(),), ins, embed,
+                             {"model": "toy", "encoder": "image", "embed_dim": str(EMBED)}, image_size=256)
+    module = ToyText(causal=kind == "text_causal").eval()
+    ins = (TensorSpec("text", (1, 77), "int32", "token ids"),)
+    return EncoderExport("toy", "text", module, (_ids(),), ins, embed,
+                         {"model": "toy", "encoder": "text", "embed_dim": str(EMBED)})
+
+
+def _feed(enc: EncoderExport, n: int = 2) -> np.ndarray:
+    return (_image_input(seed=5, n=n) if enc.encoder == "image" else _ids(seed=5, n=n)).numpy()
+
+
+def _reference(enc: EncoderExport, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate([enc.module(torch.from_numpy(x[i : i + 1])).numpy() for i in range(len(x))])
+
+
+def _check_parity(runner, enc: EncoderExport, precision: str) -> None:
+    x = _feed(enc)
+    stats = compare(_reference(enc, x), runner.run({enc.inputs[0].name: x}))
+    assert stats.n_rows == 2
+    assert not stats.violations(tolerance_for("coreai", precision)), (precision, enc.encoder, stats)
+    if precision == "fp32":
+        assert stats.cosine >= 0.99999 and stats.max_abs_diff <= 1e-4 * max(stats.ref_max_abs, 1.0), stats
+
+
+# ---------------------------------------------------------------- conversion + parity
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("kind", ["image", "text_causal", "text_full"])
+def test_toy_export_runs_and_matches_pytorch(tmp_path, kind, precision):
+    enc = toy_export(kind)
+    before = copy.deepcopy(enc.module.state_dict())
+    path = tmp_path / f"toy-{kind}-{precision}.aimodel"
+    info = TARGET.export(enc, precision, TARGET.validate(precision, {}), path)
+    assert path.is_dir() and (path / "metadata.json").exists()
+    # the caller's module is untouched (fp16 converts a copy)
+    assert all(torch.equal(before[k], v) for k, v in enc.module.state_dict().items())
+    want = "float16" if precision == "fp16" and enc.encoder == "image" else enc.inputs[0].dtype
+    assert info.inputs[0].dtype == want and info.details["functions"]["main"]["inputs"][0]["name"] == enc.inputs[0].name
+
+    checks = TARGET.structural_checks(path, enc)
+    assert checks["problems"] == [], checks["problems"]
+    assert checks["functions"] == ["main"]
+    assert checks["metadata"]["model"] == "toy" and checks["metadata"]["precision"] == precision
+    assert not {"Int64", "Float64"} & set(checks["storage_types"])
+    if enc.encoder == "text":
+        assert "Int32" in checks["inputs"]["text"]
+    meta = json.loads((path / "metadata.json").read_text())
+    assert meta["creatorDefinedMetadata"]["encoder"] == enc.encoder
+
+    runner = TARGET.load(path, {})
+    try:
+        assert runner.is_deployment_runtime is False and "not a speed figure" in runner.label
+        _check_parity(runner, enc, precision)
+    finally:
+        runner.close()
+
+
+def test_multifunction_asset_serves_both_encoders(tmp_path):
+    image, text = toy_export("image"), toy_export("text_causal")
+    path = tmp_path / "toy-image-text.aimodel"
+    opts = TARGET.validate("fp32", {"multifunction": True})
+    info = TARGET.export_multifunction([image, text], "fp32", opts, path)
+    assert set(info.details["functions"]) == {"encode_image", "encode_text"}
+    assert [s.name for s in info.inputs] == ["image", "text"]
+    for enc in (image, text):
+        checks = TARGET.structural_checks(path, enc)
+        assert checks["problems"] == [] and sorted(checks["functions"]) == ["encode_image", "encode_text"]
+    meta = TARGET.structural_checks(path, image)["metadata"]
+    assert meta["model"] == "toy" and meta["encode_image.encoder"] == "image" and meta["encode_text.encoder"] == "text"
+
+    runner = TARGET.load(path, opts)
+    try:
+        _check_parity(runner, image, "fp32")
+        _check_parity(runner, text, "fp32")
+        with pytest.raises(UsageError, match="no Core AI function takes inputs"):
+            runner.run({"pixels": _feed(image)})
+    finally:
+        runner.close()
+
+
+def test_multifunction_rejects_duplicate_encoders(tmp_path):
+    enc = toy_export("text_full")
+    with pytest.raises(UsageError, match="duplicate entry points"):
+        TARGET.export_multifunction([enc, enc], "fp32", {}, tmp_path / "x.aimodel")
+
+
+# ---------------------------------------------------------------- hazard scanner
+
+
+def _decomposed(module: nn.Module, *args: torch.Tensor) -> torch.export.ExportedProgram:
+    import coreai_torch
+
+    return torch.export.export(module.eval(), args).run_decompositions(coreai_torch.get_decomp_table())
+
+
+class _Pool(nn.Module):
+    def __init__(self, **kw):
+        super().__init__()
+        self.kw = kw
+
+    def forward(self, x):
+        return F.avg_pool2d(x, 3, 2, **self.kw)
+
+
+class _Double(nn.Module):
+    def forward(self, x):
+        return (x.double() * 2).float()
+
+
+class _Identity64(nn.Module):
+    def forward(self, ids):
+        return ids.float() * 2
+
+
+X = torch.rand(1, 4, 9, 9)
+
+
+@pytest.mark.parametrize(
+    "module, args, needle",
+    [
+        (_Pool(padding=1, count_include_pad=False), (X,), "count_include_pad=False"),
+        (_Pool(ceil_mode=True), (X,), "ceil_mode=True crashes"),
+        (_Double(), (X,), "float64"),
+        (_Identity64(), (torch.ones(1, 77, dtype=torch.int64),), "rejects 64-bit inputs"),
+    ],
+    ids=["count_include_pad", "ceil_mode", "float64", "int64_input"],
+)
+def test_hazard_scanner_catches_known_traps(module, args, needle):
+    hazards = backend.find_coreai_hazards(_decomposed(module, *args))
+    assert hazards and all(needle in h for h in hazards), hazards
+
+
+@pytest.mark.parametrize("module", [_Pool(padding=1), _Pool(padding=0, count_include_pad=False)])
+def test_hazard_scanner_passes_safe_pooling(module):
+    assert backend.find_coreai_hazards(_decomposed(module, X)) == []
+
+
+def test_export_fails_with_the_hazard_reason(tmp_path):
+    enc = EncoderExport("toy", "image", _Pool(padding=1, count_include_pad=False), (X,),
+                        (TensorSpec("image", tuple(X.shape), "float32"),),
+                        (TensorSpec("embedding", (1, 4, 4, 4), "float32"),), {})
+    with pytest.raises(ExportFailure, match="count_include_pad=False"):
+        TARGET.export(enc, "fp32", {}, tmp_path / "bad.aimodel")
+    assert not (tmp_path / "bad.aimodel").exists()
+
+
+@pytest.mark.parametrize("kind", ["image", "text_causal", "text_full"])
+def test_toy_graphs_have_no_hazards(kind):
+    enc = toy_export(kind)
+    assert backend.find_coreai_hazards(_decomposed(enc.module, *enc.example_inputs)) == []
+
+
+# ---------------------------------------------------------------- options, precision, dependencies
+
+
+def test_registry_options_and_precision_errors():
+    assert get_target("coreai") is get_target("aimodel")
+    assert TARGET.default_precision == "fp16" and TARGET.extension == ".aimodel"
+    assert TARGET.validate("fp16", {}) == {"multifunction": False}
+    with pytest.raises(UsageError, match="does not support precision 'int8'"):
+        TARGET.validate("int8", {})
+    with pytest.raises(UsageError, match="choices: True, False"):
+        TARGET.validate("fp32", {"multifunction": "maybe"})
+    with pytest.raises(UsageError, match="--compute-units is not supported"):
+        TARGET.validate("fp32", {"compute_units": "all"})
+    spec = {o.name: o for o in TARGET.options}["multifunction"]
+    assert spec.type("true") is True and spec.type("0") is False
+    with pytest.raises(ValueError):
+        spec.type("perhaps")
+
+
+def test_missing_extra_names_the_pip_command(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n.startswith("coreai") else real(n, *a))
+    with pytest.raises(MissingDependencyError, match=r"pip install 'mobileclip-export\[coreai\]'"):
+        TARGET.ensure_available()
+    monkeypatch.setitem(sys.modules, "coreai_torch", None)  # import now fails
+    with pytest.raises(MissingDependencyError, match=r"pip install 'mobileclip-export\[coreai\]'"):
+        TARGET.export(toy_export("text_full"), "fp32", {}, tmp_path / "x.aimodel")
+
+
+# ---------------------------------------------------------------- real MobileCLIP graphs
+
+models = pytest.importorskip("mobileclip_export.models")
+
+# One variant per (image block family) and per (text family, causal).
+IMAGE_FAMILIES = ["mobileclip_s0", "mobileclip_s2", "mobileclip_s3", "mobileclip_b", "mobileclip2_b"]
+TEXT_FAMILIES = ["mobileclip_s0", "mobileclip_s1", "mobileclip_b", "mobileclip_s3"]
+
+
+def real_export(name: str, encoder: str, reduced: bool = True) -> EncoderExport:
+    from mobileclip_export.reparam import reparameterize_model
+
+    model = reparameterize_model(models.create_model(name, reduced=reduced)).eval()
+    spec = model.spec
+    embed = (TensorSpec("embedding", (1, spec.embed_dim), "float32"),)
+    facts = {"model": name, "encoder": encoder}
+    if encoder == "image":
+        x = _image_input()
+        if spec.image_size != 256:
+            x = torch.rand(1, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0))
+        return EncoderExport(name, "image", model.image_encoder, (x,),
+                             (TensorSpec("image", tuple(x.shape), "float32"),), embed, facts)
+    ids = torch.zeros(1, spec.context_length, dtype=torch.int32)
+    ids[0, :6] = torch.tensor([49406, 320, 1125, 539, 2368, 49407])
+    return EncoderExport(name, "text", model.text_encoder, (ids,), (TensorSpec("text", (1, 77), "int32"),), embed,
+                         facts)
+
+
+@pytest.mark.parametrize(
+    "name, encoder",
+    [(n, "image") for n in IMAGE_FAMILIES] + [(n, "text") for n in TEXT_FAMILIES],
+)
+def test_mobileclip_graphs_have_no_coreai_hazards(name, encoder):
+    enc = real_export(name, encoder)
+    assert backend.find_coreai_hazards(_decomposed(enc.module, *enc.example_inputs)) == []
+
+
+def _real_roundtrip(tmp_path, enc: EncoderExport, precision: str) -> tuple[float, object]:
+    path = tmp_path / f"{enc.model_name}-{enc.encoder}-{precision}.aimodel"
+    t0 = time.perf_counter()
+    TARGET.export(enc, precision, {}, path)
+    seconds = time.perf_counter() - t0
+    assert TARGET.structural_checks(path, enc)["problems"] == []
+    x = enc.example_inputs[0].numpy()
+    runner = TARGET.load(path, {})
+    try:
+        stats = compare(_reference(enc, x), runner.run({enc.inputs[0].name: x}))
+    finally:
+        runner.close()
+    assert not stats.violations(tolerance_for("coreai", precision)), stats
+    return seconds, stats
+
+
+@pytest.mark.parametrize("encoder", ["image", "text"])
+def test_reduced_s0_parity_fp16(tmp_path, encoder):
+    _real_roundtrip(tmp_path, real_export("mobileclip_s0", encoder), "fp16")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, encoder",
+    [(n, "image") for n in IMAGE_FAMILIES] + [(n, "text") for n in TEXT_FAMILIES],
+)
+def test_reduced_families_parity_fp32(tmp_path, name, encoder):
+    _real_roundtrip(tmp_path, real_export(name, encoder), "fp32")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("encoder", ["image", "text"])
+def test_full_size_s0(tmp_path, encoder, precision):
+    enc = real_export("mobileclip_s0", encoder, reduced=False)
+    assert backend.find_coreai_hazards(_decomposed(enc.module, *enc.example_inputs)) == []
+    seconds, stats = _real_roundtrip(tmp_path, enc, precision)
+    print(f"full S0 {encoder} {precision}: export {seconds:.1f} s, cosine {stats.cosine:.7f}, "
+          f"max|diff| {stats.max_abs_diff:.2e}")
