@@ -1,4 +1,4 @@
-"""Core AI backend: conversion, parity in the coreai reference runtime, multi-function assets, hazard scanner."""
+"""Core AI backend: conversion, parity in the Core AI runtime, multi-function assets, hazard scanner."""
 
 from __future__ import annotations
 
@@ -49,7 +49,11 @@ class ToyImage(nn.Module):
         self.register_buffer("mean", torch.tensor([0.48, 0.46, 0.41]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor([0.27, 0.26, 0.28]).view(1, 3, 1, 1), persistent=False)
         stem, bn = nn.Conv2d(3, dim, 8, 8), nn.BatchNorm2d(dim)
-        bn.running_mean.uniform_(-0.2, 0.2), bn.running_var.uniform_(0.5, 1.5), bn.weight.data.uniform_(0.5, 1.5)
+        (
+            bn.running_mean.uniform_(-0.2, 0.2),
+            bn.running_var.uniform_(0.5, 1.5),
+            bn.weight.data.uniform_(0.5, 1.5),
+        )
         self.stem = torch.nn.utils.fusion.fuse_conv_bn_eval(stem.eval(), bn.eval())
         self.dw = nn.Conv2d(dim, dim, 7, 2, 3, groups=dim)
         self.se = _SE(dim)
@@ -104,12 +108,27 @@ def toy_export(kind: str) -> EncoderExport:
     embed = (TensorSpec("embedding", (1, EMBED), "float32", "unnormalized embedding"),)
     if kind == "image":
         ins = (TensorSpec("image", (1, 3, 256, 256), "float32", "RGB in [0, 1]"),)
-        return EncoderExport("toy", "image", ToyImage().eval(), (_image_input(),), ins, embed,
-                             {"model": "toy", "encoder": "image", "embed_dim": str(EMBED)}, image_size=256)
+        return EncoderExport(
+            "toy",
+            "image",
+            ToyImage().eval(),
+            (_image_input(),),
+            ins,
+            embed,
+            {"model": "toy", "encoder": "image", "embed_dim": str(EMBED)},
+            image_size=256,
+        )
     module = ToyText(causal=kind == "text_causal").eval()
     ins = (TensorSpec("text", (1, 77), "int32", "token ids"),)
-    return EncoderExport("toy", "text", module, (_ids(),), ins, embed,
-                         {"model": "toy", "encoder": "text", "embed_dim": str(EMBED)})
+    return EncoderExport(
+        "toy",
+        "text",
+        module,
+        (_ids(),),
+        ins,
+        embed,
+        {"model": "toy", "encoder": "text", "embed_dim": str(EMBED)},
+    )
 
 
 def _feed(enc: EncoderExport, n: int = 2) -> np.ndarray:
@@ -144,7 +163,10 @@ def test_toy_export_runs_and_matches_pytorch(tmp_path, kind, precision):
     # the caller's module is untouched (fp16 converts a copy)
     assert all(torch.equal(before[k], v) for k, v in enc.module.state_dict().items())
     want = "float16" if precision == "fp16" and enc.encoder == "image" else enc.inputs[0].dtype
-    assert info.inputs[0].dtype == want and info.details["functions"]["main"]["inputs"][0]["name"] == enc.inputs[0].name
+    assert (
+        info.inputs[0].dtype == want
+        and info.details["functions"]["main"]["inputs"][0]["name"] == enc.inputs[0].name
+    )
 
     checks = TARGET.structural_checks(path, enc)
     assert checks["problems"] == [], checks["problems"]
@@ -175,7 +197,11 @@ def test_multifunction_asset_serves_both_encoders(tmp_path):
         checks = TARGET.structural_checks(path, enc)
         assert checks["problems"] == [] and sorted(checks["functions"]) == ["encode_image", "encode_text"]
     meta = TARGET.structural_checks(path, image)["metadata"]
-    assert meta["model"] == "toy" and meta["encode_image.encoder"] == "image" and meta["encode_text.encoder"] == "text"
+    assert (
+        meta["model"] == "toy"
+        and meta["encode_image.encoder"] == "image"
+        and meta["encode_text.encoder"] == "text"
+    )
 
     runner = TARGET.load(path, opts)
     try:
@@ -245,9 +271,15 @@ def test_hazard_scanner_passes_safe_pooling(module):
 
 
 def test_export_fails_with_the_hazard_reason(tmp_path):
-    enc = EncoderExport("toy", "image", _Pool(padding=1, count_include_pad=False), (X,),
-                        (TensorSpec("image", tuple(X.shape), "float32"),),
-                        (TensorSpec("embedding", (1, 4, 4, 4), "float32"),), {})
+    enc = EncoderExport(
+        "toy",
+        "image",
+        _Pool(padding=1, count_include_pad=False),
+        (X,),
+        (TensorSpec("image", tuple(X.shape), "float32"),),
+        (TensorSpec("embedding", (1, 4, 4, 4), "float32"),),
+        {},
+    )
     with pytest.raises(ExportFailure, match="count_include_pad=False"):
         TARGET.export(enc, "fp32", {}, tmp_path / "bad.aimodel")
     assert not (tmp_path / "bad.aimodel").exists()
@@ -280,7 +312,9 @@ def test_registry_options_and_precision_errors():
 
 def test_missing_extra_names_the_pip_command(monkeypatch, tmp_path):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n.startswith("coreai") else real(n, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n.startswith("coreai") else real(n, *a)
+    )
     with pytest.raises(MissingDependencyError, match=r"pip install 'mobileclip-export\[coreai\]'"):
         TARGET.ensure_available()
     monkeypatch.setitem(sys.modules, "coreai_torch", None)  # import now fails
@@ -308,12 +342,20 @@ def real_export(name: str, encoder: str, reduced: bool = True) -> EncoderExport:
         x = _image_input()
         if spec.image_size != 256:
             x = torch.rand(1, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0))
-        return EncoderExport(name, "image", model.image_encoder, (x,),
-                             (TensorSpec("image", tuple(x.shape), "float32"),), embed, facts)
+        return EncoderExport(
+            name,
+            "image",
+            model.image_encoder,
+            (x,),
+            (TensorSpec("image", tuple(x.shape), "float32"),),
+            embed,
+            facts,
+        )
     ids = torch.zeros(1, spec.context_length, dtype=torch.int32)
     ids[0, :6] = torch.tensor([49406, 320, 1125, 539, 2368, 49407])
-    return EncoderExport(name, "text", model.text_encoder, (ids,), (TensorSpec("text", (1, 77), "int32"),), embed,
-                         facts)
+    return EncoderExport(
+        name, "text", model.text_encoder, (ids,), (TensorSpec("text", (1, 77), "int32"),), embed, facts
+    )
 
 
 @pytest.mark.parametrize(
@@ -362,5 +404,7 @@ def test_full_size_s0(tmp_path, encoder, precision):
     enc = real_export("mobileclip_s0", encoder, reduced=False)
     assert backend.find_coreai_hazards(_decomposed(enc.module, *enc.example_inputs)) == []
     seconds, stats = _real_roundtrip(tmp_path, enc, precision)
-    print(f"full S0 {encoder} {precision}: export {seconds:.1f} s, cosine {stats.cosine:.7f}, "
-          f"max|diff| {stats.max_abs_diff:.2e}")
+    print(
+        f"full S0 {encoder} {precision}: export {seconds:.1f} s, cosine {stats.cosine:.7f}, "
+        f"max|diff| {stats.max_abs_diff:.2e}"
+    )
