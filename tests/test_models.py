@@ -174,3 +174,19 @@ def test_checkpoint_round_trip(tmp_path):
 def test_missing_checkpoint_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError):
         create_model("mobileclip_s0", checkpoint=tmp_path / "absent.pt", reduced=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL)
+def test_full_size_reparam_parity(name):
+    m = randomize_bn_and_layer_scales(create_model(name, seed=1), 1)
+    rep = reparameterize_model(m)
+    assert train_time_leftovers(rep) == []
+    x = torch.rand(1, 3, m.image_size, m.image_size, generator=torch.Generator().manual_seed(0))
+    ids = torch.zeros(1, 77, dtype=torch.int64)
+    ids[0, 0], ids[0, 1:9], ids[0, 9] = 49406, 4000, 49407
+    with torch.no_grad():
+        pairs = [(m.encode_image(x), rep.encode_image(x)), (m.encode_text(ids), rep.encode_text(ids.int()))]
+    for a, b in pairs:
+        assert ((a - b).abs().max() / a.abs().max()).item() < 1e-4
+        assert F.cosine_similarity(a, b).min().item() > 0.99999
