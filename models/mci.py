@@ -14,16 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from torch import Tensor, nn
-
 from mobileclip_export.errors import UnknownNameError
-
-from .blocks.attention import AttentionBlock
-from .blocks.heads import GlobalPool2D, LinearPoolHead
-from .blocks.large_kernel import PatchEmbed
-from .blocks.mobileone import MobileOneBlock
-from .blocks.repcpe import RepCPE
-from .blocks.repmixer import RepMixerBlock
+from mobileclip_export.models.blocks.attention import AttentionBlock
+from mobileclip_export.models.blocks.heads import GlobalPool2D, LinearPoolHead
+from mobileclip_export.models.blocks.large_kernel import PatchEmbed
+from mobileclip_export.models.blocks.mobileone import MobileOneBlock
+from mobileclip_export.models.blocks.repcpe import RepCPE
+from mobileclip_export.models.blocks.repmixer import RepMixerBlock
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -40,16 +38,37 @@ class MCiConfig:
 
 
 _CONFIGS: dict[str, MCiConfig] = {
-    "mci0": MCiConfig((2, 6, 10, 2), (64, 128, 256, 512), 3.0, 3, (False, False, True, True), (3,),
-                      "batchnorm", True, False),
-    "mci1": MCiConfig((4, 12, 20, 4), (64, 128, 256, 512), 3.0, 3, (False, False, True, True), (3,),
-                      "batchnorm", True, False),
-    "mci2": MCiConfig((4, 12, 24, 4), (80, 160, 320, 640), 3.0, 3, (False, False, True, True), (3,),
-                      "batchnorm", True, False),
-    "mci3": MCiConfig((2, 12, 24, 4, 2), (96, 192, 384, 768, 1536), 4.0, 3, (False,) * 5, (3, 4),
-                      "layernorm", False, True),
-    "mci4": MCiConfig((2, 12, 24, 4, 4), (128, 256, 512, 1024, 2048), 4.0, 3, (False,) * 5, (3, 4),
-                      "layernorm", False, True),
+    "mci0": MCiConfig(
+        (2, 6, 10, 2), (64, 128, 256, 512), 3.0, 3, (False, False, True, True), (3,), "batchnorm", True, False
+    ),
+    "mci1": MCiConfig(
+        (4, 12, 20, 4),
+        (64, 128, 256, 512),
+        3.0,
+        3,
+        (False, False, True, True),
+        (3,),
+        "batchnorm",
+        True,
+        False,
+    ),
+    "mci2": MCiConfig(
+        (4, 12, 24, 4),
+        (80, 160, 320, 640),
+        3.0,
+        3,
+        (False, False, True, True),
+        (3,),
+        "batchnorm",
+        True,
+        False,
+    ),
+    "mci3": MCiConfig(
+        (2, 12, 24, 4, 2), (96, 192, 384, 768, 1536), 4.0, 3, (False,) * 5, (3, 4), "layernorm", False, True
+    ),
+    "mci4": MCiConfig(
+        (2, 12, 24, 4, 4), (128, 256, 512, 1024, 2048), 4.0, 3, (False,) * 5, (3, 4), "layernorm", False, True
+    ),
 }
 
 

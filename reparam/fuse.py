@@ -83,12 +83,16 @@ def pad_kernel_to(kernel: Tensor, kernel_size: int | tuple[int, int]) -> Tensor:
     return F.pad(kernel, [dw // 2, dw // 2, dh // 2, dh // 2])
 
 
-def fold_input_affine(weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+def fold_input_affine(
+    weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor
+) -> tuple[Tensor, Tensor]:
     """Fold ``x -> scale*x + shift`` (per input feature) into a following linear / 1x1 map ``W x + b``."""
     w = weight.detach()
     w2d = w.reshape(w.shape[0], w.shape[1], -1)
     if w2d.shape[-1] != 1:
-        raise ValueError("an input affine folds exactly only into a linear or 1x1 map (padding would break it)")
+        raise ValueError(
+            "an input affine folds exactly only into a linear or 1x1 map (padding would break it)"
+        )
     new_w = w * scale.reshape((1, -1) + (1,) * (w.dim() - 2))
     new_b = w2d[..., 0] @ shift
     if bias is not None:
@@ -97,7 +101,7 @@ def fold_input_affine(weight: Tensor, bias: Tensor | None, scale: Tensor, shift:
 
 
 def scale_output(weight: Tensor, bias: Tensor | None, scale: Tensor) -> tuple[Tensor, Tensor | None]:
-    """Fold a per-output-channel multiply ``s * (W x + b)`` into ``(W, b)``; ``scale`` is any shape with C elements."""
+    """Fold a per-output-channel multiply ``s * (W x + b)`` into ``(W, b)``; ``scale`` has C elements."""
     s = scale.detach().reshape(-1)
     w = weight.detach() * s.reshape((-1,) + (1,) * (weight.dim() - 1))
     b = None if bias is None else bias.detach() * s
@@ -126,7 +130,9 @@ def conv_from(template: nn.Conv2d, weight: Tensor, bias: Tensor | None) -> nn.Co
 
 
 def linear_from(weight: Tensor, bias: Tensor | None) -> nn.Linear:
-    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    lin = nn.Linear(
+        weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype
+    )
     with torch.no_grad():
         lin.weight.copy_(weight)
         if bias is not None:

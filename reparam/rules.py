@@ -10,17 +10,20 @@ Inference-form classes have no rules, which makes the pass idempotent.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
-
-from mobileclip_export.models.blocks.attention import AttentionBlock, FusedAttentionBlock, MHSA
+from mobileclip_export.models.blocks.attention import MHSA, AttentionBlock, FusedAttentionBlock
 from mobileclip_export.models.blocks.convffn import ConvFFN, FusedConvFFN
 from mobileclip_export.models.blocks.large_kernel import FusedLargeKernelConv, ReparamLargeKernelConv
 from mobileclip_export.models.blocks.mobileone import FusedMobileOneBlock, MobileOneBlock
 from mobileclip_export.models.blocks.repcpe import FusedRepCPE, RepCPE
-from mobileclip_export.models.blocks.repmixer import FusedRepMixer, FusedRepMixerBlock, RepMixer, RepMixerBlock
-
-from . import fuse
-from .registry import register_rule
+from mobileclip_export.models.blocks.repmixer import (
+    FusedRepMixer,
+    FusedRepMixerBlock,
+    RepMixer,
+    RepMixerBlock,
+)
+from mobileclip_export.reparam import fuse
+from mobileclip_export.reparam.registry import register_rule
+from torch import Tensor, nn
 
 
 def _conv_bn_kernel(branch: nn.Sequential, kernel_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -56,8 +59,15 @@ def fuse_mobileone(m: MobileOneBlock) -> FusedMobileOneBlock:
     """
     w, b = mobileone_kernel_bias(m)
     conv = nn.Conv2d(
-        m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding, groups=m.groups,
-        bias=True, dtype=w.dtype, device=w.device,
+        m.in_channels,
+        m.out_channels,
+        m.kernel_size,
+        stride=m.stride,
+        padding=m.padding,
+        groups=m.groups,
+        bias=True,
+        dtype=w.dtype,
+        device=w.device,
     )
     conv = fuse.conv_from(conv, w, b)
     return FusedMobileOneBlock(conv, m.se, m.activation)
@@ -77,7 +87,9 @@ def fuse_repmixer(m: RepMixer) -> FusedRepMixer:
     mixer, norm = _as_fused_mobileone(m.mixer), _as_fused_mobileone(m.norm)
     mc, nc = mixer.reparam_conv, norm.reparam_conv
     ls = m.layer_scale.detach().reshape(-1)
-    ident = fuse.identity_kernel(m.dim, mc.groups, mc.kernel_size, dtype=mc.weight.dtype, device=mc.weight.device)
+    ident = fuse.identity_kernel(
+        m.dim, mc.groups, mc.kernel_size, dtype=mc.weight.dtype, device=mc.weight.device
+    )
     w = ident + ls.reshape(-1, 1, 1, 1) * (mc.weight.detach() - nc.weight.detach())
     b = ls * (mc.bias.detach() - nc.bias.detach())
     return FusedRepMixer(fuse.conv_from(mc, w, b))
@@ -122,8 +134,9 @@ def fuse_large_kernel(m: ReparamLargeKernelConv) -> FusedLargeKernelConv:
 def fuse_repcpe(m: RepCPE) -> FusedRepCPE:
     """x + pe(x) = conv(x; I + W_pe, b_pe) with I the depthwise identity kernel (groups = C)."""
     pe = m.pe
-    ident = fuse.identity_kernel(pe.in_channels, pe.groups, pe.kernel_size, dtype=pe.weight.dtype,
-                                 device=pe.weight.device)
+    ident = fuse.identity_kernel(
+        pe.in_channels, pe.groups, pe.kernel_size, dtype=pe.weight.dtype, device=pe.weight.device
+    )
     return FusedRepCPE(fuse.conv_from(pe, ident + pe.weight.detach(), pe.bias.detach()))
 
 

@@ -1,18 +1,16 @@
 """Helpers to test reparameterization honestly.
 
 Freshly built models have BN stats (0, 1), γ=1, β=0 and layer scales of 1e-5: a fusion bug is then invisible
-(every branch is near identity and the residual branches contribute ~nothing). ``randomize_bn_and_layer_scales``
+(every branch is near identity, residual branches contribute ~nothing). ``randomize_bn_and_layer_scales``
 makes every such term matter before parity is measured.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from mobileclip_export.errors import VerificationError
-
-from .registry import registered_rules
+from mobileclip_export.reparam.registry import registered_rules
+from torch import nn
 
 
 def _layer_scale_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -20,11 +18,13 @@ def _layer_scale_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 @torch.no_grad()
-def randomize_bn_and_layer_scales(model: nn.Module, seed: int = 0, *, layer_scale_max: float = 0.5) -> nn.Module:
+def randomize_bn_and_layer_scales(
+    model: nn.Module, seed: int = 0, *, layer_scale_max: float = 0.5
+) -> nn.Module:
     """In place: random BN running_mean/var, weight, bias; layer scales of random sign, magnitude uniform in
     [0.1, layer_scale_max]. Returns ``model``.
 
-    Why 0.5 and not 1: residual growth compounds over a 24-block stage. With magnitudes up to 1, full-size MCi2
+    Why 0.5 and not 1: residual growth compounds over a 24-block stage. With magnitudes up to 1, full MCi2
     activations reach ~1e4 and the *train-time* fp32 model alone is 6e-5 (relative) off its own fp64 value, so
     an fp32 parity check would measure rounding, not fusion. Exactness itself is checked in fp64 by the tests.
     """
@@ -49,7 +49,7 @@ def randomize_bn_and_layer_scales(model: nn.Module, seed: int = 0, *, layer_scal
 
 def train_time_leftovers(model: nn.Module) -> list[str]:
     """Names of modules that are not in inference form: any BatchNorm, any module a reparam rule matches
-    (multi-branch blocks, unfused ConvFFN/RepCPE/attention blocks), and any leftover ``layer_scale*`` parameter.
+    (multi-branch blocks, unfused ConvFFN/RepCPE/attention blocks), and any ``layer_scale*`` parameter left.
     Empty means the model is in single-branch inference form."""
     rules = registered_rules()
     out: list[str] = []

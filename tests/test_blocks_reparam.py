@@ -7,21 +7,29 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from mobileclip_export.errors import VerificationError
 from mobileclip_export.models.blocks.attention import AttentionBlock, FusedAttentionBlock, LayerNorm2d
 from mobileclip_export.models.blocks.convffn import ConvFFN, FusedConvFFN
-from mobileclip_export.models.blocks.large_kernel import FusedLargeKernelConv, PatchEmbed, ReparamLargeKernelConv
+from mobileclip_export.models.blocks.large_kernel import (
+    FusedLargeKernelConv,
+    PatchEmbed,
+    ReparamLargeKernelConv,
+)
 from mobileclip_export.models.blocks.mobileone import FusedMobileOneBlock, MobileOneBlock
 from mobileclip_export.models.blocks.repcpe import FusedRepCPE, RepCPE
-from mobileclip_export.models.blocks.repmixer import FusedRepMixer, FusedRepMixerBlock, RepMixer, RepMixerBlock
+from mobileclip_export.models.blocks.repmixer import (
+    FusedRepMixer,
+    FusedRepMixerBlock,
+    RepMixer,
+    RepMixerBlock,
+)
 from mobileclip_export.reparam import fuse, register_rule, registered_rules, reparameterize_model
 from mobileclip_export.reparam.verify import (
     assert_inference_form,
     randomize_bn_and_layer_scales,
     train_time_leftovers,
 )
+from torch import nn
 
 COS_MIN = 0.99999
 REL_MAX = 1e-4
@@ -44,7 +52,11 @@ CASES: list[tuple[str, Callable[[], nn.Module], tuple[int, ...]]] = [
     ("mobileone-k1-skip", lambda: MobileOneBlock(16, 16, 1), (2, 16, 16, 16)),
     ("mobileone-3branch-skip-scale", lambda: MobileOneBlock(16, 16, 3, num_conv_branches=3), (2, 16, 16, 16)),
     ("mobileone-convexp-se", lambda: MobileOneBlock(16, 32, 3, groups=16, use_se=True), (2, 16, 8, 8)),
-    ("mobileone-text-1x11", lambda: MobileOneBlock(16, 16, (1, 11), groups=16, use_act=False), (2, 16, 1, 77)),
+    (
+        "mobileone-text-1x11",
+        lambda: MobileOneBlock(16, 16, (1, 11), groups=16, use_act=False),
+        (2, 16, 1, 77),
+    ),
     ("repmixer-k3", lambda: RepMixer(16, 3), (2, 16, 16, 16)),
     ("repmixer-text-1x11", lambda: RepMixer(16, (1, 11)), (2, 16, 1, 77)),
     ("convffn", lambda: ConvFFN(16, 48), (2, 16, 16, 16)),
@@ -66,7 +78,9 @@ def _count(model: nn.Module, t: type[nn.Module]) -> int:
 def assert_parity(a: torch.Tensor, b: torch.Tensor) -> None:
     cos = F.cosine_similarity(a.flatten(1), b.flatten(1)).min().item()
     rel = ((a - b).abs().max() / a.abs().max()).item()
-    assert cos >= COS_MIN and rel <= REL_MAX, f"cosine {cos:.8f} (min {COS_MIN}), max|diff|/max|out| {rel:.2e}"
+    assert cos >= COS_MIN and rel <= REL_MAX, (
+        f"cosine {cos:.8f} (min {COS_MIN}), max|diff|/max|out| {rel:.2e}"
+    )
 
 
 def _randomized(factory: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
@@ -77,7 +91,9 @@ def _randomized(factory: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
 
 @pytest.mark.parametrize("factory,shape", [(c[1], c[2]) for c in CASES], ids=[c[0] for c in CASES])
 @torch.no_grad()
-def test_rule_rewrite_structure_and_numerics(factory: Callable[[], nn.Module], shape: tuple[int, ...]) -> None:
+def test_rule_rewrite_structure_and_numerics(
+    factory: Callable[[], nn.Module], shape: tuple[int, ...]
+) -> None:
     model = _randomized(factory)
     before = {t: _count(model, t) for t in FUSED_TYPE}
     fused = reparameterize_model(model)
@@ -112,8 +128,11 @@ def test_rule_called_directly_matches_pass(factory: Callable[[], nn.Module], sha
 
 @torch.no_grad()
 def test_reparameterize_never_mutates_input_and_is_idempotent() -> None:
-    model = _randomized(lambda: nn.Sequential(RepMixerBlock(16), PatchEmbed(16, 32, use_se=True),
-                                              RepCPE(32), AttentionBlock(32)))
+    model = _randomized(
+        lambda: nn.Sequential(
+            RepMixerBlock(16), PatchEmbed(16, 32, use_se=True), RepCPE(32), AttentionBlock(32)
+        )
+    )
     sd_before = {k: v.clone() for k, v in model.state_dict().items()}
     types_before = [type(m) for m in model.modules()]
     once = reparameterize_model(model)

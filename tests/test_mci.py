@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from mobileclip_export.errors import UnknownNameError
 from mobileclip_export.models.blocks.attention import AttentionBlock, LayerNorm2d
 from mobileclip_export.models.blocks.large_kernel import ReparamLargeKernelConv
@@ -17,6 +15,7 @@ from mobileclip_export.models.blocks.squeeze_excite import SEBlock, SqueezeExcit
 from mobileclip_export.models.mci import build_mci, mci_names
 from mobileclip_export.reparam import reparameterize_model
 from mobileclip_export.reparam.verify import randomize_bn_and_layer_scales, train_time_leftovers
+from torch import nn
 
 EMBED = {"mci0": 512, "mci1": 512, "mci2": 512, "mci3": 768, "mci4": 768}
 # (reference train-time count, README-published reparameterized count), millions
@@ -55,17 +54,32 @@ def test_apple_key_names_mci0() -> None:
         model = build_mci("mci0", 512)
     sd = model.state_dict()
     for key in [
-        "patch_embed.0.rbr_conv.0.conv.weight", "patch_embed.0.rbr_scale.bn.running_var",
-        "patch_embed.2.rbr_skip.running_mean", "patch_embed.2.rbr_conv.0.bn.weight",
-        "network.0.0.layer_scale", "network.0.0.token_mixer.layer_scale",
-        "network.0.0.token_mixer.norm.rbr_skip.weight", "network.0.0.token_mixer.mixer.rbr_scale.conv.weight",
-        "network.0.0.convffn.conv.conv.weight", "network.0.0.convffn.conv.bn.running_mean",
-        "network.0.0.convffn.fc2.bias", "network.1.proj.0.lkb_origin.conv.weight",
-        "network.1.proj.0.small_conv.bn.weight", "network.3.proj.0.se.fc1.weight", "network.5.proj.0.se.fc2.bias",
-        "network.1.proj.1.rbr_skip.weight", "network.6.pe.weight", "network.6.pe.bias",
-        "network.7.0.layer_scale_1", "network.7.0.norm.running_var", "network.7.0.token_mixer.qkv.weight",
-        "network.7.0.token_mixer.proj.bias", "conv_exp.rbr_scale.conv.weight", "conv_exp.se.reduce.weight",
-        "conv_exp.se.expand.bias", "head.proj",
+        "patch_embed.0.rbr_conv.0.conv.weight",
+        "patch_embed.0.rbr_scale.bn.running_var",
+        "patch_embed.2.rbr_skip.running_mean",
+        "patch_embed.2.rbr_conv.0.bn.weight",
+        "network.0.0.layer_scale",
+        "network.0.0.token_mixer.layer_scale",
+        "network.0.0.token_mixer.norm.rbr_skip.weight",
+        "network.0.0.token_mixer.mixer.rbr_scale.conv.weight",
+        "network.0.0.convffn.conv.conv.weight",
+        "network.0.0.convffn.conv.bn.running_mean",
+        "network.0.0.convffn.fc2.bias",
+        "network.1.proj.0.lkb_origin.conv.weight",
+        "network.1.proj.0.small_conv.bn.weight",
+        "network.3.proj.0.se.fc1.weight",
+        "network.5.proj.0.se.fc2.bias",
+        "network.1.proj.1.rbr_skip.weight",
+        "network.6.pe.weight",
+        "network.6.pe.bias",
+        "network.7.0.layer_scale_1",
+        "network.7.0.norm.running_var",
+        "network.7.0.token_mixer.qkv.weight",
+        "network.7.0.token_mixer.proj.bias",
+        "conv_exp.rbr_scale.conv.weight",
+        "conv_exp.se.reduce.weight",
+        "conv_exp.se.expand.bias",
+        "head.proj",
     ]:
         assert key in sd, key
     assert not any(k.startswith("network.1.proj.0.se.") for k in sd)  # no SE going into stage 1
@@ -75,9 +89,15 @@ def test_apple_key_names_mci0() -> None:
     assert sd["network.7.0.layer_scale_1"].shape == (512, 1, 1)
     assert sd["network.7.0.token_mixer.qkv.weight"].shape == (1536, 512)  # 16 heads x 32
     fused = reparameterize_model(model).state_dict()
-    for key in ["patch_embed.0.reparam_conv.weight", "network.1.proj.0.lkb_reparam.weight",
-                "network.0.0.token_mixer.reparam_conv.bias", "network.6.reparam_conv.weight",
-                "conv_exp.reparam_conv.weight", "conv_exp.se.reduce.weight", "head.proj"]:
+    for key in [
+        "patch_embed.0.reparam_conv.weight",
+        "network.1.proj.0.lkb_reparam.weight",
+        "network.0.0.token_mixer.reparam_conv.bias",
+        "network.6.reparam_conv.weight",
+        "conv_exp.reparam_conv.weight",
+        "conv_exp.se.reduce.weight",
+        "head.proj",
+    ]:
         assert key in fused, key
 
 
@@ -167,3 +187,52 @@ def test_reparameterized_mci_exports_with_dynamic_free_graph() -> None:
     x2 = torch.rand(1, 3, 128, 128)
     cos, rel = _parity(fused(x2), ep.module()(x2))
     assert cos >= 0.99999 and rel <= 1e-5
+
+
+def _reference_inference_state_dict(train: nn.Module, fused: nn.Module) -> dict[str, torch.Tensor]:
+    """Emulate Apple's reparameterized state_dict: our fused keys, except that ConvFFN BN, the attention BN
+    and the layer scales are left unfolded (their tensors are the train-time ones, untouched by Apple)."""
+    from mobileclip_export.models.blocks.convffn import ConvFFN
+
+    sd = dict(fused.state_dict())
+    tsd = train.state_dict()
+
+    def copy_from_train(prefix: str) -> None:
+        sd.update({k: v for k, v in tsd.items() if k.startswith(prefix)})
+
+    for name, m in train.named_modules():
+        p = name + "."
+        if isinstance(m, ConvFFN):
+            del sd[p + "conv.conv.bias"]
+            copy_from_train(p + "conv.")
+            copy_from_train(p + "fc2.")
+        elif isinstance(m, RepMixerBlock):
+            sd[p + "layer_scale"] = tsd[p + "layer_scale"]
+        elif isinstance(m, AttentionBlock):
+            sd[p + "layer_scale_1"], sd[p + "layer_scale_2"] = (
+                tsd[p + "layer_scale_1"],
+                tsd[p + "layer_scale_2"],
+            )
+            copy_from_train(p + "norm.")
+            copy_from_train(p + "token_mixer.")
+            if isinstance(m.norm, nn.BatchNorm2d):
+                del sd[p + "token_mixer.qkv.bias"]
+    return sd
+
+
+@pytest.mark.parametrize("name", ["mci0", "mci3"])
+@torch.no_grad()
+def test_reference_inference_checkpoint_loads_into_our_fused_model(name: str) -> None:
+    from mobileclip_export.reparam.rules_state_dict import fold_reference_inference_state_dict
+
+    torch.manual_seed(0)
+    train = randomize_bn_and_layer_scales(build_mci(name, EMBED[name], reduced=True).eval(), seed=1)
+    ref_sd = _reference_inference_state_dict(train, reparameterize_model(train))
+    assert any(k.endswith("convffn.conv.bn.running_var") for k in ref_sd)
+    assert any(k.endswith("layer_scale_2") for k in ref_sd)
+    torch.manual_seed(1)  # a differently initialised model: everything must come from the state_dict
+    target = reparameterize_model(build_mci(name, EMBED[name], reduced=True).eval())
+    target.load_state_dict(fold_reference_inference_state_dict(ref_sd), strict=True)
+    x = torch.rand(2, 3, 128, 128)
+    cos, rel = _parity(train(x), target(x))
+    assert cos >= 0.99999 and rel <= 1e-4, (cos, rel)

@@ -1,4 +1,4 @@
-"""Attention stage blocks of MCi: channel LayerNorm, multi-head self-attention over H·W tokens, AttentionBlock.
+"""Attention stage of MCi: channel LayerNorm, multi-head self-attention over H·W tokens, AttentionBlock.
 
 ``AttentionBlock`` (Apple names): ``x + layer_scale_1 * token_mixer(norm(x))`` then
 ``x + layer_scale_2 * convffn(x)``; ``norm`` is BatchNorm2d (MCi0-2) or ``LayerNorm2d`` (MCi3/4).
@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from mobileclip_export.models.blocks.convffn import ConvFFN
 from torch import Tensor, nn
-
-from .convffn import ConvFFN
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -50,8 +49,9 @@ class MHSA(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    def __init__(self, dim: int, mlp_ratio: float = 3.0, *, norm: str = "batchnorm",
-                 layer_scale_init: float = 1e-5) -> None:
+    def __init__(
+        self, dim: int, mlp_ratio: float = 3.0, *, norm: str = "batchnorm", layer_scale_init: float = 1e-5
+    ) -> None:
         super().__init__()
         if norm == "batchnorm":
             self.norm: nn.Module = nn.BatchNorm2d(dim)
@@ -70,7 +70,10 @@ class AttentionBlock(nn.Module):
 
 
 class FusedAttentionBlock(nn.Module):
-    """Inference form: ``x + token_mixer(norm(x))``, ``x + convffn(x)``; ``norm`` is Identity after a BN fold."""
+    """Inference form: ``x + token_mixer(norm(x))``, then ``x + convffn(x)``.
+
+    ``norm`` is Identity once a BatchNorm was folded into ``token_mixer.qkv``; a LayerNorm2d stays.
+    """
 
     def __init__(self, norm: nn.Module, token_mixer: MHSA, convffn: nn.Module) -> None:
         super().__init__()
@@ -81,4 +84,3 @@ class FusedAttentionBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.token_mixer(self.norm(x))
         return x + self.convffn(x)
-

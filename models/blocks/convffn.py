@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from mobileclip_export.models.blocks.mobileone import KernelSize, conv_bn, same_padding
 from torch import Tensor, nn
-
-from .mobileone import KernelSize, conv_bn, same_padding
 
 
 class ConvFFN(nn.Module):

@@ -1,6 +1,7 @@
 """Projection heads of MCi.
 
-- ``GlobalPool2D`` (MCi0-2, Apple ``image_encoder.py``): mean over H, W then ``x @ proj``, ``proj`` [C, D], no bias.
+- ``GlobalPool2D`` (MCi0-2, Apple ``image_encoder.py``): mean over H, W, then ``x @ proj``
+  (``proj`` [C, D], no bias).
 - ``LinearPoolHead`` (MCi3/4, timm ``ClassifierHead`` avg pool + fc with bias). Keys ``head.fc.weight/bias``
   (timm's own name), chosen so timm/open_clip MobileCLIP2 checkpoints map by prefix only.
 """

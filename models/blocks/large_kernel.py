@@ -8,10 +8,9 @@ Inference form: ``lkb_reparam`` (Apple ``inference_mode=True`` key).
 
 from __future__ import annotations
 
+from mobileclip_export.models.blocks.mobileone import MobileOneBlock, conv_bn
+from mobileclip_export.models.blocks.squeeze_excite import SqueezeExcite
 from torch import Tensor, nn
-
-from .mobileone import MobileOneBlock, conv_bn
-from .squeeze_excite import SqueezeExcite
 
 
 class ReparamLargeKernelConv(nn.Module):
@@ -60,12 +59,14 @@ class FusedLargeKernelConv(nn.Module):
 class PatchEmbed(nn.Module):
     """Stride-2 downsampler between stages: depthwise 7x7 (channel multiplier out/in) then a 1x1 MobileOne."""
 
-    def __init__(self, in_channels: int, embed_dim: int, patch_size: int = 7, stride: int = 2,
-                 *, use_se: bool = False) -> None:
+    def __init__(
+        self, in_channels: int, embed_dim: int, patch_size: int = 7, stride: int = 2, *, use_se: bool = False
+    ) -> None:
         super().__init__()
         self.proj = nn.Sequential(
-            ReparamLargeKernelConv(in_channels, embed_dim, patch_size, stride, groups=in_channels,
-                                   small_kernel=3, use_se=use_se),
+            ReparamLargeKernelConv(
+                in_channels, embed_dim, patch_size, stride, groups=in_channels, small_kernel=3, use_se=use_se
+            ),
             MobileOneBlock(embed_dim, embed_dim, 1),
         )
 

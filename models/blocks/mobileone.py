@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from mobileclip_export.models.blocks.squeeze_excite import SEBlock
 from torch import Tensor, nn
-
-from .squeeze_excite import SEBlock
 
 KernelSize = int | tuple[int, int]
 
@@ -35,7 +34,9 @@ def conv_bn(
     """Sequential(conv without bias, bn): the unit every branch is built from (keys ``conv.*``, ``bn.*``)."""
     return nn.Sequential(
         OrderedDict(
-            conv=nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, groups=groups, bias=False),
+            conv=nn.Conv2d(
+                in_ch, out_ch, kernel_size, stride=stride, padding=padding, groups=groups, bias=False
+            ),
             bn=nn.BatchNorm2d(out_ch),
         )
     )

@@ -1,6 +1,6 @@
 """Reparameterizable conditional positional encoding (Apple ``RepCPE``): ``x + pe(x)``, ``pe`` depthwise 7x7.
 
-Inference form ``FusedRepCPE`` holds one depthwise conv ``reparam_conv`` (Apple key ``network.N.reparam_conv``).
+Inference form ``FusedRepCPE``: one depthwise conv ``reparam_conv`` (Apple key ``network.N.reparam_conv``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ class RepCPE(nn.Module):
     def __init__(self, dim: int, spatial_shape: tuple[int, int] = (7, 7)) -> None:
         super().__init__()
         kh, kw = spatial_shape
-        self.pe = nn.Conv2d(dim, dim, spatial_shape, stride=1, padding=(kh // 2, kw // 2), groups=dim, bias=True)
+        self.pe = nn.Conv2d(
+            dim, dim, spatial_shape, stride=1, padding=(kh // 2, kw // 2), groups=dim, bias=True
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.pe(x)

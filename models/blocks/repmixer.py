@@ -8,10 +8,9 @@ MobileOneBlock and ``mixer`` a depthwise MobileOneBlock (no activation). ``RepMi
 from __future__ import annotations
 
 import torch
+from mobileclip_export.models.blocks.convffn import ConvFFN
+from mobileclip_export.models.blocks.mobileone import KernelSize, MobileOneBlock
 from torch import Tensor, nn
-
-from .convffn import ConvFFN
-from .mobileone import KernelSize, MobileOneBlock
 
 
 class RepMixer(nn.Module):
