@@ -45,7 +45,7 @@ def registered_rules() -> dict[type[nn.Module], Rule]:
 def _load_builtin_rules() -> None:
     # Rules live next to the math in reparam/rules*.py and models' own rule modules; importing
     # them registers them. Imported lazily to keep `mobileclip_export.reparam` cheap and cycle-free.
-    from . import rules  # noqa: F401
+    from . import rules, rules_vit  # noqa: F401
 
 
 def _replace(module: nn.Module) -> nn.Module:

@@ -1,0 +1,54 @@
+"""The package layout's guardrails: root folders install as `mobileclip_export.*` and never as bare names."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BARE = re.compile(r"^\s*(?:import|from)\s+(models|export|reparam|benchmarks)(?:\.|\s|$)", re.M)
+SOURCE_DIRS = ["core", "models", "reparam", "export", "benchmarks", "tests"]
+
+
+def test_generic_folder_names_are_not_importable() -> None:
+    for name in ("models", "export", "reparam", "benchmarks"):
+        assert importlib.util.find_spec(name) is None, f"bare package {name!r} is importable"
+
+
+def test_subpackages_resolve_to_the_root_folders() -> None:
+    import mobileclip_export.benchmarks
+    import mobileclip_export.export
+    import mobileclip_export.models
+    import mobileclip_export.reparam
+
+    for mod, folder in [
+        (mobileclip_export.models, "models"),
+        (mobileclip_export.reparam, "reparam"),
+        (mobileclip_export.export, "export"),
+        (mobileclip_export.benchmarks, "benchmarks"),
+    ]:
+        assert Path(mod.__file__).resolve().parent == ROOT / folder
+
+
+def test_no_bare_imports_of_root_folders() -> None:
+    offenders = []
+    for folder in SOURCE_DIRS:
+        for path in (ROOT / folder).rglob("*.py"):
+            for m in BARE.finditer(path.read_text(encoding="utf-8")):
+                offenders.append(f"{path.relative_to(ROOT)}: {m.group(0).strip()}")
+    assert not offenders, "bare imports (use mobileclip_export.<sub>):\n" + "\n".join(offenders)
+
+
+def test_no_target_names_outside_backends() -> None:
+    """The extension point lives in export/backends/: no other module names a target."""
+    names = re.compile(r"""["'](coreml|onnx|executorch|tflite|coreai|litert|mlpackage|pte)["']""")
+    offenders = []
+    for folder in ["core", "models", "reparam", "export", "benchmarks"]:
+        for path in (ROOT / folder).rglob("*.py"):
+            if "backends" in path.relative_to(ROOT).parts:
+                continue
+            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if names.search(line):
+                    offenders.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert not offenders, "target names outside export/backends/:\n" + "\n".join(offenders)
