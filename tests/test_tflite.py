@@ -1,0 +1,325 @@
+"""TFLite/LiteRT backend: conversion, parity in ai-edge-litert, structure (ops, dtypes, metadata), options."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert.interpreter")
+
+from mobileclip_export.errors import MissingDependencyError, UsageError  # noqa: E402
+from mobileclip_export.export.backends import tflite as backend  # noqa: E402
+from mobileclip_export.export.backends._tolerances import TOLERANCES, tolerance_for  # noqa: E402
+from mobileclip_export.export.parity import Tolerance, compare  # noqa: E402
+from mobileclip_export.export.registry import get_target  # noqa: E402
+from mobileclip_export.export.target import EncoderExport, TensorSpec  # noqa: E402
+
+TARGET = backend.TFLiteTarget()
+EMBED = 16
+# Proposed table row for dynamic-range int8 (not yet in _tolerances.py); measured cos >= 0.9998 on reduced S0.
+INT8_PROPOSED = Tolerance(min_cosine=0.995, max_abs_rel=0.1, min_psnr_db=25.0)
+
+
+def _tolerance(precision: str) -> Tolerance:
+    return TOLERANCES.get(("tflite", precision)) or (
+        INT8_PROPOSED if precision == "int8" else tolerance_for("tflite", precision)
+    )
+
+
+# ---------------------------------------------------------------- toy encoders (deploy form, seeded)
+
+
+class _SE(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.reduce, self.expand = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.avg_pool2d(x, kernel_size=[x.shape[2], x.shape[3]])  # MobileCLIP's SE global pool
+        return x * torch.sigmoid(self.expand(F.relu(self.reduce(y))))
+
+
+class ToyImage(nn.Module):
+    """conv+BN (folded) -> depthwise -> SE -> attention -> mean pool -> projection; input RGB [0,1]."""
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.48, 0.46, 0.41]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.27, 0.26, 0.28]).view(1, 3, 1, 1), persistent=False)
+        stem, bn = nn.Conv2d(3, dim, 8, 8), nn.BatchNorm2d(dim)
+        (
+            bn.running_mean.uniform_(-0.2, 0.2),
+            bn.running_var.uniform_(0.5, 1.5),
+            bn.weight.data.uniform_(0.5, 1.5),
+        )
+        self.stem = torch.nn.utils.fusion.fuse_conv_bn_eval(stem.eval(), bn.eval())
+        self.dw = nn.Conv2d(dim, dim, 7, 2, 3, groups=dim)
+        self.se = _SE(dim)
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.proj = nn.Parameter(torch.randn(dim, EMBED) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.se(F.gelu(self.dw(F.gelu(self.stem((x - self.mean) / self.std)))))
+        t = x.flatten(2).transpose(1, 2)
+        n = self.norm(t)
+        t = t + self.attn(n, n, n, need_weights=False)[0]
+        return t.mean(1) @ self.proj
+
+
+class ToyText(nn.Module):
+    """Token embedding + positional embedding, pre-norm transformer, EOT (argmax) pooling, projection."""
+
+    def __init__(self, causal: bool, vocab: int = 500, dim: int = 16, length: int = 77):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(length, dim) * 0.1)
+        self.block = nn.TransformerEncoderLayer(dim, 2, 32, 0.0, "gelu", batch_first=True, norm_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Parameter(torch.randn(dim, EMBED) * 0.3)
+        mask = torch.full((length, length), float("-inf")).triu(1) if causal else torch.zeros(length, length)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.block(self.embed(ids) + self.pos, src_mask=self.mask)
+        x = self.norm(x)
+        return x[torch.arange(x.shape[0]), ids.argmax(-1)] @ self.proj
+
+
+def _image_input(seed: int = 0, n: int = 1, size: int = 256) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _ids(seed: int = 0, n: int = 1, vocab: int = 500) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(n, 77, dtype=torch.int32)
+    for row in range(n):
+        k = 3 + row * 4
+        ids[row, 0] = vocab - 2
+        ids[row, 1 : k + 1] = torch.randint(1, vocab - 3, (k,), generator=g, dtype=torch.int32)
+        ids[row, k + 1] = vocab - 1  # EOT: the largest id, found by argmax
+    return ids
+
+
+def toy_export(kind: str, int64_example: bool = False) -> EncoderExport:
+    torch.manual_seed({"image": 0, "text_causal": 1, "text_full": 2}[kind])
+    embed = (TensorSpec("embedding", (1, EMBED), "float32", "unnormalized embedding"),)
+    facts = {"model": "toy", "encoder": kind.split("_")[0], "embed_dim": str(EMBED)}
+    if kind == "image":
+        ins = (TensorSpec("image", (1, 3, 256, 256), "float32", "RGB in [0, 1]"),)
+        return EncoderExport(
+            "toy", "image", ToyImage().eval(), (_image_input(),), ins, embed, facts, image_size=256
+        )
+    module = ToyText(causal=kind == "text_causal").eval()
+    ids = _ids().long() if int64_example else _ids()
+    return EncoderExport("toy", "text", module, (ids,), (TensorSpec("text", (1, 77), "int32"),), embed, facts)
+
+
+def _feed(enc: EncoderExport, n: int = 2) -> np.ndarray:
+    if enc.encoder == "image":
+        return _image_input(seed=5, n=n, size=enc.inputs[0].shape[-1]).numpy()
+    return _ids(seed=5, n=n).numpy()
+
+
+def _reference(enc: EncoderExport, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate([enc.module(torch.from_numpy(x[i : i + 1])).numpy() for i in range(len(x))])
+
+
+def _roundtrip(tmp_path, enc: EncoderExport, precision: str, x: np.ndarray | None = None):
+    path = tmp_path / f"{enc.model_name}-{enc.encoder}-{precision}.tflite"
+    t0 = time.perf_counter()
+    info = TARGET.export(enc, precision, TARGET.validate(precision, {"num_threads": 1}), path)
+    seconds = time.perf_counter() - t0
+    checks = TARGET.structural_checks(path, enc)
+    assert checks["problems"] == [], checks["problems"]
+    x = _feed(enc) if x is None else x
+    runner = TARGET.load(path, {"num_threads": 1})
+    try:
+        stats = compare(_reference(enc, x), runner.run({enc.inputs[0].name: x}))
+    finally:
+        runner.close()
+    assert not stats.violations(_tolerance(precision)), (precision, stats)
+    if precision == "fp32":
+        assert stats.cosine >= 0.99999, stats
+    return path, info, checks, stats, seconds
+
+
+# ---------------------------------------------------------------- conversion + parity
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("kind", ["image", "text_causal", "text_full"])
+def test_toy_export_runs_and_matches_pytorch(tmp_path, kind, precision):
+    enc = toy_export(kind)
+    path, info, checks, stats, _ = _roundtrip(tmp_path, enc, precision)
+    assert stats.n_rows == 2
+    sig = f"encode_{enc.encoder}"
+    assert info.details["signature"] == sig and checks["signature"] == sig
+    assert list(checks["inputs"]) == [enc.inputs[0].name] and checks["outputs"] == ["embedding"]
+    want_dtype = "int32" if enc.encoder == "text" else "float32"
+    assert checks["inputs"][enc.inputs[0].name] == {"shape": list(enc.inputs[0].shape), "dtype": want_dtype}
+    census = checks["op_census"]
+    assert not any(op.startswith(("FLEX", "Flex", "CUSTOM")) for op in census)
+    assert (census.get("DEQUANTIZE", 0) > 0) == (precision == "fp16")  # fp16 = fp16 weights + DEQUANTIZE
+    if enc.encoder == "text":
+        assert census.get("ARG_MAX") == 1 and census.get("EMBEDDING_LOOKUP") == 1
+    meta = backend.read_metadata(path)
+    assert meta == checks["metadata"] and meta["model"] == "toy" and meta["precision"] == precision
+    assert meta["signature"] == sig
+
+
+def test_int64_example_ids_are_traced_as_int32(tmp_path):
+    enc = toy_export("text_causal", int64_example=True)
+    _, info, checks, _, _ = _roundtrip(tmp_path, enc, "fp32")
+    assert info.inputs[0].dtype == "int32" and checks["inputs"]["text"]["dtype"] == "int32"
+
+
+def test_runner_rows_label_and_feed_errors(tmp_path):
+    enc = toy_export("image")
+    path = tmp_path / "toy.tflite"
+    TARGET.export(enc, "fp32", {}, path)
+    runner = TARGET.load(path, {"num_threads": 1})
+    try:
+        assert (
+            runner.is_deployment_runtime and "ai-edge-litert" in runner.label and "1 threads" in runner.label
+        )
+        x = _feed(enc, n=3)
+        batched = runner.run({"image": x})
+        rows = np.concatenate([runner.run({"image": x[i : i + 1]}) for i in range(3)])
+        assert batched.shape == (3, EMBED) and np.array_equal(batched, rows)
+        with pytest.raises(UsageError, match="takes inputs"):
+            runner.run({"pixels": x})
+    finally:
+        runner.close()
+
+
+def test_structural_checks_flag_a_wrong_input_dtype(tmp_path):
+    enc = toy_export("text_full")
+    path = tmp_path / "toy-text.tflite"
+    TARGET.export(enc, "fp32", {}, path)
+    wrong = EncoderExport(
+        "toy",
+        "text",
+        enc.module,
+        enc.example_inputs,
+        (TensorSpec("text", (1, 76), "float32"),),
+        enc.outputs,
+        {},
+    )
+    problems = TARGET.structural_checks(path, wrong)["problems"]
+    assert any("is int32, expected float32" in p for p in problems)
+    assert any("shape [1, 77], expected [1, 76]" in p for p in problems)
+
+
+# ---------------------------------------------------------------- options, precision, dependencies
+
+
+def test_registry_options_and_precision_errors():
+    assert get_target("litert") is get_target("tflite")
+    assert TARGET.precisions == ("fp32", "fp16", "int8") and TARGET.default_precision == "fp32"
+    assert TARGET.validate("fp32", {}) == {"num_threads": None}
+    assert TARGET.validate("int8", {"num_threads": 2}) == {"num_threads": 2}
+    with pytest.raises(UsageError, match="does not support precision 'int4'"):
+        TARGET.validate("int4", {})
+    with pytest.raises(UsageError, match="positive integer"):
+        TARGET.validate("fp32", {"num_threads": 0})
+    with pytest.raises(UsageError, match="--multifunction is not supported"):
+        TARGET.validate("fp32", {"multifunction": True})
+
+
+def test_missing_extra_names_the_pip_command(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "litert_torch" else real(n, *a)
+    )
+    with pytest.raises(MissingDependencyError, match=r"pip install 'mobileclip-export\[tflite\]'"):
+        TARGET.ensure_available()
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "ai_edge_quantizer" else real(n, *a)
+    )
+    with pytest.raises(MissingDependencyError, match="precision fp16 needs ai-edge-quantizer"):
+        TARGET.validate("fp16", {})
+    monkeypatch.setitem(sys.modules, "litert_torch", None)  # import now fails
+    with pytest.raises(MissingDependencyError, match=r"pip install 'mobileclip-export\[tflite\]'"):
+        TARGET.export(toy_export("text_full"), "fp32", {}, tmp_path / "x.tflite")
+
+
+# ---------------------------------------------------------------- real MobileCLIP encoders
+
+models = pytest.importorskip("mobileclip_export.models")
+
+IMAGE_FAMILIES = ["mobileclip_s0", "mobileclip_s2", "mobileclip_s3", "mobileclip_b", "mobileclip2_b"]
+TEXT_FAMILIES = ["mobileclip_s0", "mobileclip_s1", "mobileclip_b", "mobileclip_s3"]
+
+
+def real_export(name: str, encoder: str, reduced: bool = True) -> EncoderExport:
+    from mobileclip_export.reparam import reparameterize_model
+
+    model = reparameterize_model(models.create_model(name, reduced=reduced)).eval()
+    spec = model.spec
+    embed = (TensorSpec("embedding", (1, spec.embed_dim), "float32"),)
+    facts = {"model": name, "encoder": encoder}
+    if encoder == "image":
+        x = _image_input(size=spec.image_size)
+        return EncoderExport(
+            name,
+            "image",
+            model.image_encoder,
+            (x,),
+            (TensorSpec("image", tuple(x.shape), "float32"),),
+            embed,
+            facts,
+        )
+    ids = torch.zeros(1, spec.context_length, dtype=torch.int32)
+    ids[0, :6] = torch.tensor([49406, 320, 1125, 539, 2368, 49407])
+    return EncoderExport(
+        name, "text", model.text_encoder, (ids,), (TensorSpec("text", (1, 77), "int32"),), embed, facts
+    )
+
+
+def _real_inputs(enc: EncoderExport) -> np.ndarray:
+    if enc.encoder == "image":
+        return _feed(enc, n=2)
+    ids = np.zeros((2, 77), dtype=np.int32)
+    ids[0, :6] = [49406, 320, 1125, 539, 2368, 49407]
+    ids[1, :4] = [49406, 1929, 4558, 49407]
+    return ids
+
+
+@pytest.mark.parametrize("encoder", ["image", "text"])
+def test_reduced_s0_parity_fp32(tmp_path, encoder):
+    enc = real_export("mobileclip_s0", encoder)
+    _, _, checks, _, _ = _roundtrip(tmp_path, enc, "fp32", _real_inputs(enc))
+    assert not any("BATCH_NORM" in op for op in checks["op_census"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize(
+    "name, encoder",
+    [(n, "image") for n in IMAGE_FAMILIES] + [(n, "text") for n in TEXT_FAMILIES],
+)
+def test_reduced_families_parity(tmp_path, name, encoder, precision):
+    enc = real_export(name, encoder)
+    _roundtrip(tmp_path, enc, precision, _real_inputs(enc))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("encoder", ["image", "text"])
+def test_full_size_s0(tmp_path, encoder, precision):
+    enc = real_export("mobileclip_s0", encoder, reduced=False)
+    *_, stats, seconds = _roundtrip(tmp_path, enc, precision, _real_inputs(enc))
+    print(
+        f"full S0 {encoder} {precision}: export {seconds:.1f} s, cosine {stats.cosine:.7f}, "
+        f"max|diff| {stats.max_abs_diff:.2e}"
+    )
