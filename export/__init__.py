@@ -1,0 +1,32 @@
+"""Targets, verification, bundle/manifest and the CLI.
+
+Public API (imported lazily so ``import mobileclip_export.export`` and ``--help`` stay cheap)::
+
+    export_model(model, targets="all", *, checkpoint=None, encoders=("image", "text"), precision=None,
+                 output_dir="exports", force=False, verify=True, options=None, reduced=False, seed=0,
+                 progress=None) -> ExportResult
+    get_target(name) -> Target;  all_targets() -> {name: Target}
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "export_model": "api",
+    "ExportResult": "manifest",
+    "ArtifactRecord": "manifest",
+    "ProgressEvent": "progress",
+    "StderrProgress": "progress",
+    "get_target": "registry",
+    "all_targets": "registry",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

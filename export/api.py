@@ -17,18 +17,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
 from mobileclip_export.errors import ExportFailure, UsageError, VerificationError
-
-from . import verify as V
-from .backends._tolerances import tolerance_for
-from .bundle import BundleWriter, artifact_name, check_output_dir, path_bytes, path_sha256, remove_path
-from .manifest import ArtifactRecord, ExportResult, build_manifest, tool_versions
-from .parity import compare
-from .plan import TargetPlan, plan_export
-from .progress import ProgressCallback, ProgressEvent
-from .target import EncoderExport, RuntimeUnavailable, TensorSpec
+from mobileclip_export.export import verify as V
+from mobileclip_export.export.backends._tolerances import tolerance_for
+from mobileclip_export.export.bundle import (
+    BundleWriter,
+    artifact_name,
+    check_output_dir,
+    path_bytes,
+    path_sha256,
+    remove_path,
+)
+from mobileclip_export.export.manifest import ArtifactRecord, ExportResult, build_manifest, tool_versions
+from mobileclip_export.export.parity import compare
+from mobileclip_export.export.plan import TargetPlan, plan_export
+from mobileclip_export.export.progress import ProgressCallback, ProgressEvent
+from mobileclip_export.export.target import EncoderExport, RuntimeUnavailable, TensorSpec
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,9 @@ def _reparameterize(model: nn.Module) -> nn.Module:
 class _Stage:
     """Times a stage and reports start/end to the progress callback."""
 
-    def __init__(self, emit: ProgressCallback, stage: str, target: str | None = None, encoder: str | None = None):
+    def __init__(
+        self, emit: ProgressCallback, stage: str, target: str | None = None, encoder: str | None = None
+    ):
         self.emit, self.stage, self.target, self.encoder = emit, stage, target, encoder
         self.seconds = 0.0
         self.bytes: int | None = None
@@ -76,8 +83,18 @@ class _Stage:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.seconds = time.perf_counter() - self.t0
         status = self.status if exc is None else f"error: {type(exc).__name__}"
-        self.emit(ProgressEvent("stage-end", self.stage, self.target, self.encoder, self.seconds, self.bytes,
-                                status, self.message))
+        self.emit(
+            ProgressEvent(
+                "stage-end",
+                self.stage,
+                self.target,
+                self.encoder,
+                self.seconds,
+                self.bytes,
+                status,
+                self.message,
+            )
+        )
 
 
 def _weights_info(model: nn.Module, checkpoint: str | Path | None, seed: int) -> dict[str, Any]:
@@ -97,8 +114,16 @@ def _encoder_module(model: nn.Module, encoder: str) -> nn.Module:
     return model.image_encoder if encoder == "image" else model.text_encoder
 
 
-def _metadata(model_name: str, encoder: str, spec: Any, weights: dict, logit: dict, versions: dict,
-              tokenizer: dict, reduced: bool) -> dict[str, str]:
+def _metadata(
+    model_name: str,
+    encoder: str,
+    spec: Any,
+    weights: dict,
+    logit: dict,
+    versions: dict,
+    tokenizer: dict,
+    reduced: bool,
+) -> dict[str, str]:
     pre = spec.preprocessing.to_dict()
     meta = {
         "model": model_name,
@@ -113,22 +138,27 @@ def _metadata(model_name: str, encoder: str, spec: Any, weights: dict, logit: di
         "torch_version": versions.get("torch", ""),
     }
     if encoder == "image":
-        meta.update({
-            "image_size": str(spec.image_size),
-            "input": "RGB float32 NCHW in [0, 1] (no mean/std: the model normalizes internally)",
-            "preprocessing": json.dumps(pre, sort_keys=True),
-        })
+        meta.update(
+            {
+                "image_size": str(spec.image_size),
+                "input": "RGB float32 NCHW in [0, 1] (no mean/std: the model normalizes internally)",
+                "preprocessing": json.dumps(pre, sort_keys=True),
+            }
+        )
     else:
-        meta.update({
-            "context_length": str(spec.context_length),
-            "input": "int32 CLIP BPE token ids [B, 77]: SOT, tokens, EOT, then zeros",
-            "tokenizer": json.dumps(tokenizer, sort_keys=True),
-        })
+        meta.update(
+            {
+                "context_length": str(spec.context_length),
+                "input": "int32 CLIP BPE token ids [B, 77]: SOT, tokens, EOT, then zeros",
+                "tokenizer": json.dumps(tokenizer, sort_keys=True),
+            }
+        )
     return meta
 
 
-def _build_encoder_export(model_name: str, encoder: str, inf_model: nn.Module, spec: Any, seed: int,
-                          metadata: dict[str, str]) -> EncoderExport:
+def _build_encoder_export(
+    model_name: str, encoder: str, inf_model: nn.Module, spec: Any, seed: int, metadata: dict[str, str]
+) -> EncoderExport:
     embed = TensorSpec("embedding", (1, spec.embed_dim), "float32", "unnormalized embedding")
     if encoder == "image":
         size = spec.image_size
@@ -138,8 +168,16 @@ def _build_encoder_export(model_name: str, encoder: str, inf_model: nn.Module, s
         pre = spec.preprocessing
         module = inf_model.image_encoder
         return EncoderExport(
-            model_name, "image", module, example, inputs, (embed,), metadata, image_size=size,
-            normalize_mean=tuple(pre.mean), normalize_std=tuple(pre.std),
+            model_name,
+            "image",
+            module,
+            example,
+            inputs,
+            (embed,),
+            metadata,
+            image_size=size,
+            normalize_mean=tuple(pre.mean),
+            normalize_std=tuple(pre.std),
             module_without_normalize=getattr(module, "model", None),
         )
     from mobileclip_export.models.tokenizer import tokenize
@@ -150,8 +188,10 @@ def _build_encoder_export(model_name: str, encoder: str, inf_model: nn.Module, s
 
 
 def _spec_list(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
-    return [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "description": s.description}
-            for s in specs]
+    return [
+        {"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "description": s.description}
+        for s in specs
+    ]
 
 
 def export_model(
@@ -190,7 +230,9 @@ def export_model(
     result = ExportResult(model=model, bundle_dir=None, manifest_path=None)
     with _Stage(emit, "build model") as st:
         train_model = _create_model(model, checkpoint, seed, reduced).eval()
-        st.message = "random weights" if getattr(train_model, "random_init", checkpoint is None) else "checkpoint"
+        st.message = (
+            "random weights" if getattr(train_model, "random_init", checkpoint is None) else "checkpoint"
+        )
     result.random_init = bool(getattr(train_model, "random_init", checkpoint is None))
     if result.random_init:
         msg = RANDOM_WEIGHTS_WARNING.format(model=model, seed=seed)
@@ -205,15 +247,19 @@ def export_model(
         tol = tolerance_for("reparam", "fp32")
         worst = []
         for enc in plan.encoders:
-            vin = (V.image_inputs(spec.image_size, seed) if enc == "image"
-                   else V.text_inputs(spec.context_length))
+            vin = (
+                V.image_inputs(spec.image_size, seed)
+                if enc == "image"
+                else V.text_inputs(spec.context_length)
+            )
             verify_inputs[enc] = vin
             references[enc] = V.torch_outputs(_encoder_module(train_model, enc), vin)
             got = V.torch_outputs(_encoder_module(inf_model, enc), vin)
             stats = compare(references[enc], got)
             bad = stats.violations(tol)
-            result.reparam_parity[enc] = V.parity_dict(stats, "failed" if bad else "passed", "torch (eager)",
-                                                       True, bad)
+            result.reparam_parity[enc] = V.parity_dict(
+                stats, "failed" if bad else "passed", "torch (eager)", True, bad
+            )
             worst.append(f"{enc} cos {stats.cosine:.7f} max|d| {stats.max_abs_diff:.2e}")
             if bad:
                 raise VerificationError(
@@ -231,7 +277,11 @@ def export_model(
     tok_cfg = tokenizer_config()
     exports = {
         enc: _build_encoder_export(
-            model, enc, inf_model, spec, seed,
+            model,
+            enc,
+            inf_model,
+            spec,
+            seed,
             _metadata(model, enc, spec, weights, logit, versions, tok_cfg, reduced),
         )
         for enc in plan.encoders
@@ -258,13 +308,22 @@ def export_model(
             result=result,
             spec_dict=spec.to_dict(),
             weights=weights,
-            preprocessing={**spec.preprocessing.to_dict(), "baked_in": "mean/std inside the model; feed [0,1] RGB"},
+            preprocessing={
+                **spec.preprocessing.to_dict(),
+                "baked_in": "mean/std inside the model; feed [0,1] RGB",
+            },
             tokenizer={**tok_cfg, "files": [p.name for p in tokenizer_files()] + ["tokenizer.json"]},
             logit_scale=logit,
             export_args={
-                "model": model, "targets": [tp.target.name for tp in plan.targets], "encoders": list(plan.encoders),
-                "precision": precision, "checkpoint": str(checkpoint) if checkpoint else None, "seed": seed,
-                "reduced": reduced, "verify": verify, "force": force,
+                "model": model,
+                "targets": [tp.target.name for tp in plan.targets],
+                "encoders": list(plan.encoders),
+                "precision": precision,
+                "checkpoint": str(checkpoint) if checkpoint else None,
+                "seed": seed,
+                "reduced": reduced,
+                "verify": verify,
+                "force": force,
                 "options": {tp.target.name: tp.options for tp in plan.targets},
             },
             versions=versions,
@@ -277,19 +336,32 @@ def export_model(
     return result
 
 
-def _export_target(tp: TargetPlan, exports: dict[str, EncoderExport], vins: dict[str, V.VerifyInputs],
-                   refs: dict[str, np.ndarray], writer: BundleWriter, model: str, verify: bool,
-                   emit: ProgressCallback) -> list[ArtifactRecord]:
+def _export_target(
+    tp: TargetPlan,
+    exports: dict[str, EncoderExport],
+    vins: dict[str, V.VerifyInputs],
+    refs: dict[str, np.ndarray],
+    writer: BundleWriter,
+    model: str,
+    verify: bool,
+    emit: ProgressCallback,
+) -> list[ArtifactRecord]:
     t = tp.target
     if tp.multifunction:
-        jobs: list[tuple[str, Callable[[Path], Any], list[str]]] = [(
-            "image+text",
-            lambda p: t.export_multifunction([exports["image"], exports["text"]], tp.precision, tp.options, p),
-            ["image", "text"],
-        )]
+        jobs: list[tuple[str, Callable[[Path], Any], list[str]]] = [
+            (
+                "image+text",
+                lambda p: t.export_multifunction(
+                    [exports["image"], exports["text"]], tp.precision, tp.options, p
+                ),
+                ["image", "text"],
+            )
+        ]
     else:
-        jobs = [(enc, (lambda p, e=exports[enc]: t.export(e, tp.precision, tp.options, p)), [enc])
-                for enc in exports]
+        jobs = [
+            (enc, (lambda p, e=exports[enc]: t.export(e, tp.precision, tp.options, p)), [enc])
+            for enc in exports
+        ]
     records = []
     for label, run_export, encs in jobs:
         rec = ArtifactRecord(target=t.name, encoder=label, precision=tp.precision, options=dict(tp.options))
@@ -334,8 +406,15 @@ def _export_target(tp: TargetPlan, exports: dict[str, EncoderExport], vins: dict
     return records
 
 
-def _verify_artifact(rec: ArtifactRecord, tp: TargetPlan, path: Path, encs: list[EncoderExport],
-                     vins: dict[str, V.VerifyInputs], refs: dict[str, np.ndarray], verify: bool) -> None:
+def _verify_artifact(
+    rec: ArtifactRecord,
+    tp: TargetPlan,
+    path: Path,
+    encs: list[EncoderExport],
+    vins: dict[str, V.VerifyInputs],
+    refs: dict[str, np.ndarray],
+    verify: bool,
+) -> None:
     t = tp.target
     checks: dict[str, Any] = {}
     for enc in encs:
@@ -366,8 +445,13 @@ def _verify_artifact(rec: ArtifactRecord, tp: TargetPlan, path: Path, encs: list
     worst_enc = min(per_enc, key=lambda e: (not per_enc[e][1], per_enc[e][0].cosine))
     stats, bad = per_enc[worst_enc]
     status = "failed" if any(v for _, v in per_enc.values()) else "passed"
-    rec.parity = V.parity_dict(stats, status, runner.label, runner.is_deployment_runtime,
-                               [f"{e}: {v}" for e, (_, vs) in per_enc.items() for v in vs] if len(encs) > 1 else bad)
+    rec.parity = V.parity_dict(
+        stats,
+        status,
+        runner.label,
+        runner.is_deployment_runtime,
+        [f"{e}: {v}" for e, (_, vs) in per_enc.items() for v in vs] if len(encs) > 1 else bad,
+    )
     if len(encs) > 1:
         rec.parity["by_encoder"] = {e: s.to_dict() for e, (s, _) in per_enc.items()}
     if status == "failed":

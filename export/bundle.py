@@ -1,9 +1,10 @@
 """The on-disk bundle: ``{output_dir}/{model}/{target}/{model}-{encoder}-{precision}{ext}`` + manifest.json.
 
 Atomicity: everything is built in a hidden temp directory inside ``output_dir`` (same filesystem, so renames
-are atomic), each artifact is written into a hidden staging folder and renamed only after it verified, the manifest
-is written last (temp file + ``os.replace``), and the finished directory is renamed into place. A crash or
-Ctrl-C leaves the previous bundle untouched and removes (or at worst leaves) only the hidden temp directory.
+are atomic), each artifact is written into a hidden staging folder and renamed only after it verified, the
+manifest is written last (temp file + ``os.replace``), and the finished directory is renamed into place. A
+crash or Ctrl-C leaves the previous bundle untouched and removes (or at worst leaves) only the hidden temp
+directory.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def check_output_dir(output_dir: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise UsageError(f"output directory {str(output_dir)!r} is not writable: {err.strerror or err}") from err
+        raise UsageError(
+            f"output directory {str(output_dir)!r} is not writable: {err.strerror or err}"
+        ) from err
 
 
 def path_bytes(path: Path) -> int:
@@ -156,7 +159,9 @@ class BundleWriter:
         old: Path | None = None
         if self.final_dir.exists():
             if not self.force:  # appeared while we worked
-                raise UsageError(f"bundle {str(self.final_dir)!r} appeared during the export; not overwriting")
+                raise UsageError(
+                    f"bundle {str(self.final_dir)!r} appeared during the export; not overwriting"
+                )
             old = self.output_dir / f".{self.model}.old-{uuid.uuid4().hex[:8]}"
             os.replace(self.final_dir, old)
         os.replace(self.tmp_dir, self.final_dir)

@@ -21,9 +21,8 @@ from typing import Any, NoReturn
 
 from mobileclip_export import __version__
 from mobileclip_export.errors import MobileClipExportError, UsageError
-
-from .registry import all_targets
-from .target import OptionSpec
+from mobileclip_export.export.registry import all_targets
+from mobileclip_export.export.target import OptionSpec
 
 PROG = "mobileclip-export"
 
@@ -68,19 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--model", help="model name (see --list-models), e.g. mobileclip_s0")
-    p.add_argument("--target", action="append", metavar="|".join(target_names),
-                   help=f"target(s), repeatable or comma-separated (default: all). Aliases: {alias_text or 'none'}")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint file (.pt/.pth/.safetensors); default: random weights")
+    p.add_argument(
+        "--target",
+        action="append",
+        metavar="|".join(target_names),
+        help=f"target(s), repeatable or comma-separated (default: all). Aliases: {alias_text or 'none'}",
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, help="checkpoint file (.pt/.pth/.safetensors); default: random weights"
+    )
     p.add_argument("--encoder", default="both", help="image | text | both (default: both)")
     p.add_argument("--precision", help="fp32 | fp16 | ... (default: each target's own default)")
     p.add_argument("--output-dir", type=Path, default=Path("exports"), help="bundle root (default: exports)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
-    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip running artifacts for parity")
+    p.add_argument(
+        "--no-verify", dest="verify", action="store_false", help="skip running artifacts for parity"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights and verification inputs")
     p.add_argument("--reduced", action="store_true", help="small test-size variant with the same block types")
     p.add_argument("--list-models", action="store_true", help="list model names and exit")
-    p.add_argument("--list-targets", action="store_true", help="list targets, installed extras and pip commands")
+    p.add_argument(
+        "--list-targets", action="store_true", help="list targets, installed extras and pip commands"
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     group = p.add_argument_group("target options (each applies to the targets that declare it)")
     for name, (spec, owners) in _option_specs().items():
@@ -93,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         if spec.type is bool:
             group.add_argument(flag, dest=f"opt_{name}", action="store_true", default=None, help=helptext)
         else:
-            group.add_argument(flag, dest=f"opt_{name}", type=spec.type, default=None, metavar="VALUE",
-                               help=helptext)
+            group.add_argument(
+                flag, dest=f"opt_{name}", type=spec.type, default=None, metavar="VALUE", help=helptext
+            )
     return p
 
 
@@ -105,8 +115,10 @@ def _list_models() -> str:
     for name in list_models():
         s = get_model_spec(name)
         pub = s.published
-        rows.append(f"{name:<20} {s.image_encoder:<9} {s.text_encoder:<9} {s.embed_dim:>4} {s.image_size:>5}"
-                    f"  {pub.params_image_m:>6.1f} + {pub.params_text_m:.1f}")
+        rows.append(
+            f"{name:<20} {s.image_encoder:<9} {s.text_encoder:<9} {s.embed_dim:>4} {s.image_size:>5}"
+            f"  {pub.params_image_m:>6.1f} + {pub.params_text_m:.1f}"
+        )
     return "\n".join(rows)
 
 
@@ -117,22 +129,26 @@ def _list_targets() -> str:
         state = "installed" if not missing else f"NOT installed: pip install 'mobileclip-export[{t.extra}]'"
         aliases = f" (aliases: {', '.join(t.aliases)})" if t.aliases else ""
         rows.append(f"{name}{aliases}: {t.description}")
-        rows.append(f"    extension {t.extension}; precisions {', '.join(t.precisions)} "
-                    f"(default {t.default_precision}); {state}")
+        rows.append(
+            f"    extension {t.extension}; precisions {', '.join(t.precisions)} "
+            f"(default {t.default_precision}); {state}"
+        )
         for o in t.options:
             rows.append(f"    --{o.name.replace('_', '-')}: {o.help}")
     return "\n".join(rows)
 
 
 def _fmt_size(n: int | None) -> str:
-    from .progress import human_bytes
+    from mobileclip_export.export.progress import human_bytes
 
     return human_bytes(n)
 
 
 def summary_table(result: Any) -> str:
-    head = f"{'target':<11} {'encoder':<10} {'prec':<5} {'status':<11} {'size':>9} {'cosine':>10} " \
-           f"{'max|diff|':>10} {'export s':>8} {'verify s':>8}  path / reason"
+    head = (
+        f"{'target':<11} {'encoder':<10} {'prec':<5} {'status':<11} {'size':>9} {'cosine':>10} "
+        f"{'max|diff|':>10} {'export s':>8} {'verify s':>8}  path / reason"
+    )
     lines = [head, "-" * len(head)]
     for a in result.artifacts:
         cos = a.parity.get("cosine")
@@ -141,9 +157,11 @@ def summary_table(result: Any) -> str:
         tail = a.path or (a.error or "")
         if a.status == "unverified":
             tail = f"{a.path}  ({a.parity.get('status')})"
+        cos_s = f"{cos:.7f}" if cos is not None else "-"
+        mad_s = f"{mad:.2e}" if mad is not None else "-"
         lines.append(
             f"{a.target:<11} {a.encoder:<10} {a.precision:<5} {status:<11} {_fmt_size(a.bytes):>9} "
-            f"{(f'{cos:.7f}' if cos is not None else '-'):>10} {(f'{mad:.2e}' if mad is not None else '-'):>10} "
+            f"{cos_s:>10} {mad_s:>10} "
             f"{a.seconds.get('export', 0):>8.1f} {a.seconds.get('verify', 0):>8.1f}  {tail}"
         )
     return "\n".join(lines)
@@ -173,8 +191,8 @@ def _export(argv: Sequence[str]) -> int:
         parser.error(f"--model is required; choose one of: {', '.join(list_models())}")
     _setup_logging(args.verbose)
 
-    from .api import export_model
-    from .progress import StderrProgress
+    from mobileclip_export.export.api import export_model
+    from mobileclip_export.export.progress import StderrProgress
 
     result = export_model(
         args.model,
@@ -196,7 +214,10 @@ def _export(argv: Sequence[str]) -> int:
         if a.status == "failed":
             print(f"FAILED {a.target} {a.encoder} {a.precision}: {a.error}", file=err)
     if result.random_init:
-        print("\nNOTE: random weights; artifacts are valid for size and latency only, NOT for accuracy.", file=err)
+        print(
+            "\nNOTE: random weights; artifacts are valid for size and latency only, NOT for accuracy.",
+            file=err,
+        )
     if result.bundle_dir:
         print(f"\nbundle: {result.bundle_dir}  (manifest: {result.manifest_path})", file=err)
         print(f"next:   {PROG} bench --model {args.model} --bundle-dir {args.output_dir}", file=err)

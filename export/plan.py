@@ -1,4 +1,4 @@
-"""Resolve and validate an export request before any heavy work (names, encoders, precisions, options, extras).
+"""Resolve and validate an export request before heavy work (names, encoders, precisions, options, extras).
 
 Everything here is cheap: no model is built and no converter is imported, so bad input fails in well under a
 second with a message naming the problem and the valid choices.
@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mobileclip_export.errors import MissingDependencyError, UnknownNameError, UsageError
-
-from .registry import all_targets, get_target
-from .target import Target
+from mobileclip_export.export.registry import all_targets, get_target
+from mobileclip_export.export.target import Target
 
 ENCODERS = ("image", "text")
 

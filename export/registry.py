@@ -10,9 +10,8 @@ import pkgutil
 from functools import cache
 
 from mobileclip_export.errors import UnknownNameError
-
-from . import backends
-from .target import Target
+from mobileclip_export.export import backends
+from mobileclip_export.export.target import Target
 
 
 @cache

@@ -17,8 +17,14 @@ from torch import nn
 
 
 class ToyImageEncoder(nn.Module):
-    def __init__(self, dim: int, embed_dim: int, mean: tuple[float, ...], std: tuple[float, ...],
-                 batchnorm: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        embed_dim: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        batchnorm: bool = False,
+    ) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).reshape(1, 3, 1, 1), persistent=False)
@@ -60,7 +66,7 @@ class ToyTextEncoder(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.embed(ids) + self.pos
         x = self.ln(self.layer(x, src_mask=self.mask))
-        eot = ids.to(torch.int64).argmax(dim=-1)
+        eot = ids.argmax(dim=-1)  # on the int32 ids, as the real text encoders do
         return x[torch.arange(x.shape[0]), eot] @ self.proj
 
 
@@ -92,10 +98,16 @@ def toy_spec(name: str = "mobileclip_s0", image_size: int = 64, embed_dim: int =
     return dataclasses.replace(spec, image_size=image_size, embed_dim=embed_dim, preprocessing=pre)
 
 
-def use_toy_models(monkeypatch: Any, *, image_size: int = 64, embed_dim: int = 32, batchnorm: bool = False,
-                   identity_reparam: bool = False) -> None:
+def use_toy_models(
+    monkeypatch: Any,
+    *,
+    image_size: int = 64,
+    embed_dim: int = 32,
+    batchnorm: bool = False,
+    identity_reparam: bool = False,
+) -> None:
     """Make ``export_model`` build ToyCLIP for any known model name (real names are still validated)."""
-    from . import api
+    from mobileclip_export.export import api
 
     real_spec = api._get_spec
 

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from mobileclip_export.export.parity import ParityStats
+from mobileclip_export.export.target import Runner
 from torch import nn
-
-from .parity import ParityStats, compare
-from .target import Runner
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +47,13 @@ def image_inputs(image_size: int, seed: int = 0, n_random: int = 2) -> VerifyInp
         imgs.append(rng.random((3, h, w), dtype=np.float32))
         labels.append(f"random-{i}")
     ramp = np.linspace(0.0, 1.0, w, dtype=np.float32)
-    grad = np.stack([np.broadcast_to(ramp, (h, w)), np.broadcast_to(ramp[:, None], (h, w)),
-                     np.broadcast_to(ramp[::-1], (h, w))])
+    grad = np.stack(
+        [
+            np.broadcast_to(ramp, (h, w)),
+            np.broadcast_to(ramp[:, None], (h, w)),
+            np.broadcast_to(ramp[::-1], (h, w)),
+        ]
+    )
     imgs.append(grad)
     labels.append("gradient")
     yy, xx = np.mgrid[0:h, 0:w]
@@ -79,8 +83,9 @@ def torch_outputs(module: nn.Module, inputs: VerifyInputs) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
-def runner_outputs(runner: Runner, input_name: str, inputs: VerifyInputs,
-                   extra_feeds: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+def runner_outputs(
+    runner: Runner, input_name: str, inputs: VerifyInputs, extra_feeds: Mapping[str, np.ndarray] | None = None
+) -> np.ndarray:
     rows = []
     for i in range(inputs.data.shape[0]):
         feeds = {input_name: inputs.data[i : i + 1], **(extra_feeds or {})}
@@ -89,8 +94,13 @@ def runner_outputs(runner: Runner, input_name: str, inputs: VerifyInputs,
     return np.concatenate(rows, axis=0)
 
 
-def parity_dict(stats: ParityStats | None, status: str, runtime: str | None = None,
-                deployment: bool | None = None, violations: Sequence[str] = ()) -> dict:
+def parity_dict(
+    stats: ParityStats | None,
+    status: str,
+    runtime: str | None = None,
+    deployment: bool | None = None,
+    violations: Sequence[str] = (),
+) -> dict:
     """The parity block of a manifest record (same keys whether verification ran or not)."""
     d = {"cosine": None, "max_abs_diff": None, "mean_abs_diff": None, "psnr_db": None}
     if stats is not None:

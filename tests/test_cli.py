@@ -13,8 +13,16 @@ from mobileclip_export.export.backends.onnx import OnnxTarget
 from mobileclip_export.export.registry import all_targets
 from mobileclip_export.export.testing import use_toy_models
 
-HEAVY = ("coremltools", "executorch", "litert_torch", "onnxruntime", "coreai", "ai_edge_litert", "jax",
-         "tensorflow")
+HEAVY = (
+    "coremltools",
+    "executorch",
+    "litert_torch",
+    "onnxruntime",
+    "coreai",
+    "ai_edge_litert",
+    "jax",
+    "tensorflow",
+)
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -64,23 +72,50 @@ def test_unknown_flag_suggests(capsys) -> None:
 
 
 def test_unknown_encoder(capsys, tmp_path) -> None:
-    code, _, err = run(capsys, "--model", "mobileclip_s0", "--target", "onnx", "--encoder", "audio",
-                       "--output-dir", str(tmp_path))
+    code, _, err = run(
+        capsys,
+        "--model",
+        "mobileclip_s0",
+        "--target",
+        "onnx",
+        "--encoder",
+        "audio",
+        "--output-dir",
+        str(tmp_path),
+    )
     assert code == 2 and "unknown encoder 'audio'" in err and "both" in err
 
 
 @pytest.mark.skipif("coreml" not in all_targets(), reason="coreml backend not present")
 def test_option_not_supported_by_chosen_target(capsys, tmp_path) -> None:
-    code, _, err = run(capsys, "--model", "mobileclip_s0", "--target", "coreml", "--opset", "18",
-                       "--output-dir", str(tmp_path))
+    code, _, err = run(
+        capsys,
+        "--model",
+        "mobileclip_s0",
+        "--target",
+        "coreml",
+        "--opset",
+        "18",
+        "--output-dir",
+        str(tmp_path),
+    )
     assert code == 2
     assert "--opset" in err and "coreml" in err and "belongs to: onnx" in err
     assert not (tmp_path / "mobileclip_s0").exists()
 
 
 def test_unsupported_precision(capsys, tmp_path) -> None:
-    code, _, err = run(capsys, "--model", "mobileclip_s0", "--target", "onnx", "--precision", "int3",
-                       "--output-dir", str(tmp_path))
+    code, _, err = run(
+        capsys,
+        "--model",
+        "mobileclip_s0",
+        "--target",
+        "onnx",
+        "--precision",
+        "int3",
+        "--output-dir",
+        str(tmp_path),
+    )
     assert code == 2 and "precision 'int3'" in err and "fp32" in err
 
 
@@ -106,13 +141,24 @@ def test_list_models(capsys) -> None:
 def test_unwritable_output_dir(capsys, tmp_path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    code, _, err = run(capsys, "--model", "mobileclip_s0", "--target", "onnx", "--output-dir", str(blocker / "sub"))
+    code, _, err = run(
+        capsys, "--model", "mobileclip_s0", "--target", "onnx", "--output-dir", str(blocker / "sub")
+    )
     assert code == 2 and "not writable" in err
 
 
 def test_missing_checkpoint_file(capsys, tmp_path) -> None:
-    code, _, err = run(capsys, "--model", "mobileclip_s0", "--target", "onnx", "--checkpoint",
-                       str(tmp_path / "nope.pt"), "--output-dir", str(tmp_path))
+    code, _, err = run(
+        capsys,
+        "--model",
+        "mobileclip_s0",
+        "--target",
+        "onnx",
+        "--checkpoint",
+        str(tmp_path / "nope.pt"),
+        "--output-dir",
+        str(tmp_path),
+    )
     assert code == 2 and "nope.pt" in err
 
 
@@ -124,8 +170,18 @@ def test_checkpoint_of_another_variant(capsys, tmp_path) -> None:
     other = create_model("mobileclip_b", reduced=True)
     ckpt = tmp_path / "b.pt"
     torch.save(other.state_dict(), ckpt)
-    code, _, err = run(capsys, "--model", "mobileclip_s0", "--reduced", "--target", "onnx", "--checkpoint",
-                       str(ckpt), "--output-dir", str(tmp_path / "out"))
+    code, _, err = run(
+        capsys,
+        "--model",
+        "mobileclip_s0",
+        "--reduced",
+        "--target",
+        "onnx",
+        "--checkpoint",
+        str(ckpt),
+        "--output-dir",
+        str(tmp_path / "out"),
+    )
     assert code == 2, err
     assert "checkpoint" in err.lower()
     assert not (tmp_path / "out" / "mobileclip_s0").exists()
@@ -137,13 +193,36 @@ def test_export_json_and_existing_bundle(capsys, tmp_path, monkeypatch) -> None:
     code, out, err = run(capsys, *args)
     assert code == 0, err
     data = json.loads(out)
-    assert set(data) >= {"ok", "model", "bundle_dir", "manifest_path", "artifacts", "random_init", "reparam_parity"}
+    assert set(data) >= {
+        "ok",
+        "model",
+        "bundle_dir",
+        "manifest_path",
+        "artifacts",
+        "random_init",
+        "reparam_parity",
+    }
     assert data["ok"] is True and data["random_init"] is True
     assert [(a["target"], a["encoder"], a["status"]) for a in data["artifacts"]] == [
-        ("onnx", "image", "verified"), ("onnx", "text", "verified")]
+        ("onnx", "image", "verified"),
+        ("onnx", "text", "verified"),
+    ]
     art = data["artifacts"][0]
-    assert set(art) >= {"target", "encoder", "precision", "path", "sha256", "bytes", "inputs", "outputs", "parity",
-                        "status", "error", "seconds", "notes"}
+    assert set(art) >= {
+        "target",
+        "encoder",
+        "precision",
+        "path",
+        "sha256",
+        "bytes",
+        "inputs",
+        "outputs",
+        "parity",
+        "status",
+        "error",
+        "seconds",
+        "notes",
+    }
     assert set(art["parity"]) >= {"cosine", "max_abs_diff", "mean_abs_diff", "psnr_db", "status", "runtime"}
     assert art["parity"]["cosine"] > 0.99999 and art["parity"]["max_abs_diff"] < 1e-4
     assert set(art["seconds"]) == {"export", "verify"}
@@ -170,8 +249,18 @@ def test_verification_failure_exits_1_with_numbers(capsys, tmp_path, monkeypatch
         return runner
 
     monkeypatch.setattr(OnnxTarget, "load", bad_load)
-    code, out, err = run(capsys, "--model", "mobileclip_s0", "--target", "onnx", "--output-dir", str(tmp_path),
-                         "--encoder", "image", "--json")
+    code, out, err = run(
+        capsys,
+        "--model",
+        "mobileclip_s0",
+        "--target",
+        "onnx",
+        "--output-dir",
+        str(tmp_path),
+        "--encoder",
+        "image",
+        "--json",
+    )
     assert code == 1
     assert "FAILED onnx image fp32" in err and "max|diff|" in err
     art = json.loads(out)["artifacts"][0]

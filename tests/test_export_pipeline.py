@@ -33,7 +33,9 @@ def test_bundle_layout_and_manifest(tmp_path, toy) -> None:
     m = json.loads(res.manifest_path.read_text())
     assert m["schema_version"] == 1 and m["model"] == "mobileclip_s0"
     assert m["weights"]["source"] == "random init, seed 7" and m["random_init"] is True
-    assert math.isclose(m["logit_scale"]["value"], 1 / 0.07, rel_tol=1e-6) and m["logit_scale"]["max"] == 100.0
+    assert (
+        math.isclose(m["logit_scale"]["value"], 1 / 0.07, rel_tol=1e-6) and m["logit_scale"]["max"] == 100.0
+    )
     assert m["preprocessing"]["mean"] == [0.0, 0.0, 0.0] and m["preprocessing"]["color_space"] == "RGB"
     assert m["tokenizer"]["pad_id"] == 0 and m["tokenizer"]["context_length"] == 77
     assert {"torch", "onnx", "onnxruntime", "mobileclip_export"} <= set(m["tool_versions"])
@@ -42,10 +44,13 @@ def test_bundle_layout_and_manifest(tmp_path, toy) -> None:
         p = res.bundle_dir / a["path"]
         assert p.name == f"mobileclip_s0-{a['encoder']}-fp32.onnx" and p.parent.name == "onnx"
         assert path_sha256(p) == a["sha256"] and p.stat().st_size == a["bytes"]
-        assert a["parity"]["runtime"].startswith("onnxruntime") and a["parity"]["is_deployment_runtime"] is True
+        assert (
+            a["parity"]["runtime"].startswith("onnxruntime") and a["parity"]["is_deployment_runtime"] is True
+        )
     onnx_dir = res.bundle_dir / "onnx"
     assert {"bpe_simple_vocab_16e6.txt.gz", "LICENSE-clip-bpe.txt", "tokenizer.json"} <= {
-        p.name for p in onnx_dir.iterdir()}
+        p.name for p in onnx_dir.iterdir()
+    }
     assert json.loads((onnx_dir / "tokenizer.json").read_text())["eot_id"] == 49407
     assert _leftovers(tmp_path) == [] and not list(res.bundle_dir.rglob(".staging"))
 
@@ -114,7 +119,10 @@ def test_runtime_unavailable_is_skipped_with_structural_checks(tmp_path, toy, mo
     (a,) = res.artifacts
     assert res.ok and a.status == "unverified" and a.parity["status"] == "skipped: needs macOS"
     assert a.parity["cosine"] is None
-    assert a.details["structural_checks"]["problems"] == [] and a.details["structural_checks"]["n_batchnorm"] == 0
+    assert (
+        a.details["structural_checks"]["problems"] == []
+        and a.details["structural_checks"]["n_batchnorm"] == 0
+    )
 
 
 def test_no_verify(tmp_path, toy) -> None:
@@ -172,7 +180,7 @@ class _TorchRunner(Runner):
         self.modules = modules
 
     def run(self, inputs):
-        (name, x), = inputs.items()
+        ((name, x),) = inputs.items()
         with torch.no_grad():
             return self.modules[name](torch.from_numpy(np.asarray(x))).numpy()
 

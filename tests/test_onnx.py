@@ -1,4 +1,4 @@
-"""ONNX backend: numeric parity vs PyTorch, I/O contract, metadata, structure (no BatchNormalization), options."""
+"""ONNX backend: parity vs PyTorch, I/O contract, metadata, structure (no BatchNormalization), options."""
 
 from __future__ import annotations
 
@@ -23,8 +23,15 @@ def _enc(encoder: str, module: torch.nn.Module, size: int = 64) -> EncoderExport
         ids[0, :4] = torch.tensor([49406, 320, 1929, 49407])
         ex = (ids,)
         ins = (TensorSpec("text", (1, 77), "int32"),)
-    return EncoderExport("mobileclip_s0", encoder, module, ex, ins, (TensorSpec("embedding", (1, 32), "float32"),),
-                         {"model": "mobileclip_s0", "encoder": encoder})
+    return EncoderExport(
+        "mobileclip_s0",
+        encoder,
+        module,
+        ex,
+        ins,
+        (TensorSpec("embedding", (1, 32), "float32"),),
+        {"model": "mobileclip_s0", "encoder": encoder},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +99,12 @@ def test_io_rename_moves_clashing_inner_value() -> None:
     from onnx import helper
 
     g = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["embedding"]), helper.make_node("Relu", ["embedding"], ["out0"])],
-        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [
+            helper.make_node("Identity", ["x"], ["embedding"]),
+            helper.make_node("Relu", ["embedding"], ["out0"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("out0", onnx.TensorProto.FLOAT, [1])],
     )
     m = helper.make_model(g)

@@ -21,11 +21,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
 from mobileclip_export.errors import ExportFailure, UsageError
-
-from ..target import ArtifactInfo, EncoderExport, OptionSpec, Runner, RuntimeUnavailable, Target, TensorSpec
+from mobileclip_export.export.target import (
+    ArtifactInfo,
+    EncoderExport,
+    OptionSpec,
+    Runner,
+    RuntimeUnavailable,
+    Target,
+    TensorSpec,
+)
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -125,19 +131,30 @@ class OnnxTarget(Target):
     precisions = ("fp32", "fp16")
     default_precision = "fp32"
     options = (
-        OptionSpec("opset", "ONNX opset for the onnx target (the dynamo exporter supports >= 18)", 18, None, int),
-        OptionSpec("dynamic_batch", "onnx: make the batch dimension dynamic (default: fixed batch 1)", False,
-                   None, bool),
+        OptionSpec(
+            "opset", "ONNX opset for the onnx target (the dynamo exporter supports >= 18)", 18, None, int
+        ),
+        OptionSpec(
+            "dynamic_batch",
+            "onnx: make the batch dimension dynamic (default: fixed batch 1)",
+            False,
+            None,
+            bool,
+        ),
     )
 
     def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
         out = super().validate(precision, options)
         opset = out["opset"]
         if not isinstance(opset, int) or not 18 <= opset <= 23:
-            raise UsageError(f"--opset {opset!r} is not supported by target 'onnx' (choose 18..23; default 18)")
+            raise UsageError(
+                f"--opset {opset!r} is not supported by target 'onnx' (choose 18..23; default 18)"
+            )
         return out
 
-    def export(self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path) -> ArtifactInfo:
+    def export(
+        self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path
+    ) -> ArtifactInfo:
         import onnx
 
         module: nn.Module = enc.module if precision == "fp32" else _HalfWrapper(enc.module)
@@ -173,7 +190,9 @@ class OnnxTarget(Target):
         except ExportFailure:
             raise
         except Exception as err:  # converter errors come in many types; wrap with context
-            raise ExportFailure(f"onnx: torch.onnx.export failed for the {enc.encoder} encoder: {err}") from err
+            raise ExportFailure(
+                f"onnx: torch.onnx.export failed for the {enc.encoder} encoder: {err}"
+            ) from err
         finally:
             reg_log.setLevel(old_level)
 
@@ -187,7 +206,9 @@ class OnnxTarget(Target):
         for key, value in meta.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = str(key), str(value)
-        model.doc_string = f"{enc.model_name} {enc.encoder} encoder ({precision}); embedding is not L2-normalized"
+        model.doc_string = (
+            f"{enc.model_name} {enc.encoder} encoder ({precision}); embedding is not L2-normalized"
+        )
         try:
             onnx.checker.check_model(model, full_check=True)
         except Exception as err:
@@ -218,7 +239,9 @@ class OnnxTarget(Target):
 
     def load(self, path: Path, options: Mapping[str, Any]) -> Runner:
         if self.missing_dependencies():
-            raise RuntimeUnavailable(f"onnxruntime is not installed ({', '.join(self.missing_dependencies())})")
+            raise RuntimeUnavailable(
+                f"onnxruntime is not installed ({', '.join(self.missing_dependencies())})"
+            )
         return OnnxRunner(Path(path))
 
     def structural_checks(self, path: Path, enc: EncoderExport) -> dict[str, Any]:
@@ -228,7 +251,9 @@ class OnnxTarget(Target):
         census = _census(model)
         problems = []
         if "BatchNormalization" in census:
-            problems.append(f"{census['BatchNormalization']} BatchNormalization node(s) left: not reparameterized")
+            problems.append(
+                f"{census['BatchNormalization']} BatchNormalization node(s) left: not reparameterized"
+            )
         in_names = [i.name for i in model.graph.input]
         out_names = [o.name for o in model.graph.output]
         want_in = [s.name for s in enc.inputs]
@@ -239,7 +264,9 @@ class OnnxTarget(Target):
         if enc.encoder == "text":
             dtype = model.graph.input[0].type.tensor_type.elem_type
             if dtype != onnx.TensorProto.INT32:
-                problems.append(f"text input dtype is {onnx.TensorProto.DataType.Name(dtype)}, expected INT32")
+                problems.append(
+                    f"text input dtype is {onnx.TensorProto.DataType.Name(dtype)}, expected INT32"
+                )
         meta = {p.key: p.value for p in model.metadata_props}
         if meta.get("model") != enc.model_name:
             problems.append("metadata_props lacks the model name")
@@ -265,4 +292,3 @@ class OnnxTarget(Target):
 
 
 TARGET = OnnxTarget
-

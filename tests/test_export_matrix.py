@@ -1,0 +1,49 @@
+"""Every registered target x both encoders through export_model, with verification in each runtime.
+
+Default run: the toy encoders (seconds per target) so a backend/pipeline contract break shows up in every
+test run; ``-m slow``: reduced real models of each architecture family (MCi+MCt, MCi+base text, ViT+causal
+text, MCi with CLIP mean/std + base-768 text, ViT-MCi stem).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mobileclip_export.export.api import export_model
+from mobileclip_export.export.bundle import path_sha256
+from mobileclip_export.export.registry import all_targets
+from mobileclip_export.export.testing import use_toy_models
+
+TARGETS = list(all_targets())
+FAMILIES = ["mobileclip_s0", "mobileclip_s2", "mobileclip_b", "mobileclip2_s4", "mobileclip2_b"]
+
+
+def _check(res, target: str) -> None:
+    assert [a.encoder for a in res.artifacts] == ["image", "text"]
+    for a in res.artifacts:
+        assert a.status in ("verified", "unverified"), f"{target} {a.encoder}: {a.error}"
+        if a.status == "unverified":  # only a missing runtime may skip numbers, and it must say why
+            assert a.parity["status"].startswith("skipped: "), a.parity
+            assert a.details["structural_checks"].get("problems", []) == []
+        else:
+            assert a.parity["status"] == "passed" and a.parity["cosine"] >= 0.999, a.parity
+            assert a.parity["max_abs_diff"] <= 0.05 * a.parity["ref_max_abs"], a.parity
+        assert path_sha256(res.bundle_dir / a.path) == a.sha256
+    manifest = json.loads(res.manifest_path.read_text())
+    assert [x["status"] for x in manifest["artifacts"]] == [a.status for a in res.artifacts]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_target_with_toy_encoders(tmp_path, monkeypatch, target) -> None:
+    use_toy_models(monkeypatch)
+    res = export_model("mobileclip_s0", target, output_dir=tmp_path)
+    _check(res, target)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("model", FAMILIES)
+def test_target_with_reduced_family(tmp_path, model, target) -> None:
+    res = export_model(model, target, output_dir=tmp_path, reduced=True)
+    _check(res, target)
