@@ -328,7 +328,10 @@ def pin_cores(threads: int) -> tuple[set[int] | None, list[int]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mobileclip_export.benchmarks.machine import describe_host
+
     _check_args(args)
+    args.host = describe_host(args.threads)  # before pinning: the machine's cores, not the pinned subset
     before, cores = pin_cores(args.threads)
     args.pinned_cores = cores
     try:
@@ -340,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     import torch
-    from mobileclip_export.benchmarks.machine import describe_host, matmul_peak_gflops
+    from mobileclip_export.benchmarks.machine import matmul_peak_gflops
     from mobileclip_export.benchmarks.macs import count_macs, weight_bytes
     from mobileclip_export.export.parity import compare
     from mobileclip_export.models import create_model
@@ -441,8 +444,10 @@ def _run(args: argparse.Namespace) -> int:
             )
             estimates.append(vars(est))
             deployed = [r for r in rows if r["encoder"] == enc and r["kind"] == H.DEPLOYMENT and r["latency"]]
+            # The phone runs XNNPACK: prefer host runtimes whose label says they use it, else the fastest.
+            xnn = [r for r in deployed if "xnnpack" in (r.get("runtime") or "").lower()]
             if deployed:
-                best = min(deployed, key=lambda r: r["latency"]["median"])
+                best = min(xnn or deployed, key=lambda r: r["latency"]["median"])
                 est = E.estimate_android(enc, best["latency"]["median"], peak)
                 est_d = vars(est)
                 est_d["method"] += (
@@ -450,7 +455,7 @@ def _run(args: argparse.Namespace) -> int:
                 )
                 estimates.append(est_d)
 
-    device = describe_host(args.threads).to_dict()
+    device = args.host.to_dict()
     doc = report.build_document(
         model={
             "name": args.model,
@@ -467,6 +472,7 @@ def _run(args: argparse.Namespace) -> int:
             "peak_matmul_gflops": peak,
             "peak_matmul_gflops_before": peak_before,
             "peak_matmul_gflops_after": peak_after,
+            "pinned_cores": args.pinned_cores,
             "bundle_dir": str(bundle.bundle_dir),
         },
         rows=rows,
