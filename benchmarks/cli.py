@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from mobileclip_export.benchmarks import estimate as E
 from mobileclip_export.benchmarks import harness as H
 from mobileclip_export.benchmarks import regression, report
@@ -343,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     import torch
+
     from mobileclip_export.benchmarks.machine import matmul_peak_gflops
     from mobileclip_export.benchmarks.macs import count_macs, weight_bytes
     from mobileclip_export.export.parity import compare

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from mobileclip_export.benchmarks.stats import LatencyStats, summarize
 from mobileclip_export.export.target import RuntimeUnavailable
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from mobileclip_export.benchmarks.devices import DeviceJob, DeviceUnavailable, get_runner
 from mobileclip_export.benchmarks.devices.adb import Adb
 from mobileclip_export.benchmarks.devices.android import big_core_mask, core_frequencies
@@ -141,3 +142,11 @@ def test_pte_run_without_tool_on_device_is_clear(fake_adb, tmp_path):
     assert row["load_ms"] == pytest.approx(58.742)
     assert row["latency"]["n"] == 6
     assert row["latency"]["median"] == pytest.approx((36.250 + 36.347) / 2)
+
+
+def test_ios_runner_off_macos_says_it_needs_macos(monkeypatch):
+    import platform
+
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    with pytest.raises(DeviceUnavailable, match="needs macOS with Xcode"):
+        get_runner("ios").check()

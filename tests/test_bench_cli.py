@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from mobileclip_export.benchmarks.cli import main
 from mobileclip_export.export import registry
 from mobileclip_export.export.target import OptionSpec, Runner, RuntimeUnavailable, Target

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from mobileclip_export.benchmarks import estimate as E
 
 

@@ -1,8 +1,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from mobileclip_export.benchmarks.macs import count_macs, weight_bytes
 from torch import nn
+
+from mobileclip_export.benchmarks.macs import count_macs, weight_bytes
 
 
 def test_conv_depthwise_linear_exact():

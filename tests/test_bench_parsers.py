@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from mobileclip_export.benchmarks.devices import parsers
 
 SAMPLES = Path(__file__).parent / "data" / "bench_samples"

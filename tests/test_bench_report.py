@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+
 from mobileclip_export.benchmarks import regression, report
 from mobileclip_export.errors import UsageError
 

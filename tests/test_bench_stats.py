@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+
 from mobileclip_export.benchmarks.stats import summarize, trimmed_mean
 
 

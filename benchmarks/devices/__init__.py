@@ -32,5 +32,5 @@ def tool_for(runner: DeviceRunner, artifact: Path) -> str | None:
 
         return TOOLS.get(artifact.suffix)
     if runner.name == "ios":
-        return "coreml" if artifact.suffix in (".mlpackage", ".mlmodel", ".mlmodelc") else None
+        return "MLModelBenchmarker" if artifact.suffix in (".mlpackage", ".mlmodel", ".mlmodelc") else None
     return None
