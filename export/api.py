@@ -7,6 +7,7 @@ fp32 encoder, then rename into the bundle. The manifest is written last and the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -17,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from mobileclip_export.errors import ExportFailure, UsageError, VerificationError
 from mobileclip_export.export import verify as V
 from mobileclip_export.export.backends._tolerances import tolerance_for
@@ -33,7 +36,6 @@ from mobileclip_export.export.parity import compare
 from mobileclip_export.export.plan import TargetPlan, plan_export
 from mobileclip_export.export.progress import ProgressCallback, ProgressEvent
 from mobileclip_export.export.target import EncoderExport, RuntimeUnavailable, TensorSpec
-from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,14 @@ def _weights_info(model: nn.Module, checkpoint: str | Path | None, seed: int) ->
     if checkpoint is None or getattr(model, "random_init", False):
         return {"source": f"random init, seed {seed}", "random_init": True, "seed": seed}
     return {"source": "checkpoint", "random_init": False, "checkpoint": Path(checkpoint).name, "sha256": sha}
+
+
+_RECORD_FIELDS = {f.name for f in dataclasses.fields(ArtifactRecord)}
+
+
+def _same_weights(old_manifest: dict, weights: dict[str, Any], reduced: bool) -> bool:
+    old_reduced = bool(old_manifest.get("export_args", {}).get("reduced", False))
+    return old_manifest.get("weights") == weights and old_reduced == reduced
 
 
 def _logit_scale(model: nn.Module) -> dict[str, float]:
@@ -299,11 +309,16 @@ def export_model(
                 for r in records:
                     if r.encoder in ("text", "image+text") and r.ok:
                         r.details["tokenizer_files"] = names
-        result.seconds["total"] = round(time.perf_counter() - t_start, 3)
         if not any(r.ok and r.path for r in result.artifacts):
             log.error("no artifact succeeded; leaving the output directory unchanged")
             writer.abort()
+            result.seconds["total"] = round(time.perf_counter() - t_start, 3)
             return result
+        attempted = {(r.target, r.encoder, r.precision) for r in result.artifacts}
+        for old in writer.carry_over(attempted, lambda m: _same_weights(m, weights, reduced)):
+            result.artifacts.append(ArtifactRecord(**{k: v for k, v in old.items() if k in _RECORD_FIELDS}))
+            emit(ProgressEvent("info", "bundle", message=f"kept {old['path']} from the previous export"))
+        result.seconds["total"] = round(time.perf_counter() - t_start, 3)
         manifest = build_manifest(
             result=result,
             spec_dict=spec.to_dict(),

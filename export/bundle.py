@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,51 @@ class BundleWriter:
         if old is not None:
             remove_path(old)
         return self.final_dir
+
+    def carry_over(
+        self, replaced: set[tuple[str, str, str]], same_weights: Callable[[dict], bool]
+    ) -> list[dict]:
+        """With ``force``: copy the previous bundle's good artifacts that this run does not re-export.
+
+        Only when the previous manifest describes the same weights (``same_weights(old_manifest)``); a
+        (target, encoder, precision) this run attempted is replaced even if the new attempt failed.
+        Returns the carried manifest records. Copies (not moves) so the old bundle stays valid until commit.
+        """
+        assert self.tmp_dir is not None
+        old_manifest = self.final_dir / MANIFEST
+        if not self.force or not old_manifest.is_file():
+            return []
+        try:
+            old = json.loads(old_manifest.read_text("utf-8"))
+        except (OSError, ValueError) as err:
+            log.warning("previous manifest unreadable (%s); not carrying artifacts over", err)
+            return []
+        if not same_weights(old):
+            log.info("previous bundle used other weights; replacing it entirely")
+            return []
+        carried = []
+        for rec in old.get("artifacts", []):
+            key = (rec.get("target"), rec.get("encoder"), rec.get("precision"))
+            rel = rec.get("path")
+            if key in replaced or not rel or rec.get("status") == "failed":
+                continue
+            src = self.final_dir / rel
+            if not src.exists() or path_sha256(src) != rec.get("sha256"):
+                log.warning("previous artifact %s is missing or altered; not carried over", rel)
+                continue
+            dest = self.tmp_dir / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                shutil.copytree(src, dest)
+            else:
+                shutil.copy2(src, dest)
+            for name in rec.get("details", {}).get("tokenizer_files", []):
+                if (self.final_dir / name).is_file() and not (self.tmp_dir / name).exists():
+                    shutil.copy2(self.final_dir / name, self.tmp_dir / name)
+            notes = list(rec.get("notes", []))
+            notes.append("carried over unchanged from the previous export of this bundle")
+            carried.append({**rec, "notes": notes})
+        return carried
 
     def abort(self) -> None:
         if self.tmp_dir is not None:

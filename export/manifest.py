@@ -75,6 +75,7 @@ class ExportResult:
 def tool_versions(targets: list[Any]) -> dict[str, str]:
     import numpy
     import torch
+
     from mobileclip_export import __version__
 
     out = {

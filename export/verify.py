@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+
 from mobileclip_export.export.parity import ParityStats
 from mobileclip_export.export.target import Runner
-from torch import nn
 
 log = logging.getLogger(__name__)
 

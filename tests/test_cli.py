@@ -8,6 +8,7 @@ import sys
 import types
 
 import pytest
+
 from mobileclip_export.export import cli
 from mobileclip_export.export.backends.onnx import OnnxTarget
 from mobileclip_export.export.registry import all_targets
@@ -165,6 +166,7 @@ def test_missing_checkpoint_file(capsys, tmp_path) -> None:
 def test_checkpoint_of_another_variant(capsys, tmp_path) -> None:
     pytest.importorskip("mobileclip_export.models.checkpoint")
     import torch
+
     from mobileclip_export.models import create_model
 
     other = create_model("mobileclip_b", reduced=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from mobileclip_export.export.api import export_model
 from mobileclip_export.export.bundle import path_sha256
 from mobileclip_export.export.registry import all_targets

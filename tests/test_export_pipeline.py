@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from mobileclip_export.errors import UsageError, VerificationError
 from mobileclip_export.export import api, plan, registry
 from mobileclip_export.export.api import export_model
@@ -220,3 +221,81 @@ def test_multifunction_path(tmp_path, toy, monkeypatch) -> None:
     assert (res.bundle_dir / "fakemulti" / "tokenizer.json").is_file()
     with pytest.raises(UsageError, match="both encoders"):
         plan.plan_export("fakemulti", "image", None, {"multifunction": True})
+
+
+def test_force_keeps_other_artifacts_of_the_same_weights(tmp_path, toy) -> None:
+    first = export_model("mobileclip_s0", "onnx", output_dir=tmp_path, encoders="image")
+    img = first.artifacts[0]
+    second = export_model("mobileclip_s0", "onnx", output_dir=tmp_path, encoders="text", force=True)
+    m = json.loads(second.manifest_path.read_text())
+    assert [(a["encoder"], a["path"]) for a in m["artifacts"]] == [
+        ("text", "onnx/mobileclip_s0-text-fp32.onnx"),
+        ("image", img.path),
+    ]
+    kept = m["artifacts"][1]
+    assert kept["sha256"] == img.sha256 == path_sha256(second.bundle_dir / img.path)
+    assert "carried over" in kept["notes"][-1]
+    # other weights (another seed): the old artifacts no longer describe this model and are dropped
+    third = export_model("mobileclip_s0", "onnx", output_dir=tmp_path, encoders="text", force=True, seed=1)
+    m = json.loads(third.manifest_path.read_text())
+    assert [a["encoder"] for a in m["artifacts"]] == ["text"]
+    assert not (third.bundle_dir / img.path).exists()
+
+
+def test_all_continues_past_failures(tmp_path, toy, monkeypatch) -> None:
+    """--target all: a missing extra and a converter crash are recorded; the other targets still export."""
+    others = [t for name, t in registry.all_targets().items() if name != "onnx"]
+    if not others:
+        pytest.skip("only the onnx backend is present")
+
+    def boom(self, enc, precision, options, path):
+        raise RuntimeError(f"{self.name} converter crashed")
+
+    for t in others:
+        monkeypatch.setattr(type(t), "export", boom)
+    monkeypatch.setattr(type(others[0]), "missing_dependencies", lambda self: ["somepkg"])
+    res = export_model("mobileclip_s0", "all", output_dir=tmp_path, encoders="image")
+    assert not res.ok
+    by = {a.target: a for a in res.artifacts}
+    assert by["onnx"].status == "verified"
+    assert "pip install 'mobileclip-export[" in by[others[0].name].error
+    for t in others[1:]:
+        assert by[t.name].status == "failed" and "converter crashed" in by[t.name].error
+    m = json.loads(res.manifest_path.read_text())
+    assert [a["path"] for a in m["artifacts"] if a["path"]] == ["onnx/mobileclip_s0-image-fp32.onnx"]
+
+
+def test_checkpoint_sha256_recorded(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("mobileclip_export.models.checkpoint")
+    from mobileclip_export.models import create_model
+
+    src = create_model("mobileclip_s0", reduced=True, seed=5)
+    ckpt = tmp_path / "s0.pt"
+    torch.save(src.state_dict(), ckpt)
+    monkeypatch.setattr(OnnxTarget, "export", _fake_onnx_export)
+    res = export_model(
+        "mobileclip_s0", "onnx", checkpoint=ckpt, reduced=True, output_dir=tmp_path / "out", verify=False
+    )
+    m = json.loads(res.manifest_path.read_text())
+    assert res.random_init is False and m["random_init"] is False and res.warnings == []
+    assert m["weights"]["sha256"] == path_sha256(ckpt) and m["weights"]["checkpoint"] == "s0.pt"
+    assert _SEEN["metadata"]["weights"] == f"checkpoint sha256 {path_sha256(ckpt)}"
+
+
+_SEEN: dict = {}
+
+
+def _fake_onnx_export(self, enc, precision, options, path):
+    """Records what the pipeline hands a backend; writes a tiny valid artifact (no conversion cost)."""
+    import onnx
+    from onnx import helper
+
+    _SEEN["metadata"] = dict(enc.metadata)
+    dtype = onnx.TensorProto.INT32 if enc.encoder == "text" else onnx.TensorProto.FLOAT
+    out = helper.make_tensor_value_info("embedding", onnx.TensorProto.FLOAT, None)
+    node = helper.make_node("Cast", [enc.inputs[0].name], ["embedding"], to=onnx.TensorProto.FLOAT)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(enc.inputs[0].name, dtype, None)], [out])
+    model = helper.make_model(graph)
+    model.metadata_props.add(key="model", value=enc.model_name)
+    onnx.save(model, str(path))
+    return ArtifactInfo(Path(path), enc.inputs, enc.outputs)

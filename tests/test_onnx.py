@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+
 from mobileclip_export.errors import UsageError
 from mobileclip_export.export.api import export_model
 from mobileclip_export.export.backends.onnx import OnnxTarget, _set_io_names

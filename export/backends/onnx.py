@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from mobileclip_export.errors import ExportFailure, UsageError
 from mobileclip_export.export.target import (
     ArtifactInfo,
@@ -31,7 +33,6 @@ from mobileclip_export.export.target import (
     Target,
     TensorSpec,
 )
-from torch import nn
 
 log = logging.getLogger(__name__)
 
