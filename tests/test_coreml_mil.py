@@ -1,12 +1,13 @@
 """The NumPy reference executor for Core ML ML Programs (export/backends/coreml_mil).
 
-Packages are produced here with coremltools directly (torch.export -> run_decompositions({}) -> ct.convert), so
-these tests do not depend on the Core ML target. Each parity test asserts numbers against PyTorch; the corruption
-and overflow tests assert that a broken package is caught and the culprit op is named.
+Packages are produced here with coremltools directly (torch.export -> run_decompositions({}) -> ct.convert),
+so these tests do not depend on the Core ML target. Each parity test asserts numbers against PyTorch; the
+corruption and overflow tests assert that a broken package is caught and the culprit op is named.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import struct
@@ -16,9 +17,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import nn
-from torch.nn import functional as F
-
 from mobileclip_export.export.backends._tolerances import tolerance_for
 from mobileclip_export.export.backends.coreml_mil import (
     FeedError,
@@ -35,6 +33,8 @@ from mobileclip_export.export.backends.coreml_mil import (
 )
 from mobileclip_export.export.backends.coreml_mil.ir import Graph, OpNode, VarInfo
 from mobileclip_export.export.parity import compare
+from torch import nn
+from torch.nn import functional as F
 
 ct = pytest.importorskip("coremltools")
 
@@ -42,6 +42,17 @@ FP32, FP16 = tolerance_for("coreml", "fp32"), tolerance_for("coreml", "fp16")
 
 
 # ---------------------------------------------------------------- helpers
+
+
+_EXPORTED: dict[tuple[int, tuple[int, ...]], Any] = {}
+
+
+def _export(module: nn.Module, example: tuple[torch.Tensor, ...]) -> Any:
+    """torch.export once per (module, input shape): the fp32 and fp16 conversions share it."""
+    key = (id(module), tuple(example[0].shape))
+    if key not in _EXPORTED:
+        _EXPORTED[key] = (module, torch.export.export(module.eval(), example).run_decompositions({}))
+    return _EXPORTED[key][1]
 
 
 def convert(
@@ -56,7 +67,7 @@ def convert(
     op_selector: Any = None,
 ) -> Path:
     """Convert like the Core ML backend does and save ``<tmp>/<name>.mlpackage``."""
-    ep = torch.export.export(module.eval(), example).run_decompositions({})
+    ep = _export(module, example)
     x = example[0]
     if image is not None:
         inp = ct.ImageType(name="image", shape=tuple(x.shape), **image)
@@ -113,8 +124,9 @@ def single_op_graph(op_type: str, inputs: dict[str, Any], out_dtype: str = "fp32
         else:
             ins[k] = f"c_{k}"
     outs = tuple(VarInfo(f"y{i}", out_dtype, None) for i in range(n_out))
-    graph = Graph(inputs={}, outputs=tuple(o.name for o in outs), ops=[OpNode(op_type, "op0", ins, outs)],
-                  consts=consts)
+    graph = Graph(
+        inputs={}, outputs=tuple(o.name for o in outs), ops=[OpNode(op_type, "op0", ins, outs)], consts=consts
+    )
     return Program(graph, fp16_emulation=out_dtype == "fp16")
 
 
@@ -133,7 +145,9 @@ def randn(*shape: int) -> np.ndarray:
 
 
 def test_registry_rejects_duplicate_registration() -> None:
-    assert {"conv", "layer_norm", "scaled_dot_product_attention", "gather_nd", "band_part"} <= set(supported_ops())
+    assert {"conv", "layer_norm", "scaled_dot_product_attention", "gather_nd", "band_part"} <= set(
+        supported_ops()
+    )
     with pytest.raises(ValueError, match="already registered"):
         register_op("conv")(lambda ctx, a: None)
 
@@ -170,8 +184,17 @@ def test_conv_matches_torch(case: tuple) -> None:
     kw: dict[str, Any] = {}
     if pad is not None:
         kw["pad"] = np.asarray(pad, np.int32)
-    y = run_op("conv", x=x, weight=w, bias=b, strides=[stride] * 2, dilations=[dil] * 2, groups=groups,
-               pad_type=pad_type, **kw)
+    y = run_op(
+        "conv",
+        x=x,
+        weight=w,
+        bias=b,
+        strides=[stride] * 2,
+        dilations=[dil] * 2,
+        groups=groups,
+        pad_type=pad_type,
+        **kw,
+    )
     if pad_type == "custom":
         xt = F.pad(torch.from_numpy(x), (pad[2], pad[3], pad[0], pad[1]))
     elif pad_type == "same":  # total = (ceil(n/s)-1)*s + k_eff - n, smaller half first
@@ -190,41 +213,63 @@ def test_conv1d_pool_and_layout_ops_match_torch() -> None:
     x1 = randn(1, 4, 9)
     w1 = randn(5, 4, 3)
     y = run_op("conv", x=x1, weight=w1, strides=[2], pad_type="custom", pad=np.asarray([1, 1], np.int32))
-    np.testing.assert_allclose(y, F.conv1d(torch.from_numpy(x1), torch.from_numpy(w1), None, 2, 1).numpy(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        y, F.conv1d(torch.from_numpy(x1), torch.from_numpy(w1), None, 2, 1).numpy(), rtol=1e-5, atol=1e-5
+    )
     x = randn(1, 3, 7, 7)
     xt = torch.from_numpy(x)
-    avg = run_op("avg_pool", x=x, kernel_sizes=[3, 3], strides=[2, 2], pad_type="custom",
-                 pad=np.asarray([1, 1, 1, 1], np.int32), exclude_padding_from_average=True)
+    avg = run_op(
+        "avg_pool",
+        x=x,
+        kernel_sizes=[3, 3],
+        strides=[2, 2],
+        pad_type="custom",
+        pad=np.asarray([1, 1, 1, 1], np.int32),
+        exclude_padding_from_average=True,
+    )
     np.testing.assert_allclose(avg, F.avg_pool2d(xt, 3, 2, 1, count_include_pad=False).numpy(), atol=1e-6)
     mx = run_op("max_pool", x=x, kernel_sizes=[2, 2], strides=[2, 2], pad_type="valid", ceil_mode=True)
     np.testing.assert_allclose(mx, F.max_pool2d(xt, 2, 2, ceil_mode=True).numpy())
     # slice_by_index with masks, negative stride and squeeze
     a = randn(4, 5, 6)
-    s = run_op("slice_by_index", x=a, begin=[1, 0, 5], end=[3, 0, 0], stride=[1, 2, -2],
-               begin_mask=[False, True, False], end_mask=[False, True, True], squeeze_mask=[False, False, False])
+    s = run_op(
+        "slice_by_index",
+        x=a,
+        begin=[1, 0, 5],
+        end=[3, 0, 0],
+        stride=[1, 2, -2],
+        begin_mask=[False, True, False],
+        end_mask=[False, True, True],
+        squeeze_mask=[False, False, False],
+    )
     np.testing.assert_array_equal(s, a[1:3, ::2, 5::-2])
     s2 = run_op("slice_by_index", x=a, begin=[2, 0, 0], end=[3, 5, 6], squeeze_mask=[True, False, False])
     np.testing.assert_array_equal(s2, a[2])
-    np.testing.assert_array_equal(run_op("slice_by_size", x=a, begin=[1, 2, 0], size=[2, -1, 3]), a[1:3, 2:, 0:3])
+    np.testing.assert_array_equal(
+        run_op("slice_by_size", x=a, begin=[1, 2, 0], size=[2, -1, 3]), a[1:3, 2:, 0:3]
+    )
     # iOS17 reshape: a 0 copies the input dim aligned from the right (the MIL docs' example)
     assert run_op("reshape", x=randn(2, 50), shape=[1, 0, -1, 0]).shape == (1, 1, 2, 50)
     np.testing.assert_array_equal(run_op("reshape", x=a, shape=[0, 0, -1]), a)
     idx = np.array([[0, 1], [3, 4]], np.int32)
     np.testing.assert_array_equal(run_op("gather_nd", x=a, indices=idx), a[[0, 3], [1, 4]])
-    np.testing.assert_array_equal(run_op("gather", x=a, indices=np.array([2, -1], np.int32), axis=1),
-                                  a[:, [2, -1]])
+    np.testing.assert_array_equal(
+        run_op("gather", x=a, indices=np.array([2, -1], np.int32), axis=1), a[:, [2, -1]]
+    )
     ga = np.array([[[0], [1], [2], [0], [1]]] * 4, np.int32)
-    np.testing.assert_array_equal(run_op("gather_along_axis", x=a, indices=ga, axis=2),
-                                  np.take_along_axis(a, ga, 2))
+    np.testing.assert_array_equal(
+        run_op("gather_along_axis", x=a, indices=ga, axis=2), np.take_along_axis(a, ga, 2)
+    )
     m = randn(5, 5)
     np.testing.assert_array_equal(run_op("band_part", x=m, lower=-1, upper=0), np.tril(m))
     np.testing.assert_array_equal(run_op("band_part", x=m, lower=0, upper=-1), np.triu(m))
     parts = single_op_graph("split", {"x": a, "split_sizes": np.array([1, 4], np.int32), "axis": 1}, n_out=2)
     outs = parts.run({})
     np.testing.assert_array_equal(outs["y1"], a[:, 1:])
-    np.testing.assert_array_equal(run_op("pad", x=m, pad=np.array([1, 2, 0, 1], np.int32), mode="reflect"),
-                                  np.pad(m, ((1, 2), (0, 1)), mode="reflect"))
+    np.testing.assert_array_equal(
+        run_op("pad", x=m, pad=np.array([1, 2, 0, 1], np.int32), mode="reflect"),
+        np.pad(m, ((1, 2), (0, 1)), mode="reflect"),
+    )
     cat = run_op("concat", values=[a, a * 2], axis=-1, interleave=False)
     np.testing.assert_array_equal(cat, np.concatenate([a, a * 2], -1))
 
@@ -233,8 +278,9 @@ def test_activation_norm_and_attention_ops_match_torch() -> None:
     x = randn(2, 7, 16) * 3
     xt = torch.from_numpy(x)
     np.testing.assert_allclose(run_op("gelu", x=x, mode="EXACT"), F.gelu(xt).numpy(), atol=2e-6)
-    np.testing.assert_allclose(run_op("gelu", x=x, mode="TANH_APPROXIMATION"),
-                               F.gelu(xt, approximate="tanh").numpy(), atol=2e-6)
+    np.testing.assert_allclose(
+        run_op("gelu", x=x, mode="TANH_APPROXIMATION"), F.gelu(xt, approximate="tanh").numpy(), atol=2e-6
+    )
     np.testing.assert_allclose(run_op("erf", x=x), torch.erf(xt).numpy(), atol=1e-6)
     np.testing.assert_allclose(run_op("softmax", x=x, axis=-1), xt.softmax(-1).numpy(), atol=1e-6)
     g, b = randn(16), randn(16)
@@ -246,10 +292,17 @@ def test_activation_norm_and_attention_ops_match_torch() -> None:
     y = run_op("scaled_dot_product_attention", query=q, key=k, value=v, attn_mask=mask)
     ref = F.scaled_dot_product_attention(*map(torch.from_numpy, (q, k, v)), attn_mask=torch.from_numpy(mask))
     np.testing.assert_allclose(y, ref.numpy(), atol=1e-5)
-    np.testing.assert_allclose(run_op("matmul", x=q, y=k, transpose_y=True), (q @ np.swapaxes(k, -1, -2)),
-                               atol=1e-5)
-    bn = run_op("batch_norm", x=randn(1, 3, 2, 2) * 0 + 1, mean=np.ones(3, np.float32),
-                variance=np.ones(3, np.float32), gamma=np.full(3, 2, np.float32), beta=np.ones(3, np.float32))
+    np.testing.assert_allclose(
+        run_op("matmul", x=q, y=k, transpose_y=True), (q @ np.swapaxes(k, -1, -2)), atol=1e-5
+    )
+    bn = run_op(
+        "batch_norm",
+        x=randn(1, 3, 2, 2) * 0 + 1,
+        mean=np.ones(3, np.float32),
+        variance=np.ones(3, np.float32),
+        gamma=np.full(3, 2, np.float32),
+        beta=np.ones(3, np.float32),
+    )
     np.testing.assert_allclose(bn, np.ones((1, 3, 2, 2)), atol=1e-4)
 
 
@@ -276,7 +329,7 @@ class ConvZoo(nn.Module):
 
 
 class TensorZoo(nn.Module):
-    """Layout and math ops: split/concat/slice/transpose/pad/tile/einsum/pow/sqrt/rsqrt/clip/erf/tanh/where."""
+    """Layout/math: split/concat/slice/transpose/pad/tile/einsum/pow/sqrt/rsqrt/clip/erf/tanh/where."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -321,13 +374,44 @@ def _toy_cases() -> list[tuple[str, nn.Module, torch.Tensor, dict | None, str, s
     ids = torch.randint(1, 99, (1, 12), dtype=torch.int32)
     ids[0, 7] = 99
     return [
-        ("conv", conv, torch.rand(1, 3, 24, 24), {"scale": 1 / 255}, "iOS17",
-         {"conv", "batch_norm", "avg_pool", "max_pool", "gelu", "sigmoid", "relu"}),
-        ("tensor", TensorZoo(), torch.randn(1, 4, 12), None, "iOS17",
-         {"split", "concat", "transpose", "slice_by_index", "pad", "tile", "pow", "sqrt", "rsqrt", "clip", "erf",
-          "tanh", "select"}),
-        ("attn", AttentionText(), ids, None, "iOS18",
-         {"gather", "scaled_dot_product_attention", "layer_norm", "reduce_argmax"}),
+        (
+            "conv",
+            conv,
+            torch.rand(1, 3, 24, 24),
+            {"scale": 1 / 255},
+            "iOS17",
+            {"conv", "batch_norm", "avg_pool", "max_pool", "gelu", "sigmoid", "relu"},
+        ),
+        (
+            "tensor",
+            TensorZoo(),
+            torch.randn(1, 4, 12),
+            None,
+            "iOS17",
+            {
+                "split",
+                "concat",
+                "transpose",
+                "slice_by_index",
+                "pad",
+                "tile",
+                "pow",
+                "sqrt",
+                "rsqrt",
+                "clip",
+                "erf",
+                "tanh",
+                "select",
+            },
+        ),
+        (
+            "attn",
+            AttentionText(),
+            ids,
+            None,
+            "iOS18",
+            {"gather", "scaled_dot_product_attention", "layer_norm", "reduce_argmax"},
+        ),
     ]
 
 
@@ -343,8 +427,9 @@ def tmp_mod(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("case", TOY, ids=[c[0] for c in TOY])
 def test_toy_models_match_torch(tmp_mod: Path, case: tuple, precision: str) -> None:
     name, module, x, image, target, expect_ops = case
-    path = convert(tmp_mod, f"toy_{name}_{precision}", module, (x,), precision=precision, image=image,
-                   target=target)
+    path = convert(
+        tmp_mod, f"toy_{name}_{precision}", module, (x,), precision=precision, image=image, target=target
+    )
     prog = load_program(path)
     census = prog.graph.op_counts()
     assert expect_ops <= set(census), sorted(expect_ops - set(census))
@@ -395,6 +480,7 @@ def test_feed_errors_name_the_problem(tmp_mod: Path) -> None:
 # ---------------------------------------------------------------- MobileCLIP block families (reduced)
 
 
+@functools.lru_cache(maxsize=None)
 def _mobileclip(name: str, reduced: bool) -> nn.Module:
     from mobileclip_export.models import create_model
     from mobileclip_export.reparam import reparameterize_model
@@ -414,21 +500,34 @@ def _text_ids(n: int = 77, seed: int = 0) -> torch.Tensor:
 # (variant, encoder): every image block family (MCi0-2 RepMixer/MobileOne, MCi3/4 attention+RepCPE stages,
 # ViT-B/16, MobileCLIP2-B's ViT) and both text families (MCt RepMixer text, base transformer).
 REDUCED = [
-    ("mobileclip_s0", "image"), ("mobileclip_s0", "text"), ("mobileclip_s1", "text"),
-    ("mobileclip_s3", "image"), ("mobileclip_b", "image"), ("mobileclip2_b", "image"),
+    ("mobileclip_s0", "image"),
+    ("mobileclip_s0", "text"),
+    ("mobileclip_s1", "text"),
+    ("mobileclip_s3", "image"),
+    ("mobileclip_b", "image"),
+    ("mobileclip2_b", "image"),
 ]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize(("variant", "encoder"), REDUCED, ids=[f"{v}-{e}" for v, e in REDUCED])
-def test_reduced_block_families_match_torch(tmp_mod: Path, variant: str, encoder: str, precision: str) -> None:
+def test_reduced_block_families_match_torch(
+    tmp_mod: Path, variant: str, encoder: str, precision: str
+) -> None:
     model = _mobileclip(variant, reduced=True)
     module = model.image_encoder if encoder == "image" else model.text_encoder
     torch.manual_seed(0)
     x = torch.rand(1, 3, model.image_size, model.image_size) if encoder == "image" else _text_ids()
     image = {"scale": 1 / 255} if encoder == "image" else None
-    path = convert(tmp_mod, f"{variant}_{encoder}_{precision}", module, (x,), precision=precision, image=image,
-                   target="iOS18")
+    path = convert(
+        tmp_mod,
+        f"{variant}_{encoder}_{precision}",
+        module,
+        (x,),
+        precision=precision,
+        image=image,
+        target="iOS18",
+    )
     prog = load_program(path)
     assert "batch_norm" not in prog.graph.op_counts()  # reparameterized graphs carry no BatchNorm
     stats = assert_parity(torch_out(module, x), prog.run(feeds_for(prog, x))["embedding"], precision)
@@ -484,8 +583,9 @@ def set_const_in_package(path: Path, const_name: str, ints: list[int]) -> None:
 def s0_reduced_image(tmp_mod: Path) -> tuple[nn.Module, torch.Tensor, Path]:
     model = _mobileclip("mobileclip_s0", reduced=True)
     x = torch.rand(1, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(3))
-    path = convert(tmp_mod, "s0r_image_clean", model.image_encoder, (x,), image={"scale": 1 / 255},
-                   target="iOS18")
+    path = convert(
+        tmp_mod, "s0r_image_clean", model.image_encoder, (x,), image={"scale": 1 / 255}, target="iOS18"
+    )
     return model.image_encoder, x, path
 
 
@@ -494,8 +594,13 @@ def test_permuted_weight_is_caught_and_its_conv_named(s0_reduced_image: tuple, t
     bad = tmp_path / "bad.mlpackage"
     shutil.copytree(clean, bad)
     prog = load_program(clean)
-    convs = [op for op in prog.graph.ops if op.type == "conv" and op.inputs["weight"] in prog.graph.consts
-             and prog.graph.consts[op.inputs["weight"]].shape[0] > 1]
+    convs = [
+        op
+        for op in prog.graph.ops
+        if op.type == "conv"
+        and op.inputs["weight"] in prog.graph.consts
+        and prog.graph.consts[op.inputs["weight"]].shape[0] > 1
+    ]
     target = convs[len(convs) // 2]  # a conv in the middle of the network
     permute_weight_in_package(bad, target.inputs["weight"])
     bad_prog = load_program(bad)
@@ -564,7 +669,7 @@ def test_fp16_vs_fp32_program_comparison(tmp_mod: Path) -> None:
 
 class HotLayerNorm(nn.Module):
     """A projection whose outputs reach a few thousand (fine in fp16: max 65504) feeding a LayerNorm: the
-    squared deviations (~1e7) overflow fp16 inside the LayerNorm although its input and output are in range."""
+    squared deviations (~1e7) overflow fp16 inside the LayerNorm though its input and output are in range."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -583,7 +688,9 @@ def test_layer_norm_fp16_overflow_is_found_and_fp32_layer_norm_removes_it(tmp_pa
     module, x = HotLayerNorm().eval(), torch.randn(1, 4, 16)
     with torch.no_grad():
         ln_in = module.up(x)
-    assert 256 < float((ln_in - ln_in.mean(-1, keepdim=True)).abs().max()) and float(ln_in.abs().max()) < 65504
+    assert (
+        256 < float((ln_in - ln_in.mean(-1, keepdim=True)).abs().max()) and float(ln_in.abs().max()) < 65504
+    )
     ref = torch_out(module, x)
 
     p16 = load_program(convert(tmp_path, "hot16", module, (x,), precision="fp16"))
@@ -601,8 +708,9 @@ def test_layer_norm_fp16_overflow_is_found_and_fp32_layer_norm_removes_it(tmp_pa
 
     # coremltools' op_selector keeps layer_norm in fp32 (casts around it): no overflow, parity restored
     keep = ct.transform.FP16ComputePrecision(op_selector=lambda op: op.op_type != "layer_norm")
-    fixed = load_program(convert(tmp_path, "hot16_fixed", module, (x,), precision="fp16",
-                                 op_selector=keep.op_selector))
+    fixed = load_program(
+        convert(tmp_path, "hot16_fixed", module, (x,), precision="fp16", op_selector=keep.op_selector)
+    )
     (ln_fixed,) = [op for op in fixed.graph.ops if op.type == "layer_norm"]
     assert ln_fixed.outputs[0].dtype == "fp32" and fixed.fp16_emulation
     assert find_fp16_overflows(fixed, feeds) == []
@@ -639,8 +747,9 @@ def s0_full(tmp_mod: Path) -> dict[str, Any]:
     for enc, module, inp in (("image", model.image_encoder, x), ("text", model.text_encoder, ids)):
         for prec in ("fp32", "fp16"):
             image = {"scale": 1 / 255} if enc == "image" else None
-            path = convert(tmp_mod, f"s0_{enc}_{prec}", module, (inp,), precision=prec, image=image,
-                           target="iOS18")
+            path = convert(
+                tmp_mod, f"s0_{enc}_{prec}", module, (inp,), precision=prec, image=image, target="iOS18"
+            )
             out[(enc, prec)] = (module, inp, path)
     return out
 
@@ -654,4 +763,5 @@ def test_full_s0_matches_torch(s0_full: dict, encoder: str, precision: str) -> N
     stats = assert_parity(torch_out(module, x), prog.run(feeds_for(prog, x))["embedding"], precision)
     if precision == "fp32":
         assert stats.cosine >= 0.99999
-    assert find_fp16_overflows(prog, feeds_for(prog, x)) == []
+    else:
+        assert find_fp16_overflows(prog, feeds_for(prog, x)) == []

@@ -1,4 +1,4 @@
-"""Errors of the Core ML program executor (subclasses of the package hierarchy, so the CLI maps exit codes)."""
+"""Errors of the Core ML program executor (package error subclasses: the CLI maps exit codes)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from mobileclip_export.errors import ExportFailure, UsageError
 
 
 class MilExecutorError(ExportFailure):
-    """The executor could not evaluate a program (bad package, unsupported construct, shape error in an op)."""
+    """The executor could not evaluate a program (bad package, unsupported construct, op error)."""
 
 
 class UnsupportedOpError(MilExecutorError):

@@ -20,7 +20,7 @@ class Program:
     """A loaded ML Program function, runnable with NumPy. Build it with :func:`load_program`.
 
     Attributes:
-        inputs / outputs: ``IODesc`` per model input/output (name, kind "image"/"tensor", shape, program dtype,
+        inputs / outputs: ``IODesc`` per model input/output (name, kind "image"/"tensor", shape, dtype,
             for images colour space and the preprocessing scale/bias found in the program).
         fp16_emulation: whether fp16-typed values are rounded to float16 (see :mod:`.fp16`).
         graph: the executor's IR; ``graph.op_counts()`` is the op census.
@@ -44,6 +44,7 @@ class Program:
         self.fp16_emulation = fp16_emulation
         self.source = source
         self.metadata = dict(metadata or {})
+        self._consts32: dict[str, np.ndarray] = {}
         for op in graph.ops:  # fail at load time, not halfway through a run
             get_op(op.type, op.name)
 
@@ -69,17 +70,19 @@ class Program:
         return [o.name for o in self.outputs]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Evaluate the program. Image inputs are fed as the float32 NCHW tensor Core ML builds from the
-        picture: pixel values in [0, 255], channels in the input's colour space; the program itself applies the
-        ImageType scale/bias. Token ids as int32. Returns each model output in its program dtype (float16 arrays
-        for fp16 outputs under emulation)."""
+        """Evaluate the program.
+
+        Image inputs are fed as the float32 NCHW tensor Core ML builds from the picture: pixel values in
+        [0, 255], channels in the input's colour space; the program itself applies the ImageType scale/bias.
+        Token ids as int32. Returns each model output in its program dtype (float16 arrays for fp16 outputs
+        under emulation)."""
         env = self._execute(feeds, keep_all=False)
         return {n: env[n] for n in self.graph.outputs}
 
     def trace(
         self, feeds: Mapping[str, np.ndarray], *, overflow_log: OverflowLog | None = None
     ) -> dict[str, np.ndarray]:
-        """Every op output (keyed by output var name, in program order, inputs first) for debugging/diffing."""
+        """Every op output by output var name, in program order (inputs first), for debugging and diffing."""
         return self._execute(feeds, keep_all=True, overflow_log=overflow_log)
 
     # ---- internals ----
@@ -179,7 +182,13 @@ class Program:
         if ref in env:
             v = env[ref]
         elif ref in self.graph.consts:
-            v = self.graph.consts[ref]
+            v = self._consts32.get(ref)
+            if v is None:  # upcast fp16 weights once per program, not once per run
+                v = self.graph.consts[ref]
+                if isinstance(v, np.ndarray) and v.dtype == np.float16:
+                    v = self._consts32[ref] = v.astype(np.float32)
+                return v
+            return v
         else:
             raise MilExecutorError(f"value {ref!r} is used before it is defined")
         if isinstance(v, np.ndarray) and v.dtype == np.float16:

@@ -1,11 +1,12 @@
 """The fp16 emulation model: how "Core ML computes this op in float16" is reproduced in NumPy.
 
 Model (documented, deliberately simple): every op computes in float32 from its (already rounded) inputs and
-its outputs are rounded to float16 when the program types them fp16. A few ops whose fp16 kernels are known to
-overflow internally (layer_norm: squared deviations; see coremltools issues #2110/#2728) also round their
-intermediates. Rounding a *finite* float32 value to an infinite float16 is an overflow event, recorded with the
-op name: because downstream ops receive inf already (their float32 compute is non-finite too), only the op where
-an overflow originates is recorded.
+its outputs are rounded to float16 when the program types them fp16. Ops whose fp16 kernels are known to
+overflow internally also round their intermediates: layer_norm (mean, x - mean, its square, the variance;
+coremltools issues #2110/#2728), softmax (exp and its sum) and scaled_dot_product_attention (the scores).
+Rounding a *finite* float32 value to an infinite float16 is an overflow event, recorded with the op name.
+Downstream ops receive inf already (their float32 compute is non-finite too, so rounding adds no event):
+only the op where an overflow originates is recorded.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 @dataclass(frozen=True)
 class OverflowEvent:
-    """One fp16 rounding that turned finite values into inf (``what`` = "output" or an intermediate's name)."""
+    """One fp16 rounding that turned finite values into inf (``what``: "output" or an intermediate)."""
 
     op_name: str
     op_type: str

@@ -38,7 +38,7 @@ class VarInfo:
 
 @dataclass(frozen=True)
 class OpNode:
-    """One non-const operation. ``inputs`` maps a parameter to a var name, or a tuple of names (e.g. concat)."""
+    """One non-const operation. ``inputs`` maps a parameter to a var name, or a tuple of names (concat)."""
 
     type: str
     name: str

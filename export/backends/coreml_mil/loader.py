@@ -1,7 +1,7 @@
 """Read a saved ``.mlpackage`` into the executor's IR through coremltools' own spec and MIL-proto readers.
 
-No Core ML runtime is involved: ``ct.utils.load_spec`` parses the protobuf, the MIL-proto frontend rebuilds the
-PyMIL program and reads weights from the package's blob file, and we copy it into :mod:`.ir`.
+No Core ML runtime is involved: ``ct.utils.load_spec`` parses the protobuf, the MIL-proto frontend rebuilds
+the PyMIL program and reads weights from the package's blob file, and we copy it into :mod:`.ir`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The one registry of NumPy op implementations, keyed by MIL op type.
 
 An implementation is ``fn(ctx: OpContext, a: Args) -> np.ndarray | tuple[np.ndarray, ...]``. It computes in
-float32 (fp16 inputs arrive upcast); the executor casts results to the output types the program declares, so an
+float32 (fp16 inputs arrive upcast); the executor casts results to the declared output types, so an
 implementation only rounds *intermediates* (via ``ctx.round``) where the fp16 emulation model asks for it.
-Families live in ``_ops_*.py`` and register with ``@register_op("name", ...)``; a second registration of a name
-is a programming error and raises.
+Families live in ``_ops_*.py`` and register with ``@register_op("name", ...)``; a second registration of a
+name is a programming error and raises.
 """
 
 from __future__ import annotations
