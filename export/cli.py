@@ -14,6 +14,7 @@ import argparse
 import difflib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -172,8 +173,13 @@ def _options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _setup_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    """Our warnings always show; converters' own chatter (and their tqdm bars) only with -v/-vv."""
+    ours = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    others = logging.ERROR if verbosity == 0 else ours
+    logging.basicConfig(level=others, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("mobileclip_export").setLevel(ours)
+    if verbosity == 0:
+        os.environ.setdefault("TQDM_DISABLE", "1")  # our StderrProgress replaces converters' progress bars
 
 
 def _export(argv: Sequence[str]) -> int:

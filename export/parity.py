@@ -60,7 +60,10 @@ def compare(reference: np.ndarray, actual: np.ndarray) -> ParityStats:
     cos = float(np.min(np.where(den > 0, num / np.maximum(den, 1e-300), 1.0))) if finite else float("nan")
     mse = float(np.mean(diff**2)) if finite else float("inf")
     peak = float(np.max(np.abs(ref2)))
-    psnr = float("inf") if mse == 0 else (10 * math.log10(peak**2 / mse) if peak > 0 and finite else float("-inf"))
+    if mse == 0:
+        psnr = float("inf")
+    else:
+        psnr = 10 * math.log10(peak**2 / mse) if peak > 0 and finite else float("-inf")
     return ParityStats(
         max_abs_diff=float(diff.max()) if finite else float("inf"),
         mean_abs_diff=float(diff.mean()) if finite else float("inf"),

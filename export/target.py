@@ -32,7 +32,14 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class OptionSpec:
-    """A target-specific option (e.g. ``compute_units``); the CLI flag is ``--`` + name with dashes."""
+    """A target-specific option (e.g. ``compute_units``); the CLI flag is ``--`` + name with dashes.
+
+    ``type=bool`` makes a value-less switch (``--dynamic-batch``). Several targets may declare the same name
+    (one flag, each declaring target receives the value). A target may also define
+    ``export_multifunction(encs, precision, options, path) -> ArtifactInfo``; the pipeline calls it instead
+    of ``export`` (once, with both encoders) when the target declares a bool option ``multifunction`` and the
+    user sets it; its runner is then fed ``{"image": x}`` or ``{"text": ids}`` one encoder at a time.
+    """
 
     name: str
     help: str
@@ -46,8 +53,8 @@ class EncoderExport:
     """Everything a backend needs to convert one encoder; built by the pipeline, not by backends.
 
     ``module`` is the reparameterized fp32 eval-mode encoder. For the image encoder its input is RGB float in
-    [0, 1]; ``normalize_mean``/``normalize_std`` say what normalization the module applies internally (all zeros
-    / ones when it applies none) so a backend with image inputs can fold it into its preprocessing.
+    [0, 1]; ``normalize_mean``/``normalize_std`` say what normalization the module applies internally (all
+    zeros / ones when it applies none) so a backend with image inputs can fold it into its preprocessing.
     """
 
     model_name: str
@@ -56,7 +63,8 @@ class EncoderExport:
     example_inputs: tuple[Any, ...]  # torch tensors; text ids are int32
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    metadata: Mapping[str, str]  # flat string facts to embed in the artifact (model, embed dim, preprocessing...)
+    # Flat string facts to embed in the artifact (model, embed dim, preprocessing, weights, tool versions...).
+    metadata: Mapping[str, str]
     image_size: int | None = None
     normalize_mean: tuple[float, float, float] | None = None
     normalize_std: tuple[float, float, float] | None = None
@@ -122,7 +130,7 @@ class Target(ABC):
             )
 
     def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Check precision and options; return options with defaults filled. Raise UsageError naming the problem."""
+        """Check precision and options; return options with defaults filled. UsageError names the problem."""
         if precision not in self.precisions:
             raise UsageError(
                 f"target {self.name!r} does not support precision {precision!r} "
@@ -149,7 +157,9 @@ class Target(ABC):
 
     # ---- the work ----
     @abstractmethod
-    def export(self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path) -> ArtifactInfo:
+    def export(
+        self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path
+    ) -> ArtifactInfo:
         """Convert ``enc`` and write the artifact to exactly ``path`` (a temp location the caller renames)."""
 
     @abstractmethod

@@ -294,7 +294,8 @@ def _fake_onnx_export(self, enc, precision, options, path):
     dtype = onnx.TensorProto.INT32 if enc.encoder == "text" else onnx.TensorProto.FLOAT
     out = helper.make_tensor_value_info("embedding", onnx.TensorProto.FLOAT, None)
     node = helper.make_node("Cast", [enc.inputs[0].name], ["embedding"], to=onnx.TensorProto.FLOAT)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(enc.inputs[0].name, dtype, None)], [out])
+    inp = helper.make_tensor_value_info(enc.inputs[0].name, dtype, None)
+    graph = helper.make_graph([node], "g", [inp], [out])
     model = helper.make_model(graph)
     model.metadata_props.add(key="model", value=enc.model_name)
     onnx.save(model, str(path))
