@@ -167,7 +167,7 @@ def test_reduced_fusion_is_exact_in_float64(name: str) -> None:
     model = build_mci(name, EMBED[name], reduced=True).eval()
     model = randomize_bn_and_layer_scales(model, seed=1, layer_scale_max=1.0).double()
     fused = reparameterize_model(model)
-    x = torch.rand(2, 3, 128, 128, dtype=torch.float64)
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)  # fp64 convs are slow on CPU: keep it small
     a, b = model(x), fused(x)
     assert ((a - b).abs().max() / a.abs().max()).item() < 1e-10
 
