@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from mobileclip_export.errors import ExportFailure, UsageError
 from mobileclip_export.export.target import (
     ArtifactInfo,
@@ -82,18 +84,12 @@ class ExecuTorchTarget(Target):
                 f"ExecuTorch lowering ({delegate}) of the {enc.encoder} encoder failed: {err}"
             ) from err
         Path(path).write_bytes(program.buffer)
-        non_delegated = {
-            k: v["non_delegated"] for k, v in census["by_operator"].items() if v["non_delegated"]
-        }
-        notes = [
-            f"{delegate}: {census['delegated_nodes']} op(s) delegated in {census['delegated_subgraphs']} "
-            f"subgraph(s), {census['non_delegated_nodes']} on portable kernels"
-            + (
-                f" ({', '.join(f'{k} x{v}' for k, v in sorted(non_delegated.items()))})"
-                if non_delegated
-                else ""
-            )
-        ]
+        notes = [_census_note(delegate, census)]
+        batch_norms = sum(
+            v["delegated"] + v["non_delegated"] for k, v in census["by_operator"].items() if "batch_norm" in k
+        )
+        if batch_norms:
+            notes.append(f"{batch_norms} batch_norm op(s) in the graph: reparameterization incomplete")
         if delegate == "coreml":
             notes.append(
                 "Core ML delegate: lowered ahead of time; runs only where CoreMLBackend is registered (Apple)"
@@ -157,7 +153,7 @@ class ExecuTorchTarget(Target):
         return {
             "bytes": len(data),
             "methods": sorted(plans),
-            "delegates": delegates,
+            "delegates": dict(Counter(delegates)),  # backend id -> delegated subgraphs
             "portable_operators": operators,
             "problems": problems,
         }
@@ -229,9 +225,21 @@ def _lower(
         "by_operator": {
             op: {"delegated": b.delegated, "non_delegated": b.non_delegated}
             for op, b in sorted(info.delegation_by_operator.items())
+            if op != "getitem"  # tuple unpacking, not an operator
         },
     }
+    census["non_delegated_nodes"] = sum(v["non_delegated"] for v in census["by_operator"].values())
+    census["delegated_nodes"] = sum(v["delegated"] for v in census["by_operator"].values())
     return edge.to_executorch(), census
+
+
+def _census_note(delegate: str, census: Mapping[str, Any]) -> str:
+    fallback = sorted((k, v["non_delegated"]) for k, v in census["by_operator"].items() if v["non_delegated"])
+    note = (
+        f"{delegate}: {census['delegated_nodes']} op(s) delegated in {census['delegated_subgraphs']} "
+        f"subgraph(s), {census['non_delegated_nodes']} on portable kernels"
+    )
+    return note + (f" ({', '.join(f'{k} x{n}' for k, n in fallback)})" if fallback else "")
 
 
 def _backends_used(path: Path) -> list[str]:

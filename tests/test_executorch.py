@@ -1,0 +1,235 @@
+"""ExecuTorch backend: lower reduced encoders of every block family, run the .pte in the ExecuTorch runtime
+and compare with the train-time PyTorch encoder; delegate census, options, the Core ML delegate off Apple."""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import cache
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mobileclip_export.errors import MissingDependencyError, UsageError
+from mobileclip_export.export.backends._tolerances import tolerance_for
+from mobileclip_export.export.parity import compare
+from mobileclip_export.export.registry import get_target
+from mobileclip_export.export.target import EncoderExport, RuntimeUnavailable, TensorSpec
+
+pytest.importorskip("executorch")
+
+
+@pytest.fixture(scope="module")
+def target():
+    return get_target("executorch")
+
+
+@cache
+def _reduced(model_name: str, encoder: str) -> tuple[EncoderExport, nn.Module]:
+    """(EncoderExport of the reparameterized reduced encoder, the train-time encoder as reference)."""
+    from mobileclip_export.models import create_model, get_model_spec
+    from mobileclip_export.models.tokenizer import tokenize
+    from mobileclip_export.reparam import reparameterize_model
+    from mobileclip_export.reparam.verify import randomize_bn_and_layer_scales
+
+    train = create_model(model_name, seed=0, reduced=True)
+    randomize_bn_and_layer_scales(train, 0)
+    train.eval()
+    inf = reparameterize_model(train).eval()
+    spec = get_model_spec(model_name)
+    meta = {"model": model_name, "encoder": encoder}
+    embed = (TensorSpec("embedding", (1, spec.embed_dim), "float32"),)
+    if encoder == "image":
+        s = spec.image_size
+        x = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
+        inputs = (TensorSpec("image", (1, 3, s, s), "float32"),)
+        return EncoderExport(
+            model_name, "image", inf.image_encoder, (x,), inputs, embed, meta, s
+        ), train.image_encoder
+    ids = torch.from_numpy(tokenize(["a photo of a cat"], spec.context_length).astype(np.int32))
+    inputs = (TensorSpec("text", (1, 77), "int32"),)
+    return EncoderExport(
+        model_name, "text", inf.text_encoder, (ids,), inputs, embed, meta
+    ), train.text_encoder
+
+
+def _verify_inputs(enc: EncoderExport) -> np.ndarray:
+    if enc.encoder == "image":
+        s = enc.image_size
+        rand = np.random.default_rng(1).random((1, 3, s, s), dtype=np.float32)
+        return np.concatenate([rand, np.full((1, 3, s, s), 0.5, np.float32)])
+    from mobileclip_export.models.tokenizer import tokenize
+
+    return tokenize(["", "a dog on a red sofa next to a window"], 77).astype(np.int32)
+
+
+@torch.no_grad()
+def _reference(module: nn.Module, x: np.ndarray) -> np.ndarray:
+    return np.concatenate([module(torch.from_numpy(x[i : i + 1])).float().numpy() for i in range(len(x))])
+
+
+class _Toy(nn.Module):
+    """conv+BN+depthwise+SE+attention in ~1k parameters: fast lowering for option/edge-case tests."""
+
+    def __init__(self, fold_bn: bool = True):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 4, 4)
+        self.bn = nn.BatchNorm2d(8) if not fold_bn else nn.Identity()
+        self.dw = nn.Conv2d(8, 8, 3, 1, 1, groups=8)
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 8, 1), nn.Sigmoid())
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(torch.relu(self.conv(x)))  # BN after ReLU: never folded away by a backend
+        x = self.dw(x)
+        x = x * self.se(x)
+        t = x.flatten(2).transpose(1, 2)
+        t = t + self.attn(t, t, t, need_weights=False)[0]
+        return self.head(t.mean(1))
+
+
+def _toy_enc(fold_bn: bool = True) -> EncoderExport:
+    m = _Toy(fold_bn).eval()
+    if not fold_bn:
+        with torch.no_grad():
+            m.bn.running_mean.uniform_(-1, 1)
+            m.bn.running_var.uniform_(0.5, 2)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return EncoderExport(
+        "toy", "image", m, (x,), (TensorSpec("image", (1, 3, 32, 32), "float32"),),
+        (TensorSpec("embedding", (1, 6), "float32"),), {"model": "toy"}, 32,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------ names, options, dependencies
+def test_names_and_defaults(target):
+    assert get_target("pte") is target
+    assert (target.name, target.order, target.extension, target.extra) == (
+        "executorch",
+        30,
+        ".pte",
+        "executorch",
+    )
+    assert target.validate("fp32", {}) == {"delegate": "xnnpack"}
+    assert set(target.versions()) >= {"executorch", "torch"}
+
+
+@pytest.mark.parametrize(
+    "precision, options, needle",
+    [
+        ("int8", {}, "precision 'int8'"),
+        ("fp32", {"delegate": "vulkan"}, "xnnpack, coreml, portable"),
+        ("fp16", {"delegate": "portable"}, "only fp32"),
+        ("fp32", {"compute_units": "all"}, "--compute-units"),
+    ],
+)
+def test_invalid_requests_are_usage_errors(target, precision, options, needle):
+    with pytest.raises(UsageError) as err:
+        target.validate(precision, options)
+    assert needle in str(err.value)
+
+
+def test_missing_dependency_names_the_extra(target, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "executorch" else real(n, *a))
+    with pytest.raises(MissingDependencyError, match=r"pip install 'mobileclip-export\[executorch\]'"):
+        target.ensure_available()
+
+
+# ------------------------------------------------------------------ every family, XNNPACK fp32
+@pytest.mark.parametrize(
+    "model_name, encoder",
+    [
+        ("mobileclip_s0", "image"),
+        ("mobileclip_b", "image"),
+        ("mobileclip_s0", "text"),
+        ("mobileclip_b", "text"),
+    ],
+)
+def test_xnnpack_fp32_parity(target, tmp_path, model_name, encoder):
+    enc, train = _reduced(model_name, encoder)
+    path = tmp_path / "m.pte"
+    info = target.export(enc, "fp32", target.validate("fp32", {}), path)
+    census = info.details["delegation"]
+    assert census["delegated_nodes"] > census["non_delegated_nodes"] > 0  # XNNPACK takes the bulk
+    assert census["by_operator"]["aten_convolution_default" if encoder == "image" else "aten_linear_default"][
+        "non_delegated"
+    ] == 0  # fmt: skip
+    assert info.notes[0].startswith("xnnpack: ") and "getitem" not in info.notes[0]
+    checks = target.structural_checks(path, enc)
+    assert checks["problems"] == [] and checks["methods"] == ["forward"]
+    assert checks["delegates"]["XnnpackBackend"] == census["delegated_subgraphs"]
+
+    runner = target.load(path, {})
+    assert runner.is_deployment_runtime and "XnnpackBackend" in runner.label
+    x = _verify_inputs(enc)
+    stats = compare(_reference(train, x), runner.run({enc.inputs[0].name: x}))
+    assert stats.cosine >= 0.99999, stats
+    assert stats.violations(tolerance_for("executorch", "fp32")) == [], stats
+
+
+def test_xnnpack_fp16_parity(target, tmp_path):
+    enc, train = _reduced("mobileclip_s0", "image")
+    path = tmp_path / "m16.pte"
+    info = target.export(enc, "fp16", target.validate("fp16", {}), path)
+    assert info.details["io_dtype"] == "float16" and info.inputs[0].dtype == "float16"
+    x = _verify_inputs(enc)
+    stats = compare(_reference(train, x), target.load(path, {}).run({"image": x}))
+    assert stats.violations(tolerance_for("executorch", "fp16")) == [], stats
+    assert stats.cosine < 1.0 - 1e-9  # it really ran in half precision
+
+
+# ------------------------------------------------------------------ portable, Core ML delegate, batch_norm
+def test_portable_delegate_runs_everything_on_portable_kernels(target, tmp_path):
+    enc = _toy_enc()
+    path = tmp_path / "p.pte"
+    info = target.export(enc, "fp32", target.validate("fp32", {"delegate": "portable"}), path)
+    assert info.details["delegation"]["delegated_nodes"] == 0
+    checks = target.structural_checks(path, enc)
+    assert checks["delegates"] == {} and "aten::convolution.out" in checks["portable_operators"]
+    runner = target.load(path, {})
+    assert "portable kernels only" in runner.label
+    x = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
+    stats = compare(_reference(enc.module, x), runner.run({"image": x}))
+    assert stats.violations(tolerance_for("executorch", "fp32")) == [], stats
+
+
+def test_coreml_delegate_builds_but_cannot_run_here(target, tmp_path):
+    pytest.importorskip("coremltools")
+    enc = _toy_enc()
+    path = tmp_path / "c.pte"
+    info = target.export(enc, "fp16", target.validate("fp16", {"delegate": "coreml"}), path)
+    census = info.details["delegation"]
+    assert census["delegated_subgraphs"] == 1 and census["non_delegated_nodes"] == 0  # whole graph in Core ML
+    assert info.details["io_dtype"] == "float32" and any("Apple" in n for n in info.notes)
+    checks = target.structural_checks(path, enc)
+    assert checks["problems"] == [] and checks["delegates"] == {"CoreMLBackend": 1}
+    with pytest.raises(RuntimeUnavailable, match="CoreMLBackend"):
+        target.load(path, {})
+
+
+def test_leftover_batch_norm_is_reported(target, tmp_path):
+    enc = _toy_enc(fold_bn=False)
+    path = tmp_path / "bn.pte"
+    info = target.export(enc, "fp32", target.validate("fp32", {"delegate": "portable"}), path)
+    assert any("batch_norm" in n and "reparameterization incomplete" in n for n in info.notes)
+    assert any("batch_norm" in p for p in target.structural_checks(path, enc)["problems"])
+
+
+def test_structural_checks_reject_a_non_program(target, tmp_path):
+    bogus = tmp_path / "x.pte"
+    bogus.write_bytes(b"not a program at all")
+    assert "not an ExecuTorch program" in target.structural_checks(bogus, _toy_enc())["problems"][0]
+
+
+def test_lowering_does_not_consume_the_callers_module(target, tmp_path):
+    enc = _toy_enc()
+    before = {k: v.clone() for k, v in enc.module.state_dict().items()}
+    for name in ("a.pte", "b.pte"):  # a second lowering of the same EncoderExport must work
+        target.export(enc, "fp32", {"delegate": "portable"}, tmp_path / name)
+    after = enc.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert (tmp_path / "a.pte").read_bytes() == (tmp_path / "b.pte").read_bytes()
