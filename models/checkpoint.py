@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor, nn
+
 from mobileclip_export.errors import CheckpointError
 from mobileclip_export.models import keymaps
 from mobileclip_export.models.keymaps import FORMATS, IMAGE_PREFIX, TEXT_PREFIX, build_keymap
-from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,11 @@ def _describe_head(path: Path) -> str:
 def _torch_load(path: Path) -> object:
     kind = _sniff(path)
     if kind == "zip":
-        with zipfile.ZipFile(path) as zf:  # a bad central directory raises BadZipFile -> truncated/corrupt
-            names = zf.namelist()
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except zipfile.BadZipFile as err:  # zip magic but no central directory: cut short
+            raise CheckpointError(f"{path} is truncated or corrupt (zip: {err}): re-download it") from None
         if not any(n.endswith("data.pkl") for n in names):
             shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
             raise CheckpointError(
@@ -460,13 +464,24 @@ def _first(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
 
 
-def _mismatch_error(
-    ck: Checkpoint, model: nn.Module, missing: list[str], unexpected: list[str], bad_shapes: list[str]
-) -> CheckpointError:
+def _fingerprints(ck: Checkpoint, model: nn.Module) -> tuple[dict, dict]:
     fp_ck = fingerprint(ck.state_dict, ck.format)
     fp_model = fingerprint(model.state_dict(), "apple")
     if ck.format == "timm":
         fp_model = {k: v for k, v in fp_model.items() if not k.startswith("text")}
+    return fp_ck, fp_model
+
+
+def fingerprint_differs(ck: Checkpoint, model: nn.Module) -> bool:
+    """True when the checkpoint's distinctive shapes say it is another variant than ``model``."""
+    fp_ck, fp_model = _fingerprints(ck, model)
+    return bool(fp_ck) and fp_ck != fp_model
+
+
+def _mismatch_error(
+    ck: Checkpoint, model: nn.Module, missing: list[str], unexpected: list[str], bad_shapes: list[str]
+) -> CheckpointError:
+    fp_ck, fp_model = _fingerprints(ck, model)
     name = getattr(getattr(model, "spec", None), "name", type(model).__name__)
     msg = f"checkpoint {ck.path} ({ck.format}) does not fit model {name!r}: "
     if fp_ck != fp_model and fp_ck:
@@ -513,11 +528,12 @@ def load_checkpoint(model: nn.Module, path: str | Path | Checkpoint) -> LoadRepo
         if canon[k].shape != shapes[k]
     ]
     if missing or unexpected or bad_shapes:
-        if ck.reparameterized and not lifted and missing:
+        if ck.reparameterized and missing and not fingerprint_differs(ck, model):
             raise CheckpointError(
-                f"{ck.path} is in a fully fused inference form that does not fit this model's train-time "
-                f"keys ({len(missing)} missing: {_first(missing, 3)}); load it into "
-                "reparameterize_model(model) (load_model_checkpoint does this)"
+                f"{ck.path} is reparameterized beyond Apple's inference form (e.g. this project's fully "
+                f"fused model) and cannot be lifted into train-time keys ({len(missing)} missing: "
+                f"{_first(missing, 3)}); load it into reparameterize_model(model) (load_model_checkpoint "
+                "does this)"
             )
         raise _mismatch_error(ck, model, missing, unexpected, bad_shapes)
 
