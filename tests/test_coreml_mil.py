@@ -30,6 +30,7 @@ from mobileclip_export.export.backends.coreml_mil import (
     load_program,
     register_op,
     supported_ops,
+    torch_comparisons,
 )
 from mobileclip_export.export.backends.coreml_mil.ir import Graph, OpNode, VarInfo
 from mobileclip_export.export.parity import compare
@@ -532,6 +533,12 @@ def test_reduced_block_families_match_torch(
     assert "batch_norm" not in prog.graph.op_counts()  # reparameterized graphs carry no BatchNorm
     stats = assert_parity(torch_out(module, x), prog.run(feeds_for(prog, x))["embedding"], precision)
     logging.getLogger(__name__).info("%s %s %s: %s", variant, encoder, precision, stats)
+    # op-by-op matching against the FX graph: no false alarm on a correct package, and real coverage
+    comps = torch_comparisons(prog, feeds_for(prog, x), module, (x,))
+    assert [c.op_name for c in comps if c.violations] == []
+    float_ops = [op for op in prog.graph.ops if op.outputs[0].dtype in ("fp16", "fp32")]
+    assert len(comps) >= 0.6 * len(float_ops), (len(comps), len(float_ops))
+    assert comps[-1].output == "embedding"
 
 
 # ---------------------------------------------------------------- corrupted packages

@@ -16,6 +16,7 @@ from .divergence import (
     OpComparison,
     compare_programs,
     first_divergence,
+    torch_comparisons,
     torch_intermediates,
 )
 from .errors import FeedError, MilExecutorError, ProgramLoadError, UnsupportedOpError
@@ -42,5 +43,6 @@ __all__ = [
     "load_program",
     "register_op",
     "supported_ops",
+    "torch_comparisons",
     "torch_intermediates",
 ]

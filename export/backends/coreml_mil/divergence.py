@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from mobileclip_export.export.parity import ParityStats, Tolerance, compare
 
 from .executor import Program
@@ -102,11 +103,11 @@ def _squeezed(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(d for d in shape if d != 1)
 
 
-def _walk(
-    program: Program, values: Mapping[str, np.ndarray], lookup: Any, tol: Tolerance
-) -> DivergenceReport | None:
+def _compare_all(
+    program: Program, values: Mapping[str, np.ndarray], lookup: Any, tol: Tolerance, *, stop_early: bool
+) -> list[OpComparison]:
+    """Compare each matched float MIL value in program order (to the first violation if ``stop_early``)."""
     comps: list[OpComparison] = []
-    last_good: OpComparison | None = None
     for i, op in enumerate(program.graph.ops):
         for out in op.outputs:
             if out.dtype not in ("fp16", "fp32") or out.name not in values:
@@ -120,24 +121,31 @@ def _walk(
                 continue
             stats, extra = compare_values(ref, act)
             viol = tuple(extra + stats.violations(tol))
-            comp = OpComparison(i, op.name, op.type, out.name, ref_name, tuple(act.shape), stats, viol)
-            comps.append(comp)
-            if viol:
-                return DivergenceReport(
-                    op.name,
-                    op.type,
-                    out.name,
-                    ref_name,
-                    stats,
-                    viol,
-                    last_good,
-                    len(comps),
-                    len(program.graph.ops),
-                    tuple(comps),
-                )
-            last_good = comp
-    log.debug("no divergence over %d compared values", len(comps))
-    return None
+            comps.append(OpComparison(i, op.name, op.type, out.name, ref_name, tuple(act.shape), stats, viol))
+            if viol and stop_early:
+                return comps
+    return comps
+
+
+def _report(program: Program, comps: list[OpComparison]) -> DivergenceReport | None:
+    bad = next((k for k, c in enumerate(comps) if c.violations), None)
+    if bad is None:
+        log.debug("no divergence over %d compared values", len(comps))
+        return None
+    c = comps[bad]
+    last_good = next((p for p in reversed(comps[:bad]) if not p.violations), None)
+    return DivergenceReport(
+        c.op_name,
+        c.op_type,
+        c.output,
+        c.reference,
+        c.stats,
+        c.violations,
+        last_good,
+        bad + 1,
+        len(program.graph.ops),
+        tuple(comps[: bad + 1]),
+    )
 
 
 def torch_intermediates(
@@ -171,6 +179,37 @@ def torch_intermediates(
     return values, outs
 
 
+def torch_comparisons(
+    program: Program,
+    feeds: Mapping[str, np.ndarray],
+    torch_module: Any,
+    example_inputs: Sequence[Any],
+    tol: Tolerance | None = None,
+    *,
+    stop_early: bool = False,
+) -> list[OpComparison]:
+    """Every MIL value matched to an FX node, compared (program order); see :func:`first_divergence`."""
+    tol = tol or _default_tol(program)
+    ref, ref_outs = torch_intermediates(torch_module, example_inputs)
+    values = program.trace(feeds)
+    by_output = dict(zip(program.graph.outputs, ref_outs))
+
+    def lookup(op: Any, var: str) -> tuple[str, np.ndarray] | None:
+        if op.type == "cast":  # a cast is named after the graph input, not what it casts: compare with that
+            cands = [by_output.get(var), normalize_name(str(op.inputs.get("x")))]
+        else:
+            cands = [by_output.get(var), var, normalize_name(var), op.name, normalize_name(op.name)]
+            base = normalize_name(op.name)
+            if re.search(r"_\d+$", base):
+                cands.append(re.sub(r"_\d+$", "", base))
+        for c in cands:
+            if c and c in ref:
+                return c, ref[c]
+        return None
+
+    return _compare_all(program, values, lookup, tol, stop_early=stop_early)
+
+
 def first_divergence(
     program: Program,
     feeds: Mapping[str, np.ndarray],
@@ -190,25 +229,8 @@ def first_divergence(
 
     Returns None when every matched value is within tolerance.
     """
-    tol = tol or _default_tol(program)
-    ref, ref_outs = torch_intermediates(torch_module, example_inputs)
-    values = program.trace(feeds)
-    by_output = dict(zip(program.graph.outputs, ref_outs))
-
-    def lookup(op: Any, var: str) -> tuple[str, np.ndarray] | None:
-        if op.type == "cast":  # a cast is named after the graph input, not what it casts: compare with that
-            cands = [by_output.get(var), normalize_name(str(op.inputs.get("x")))]
-        else:
-            cands = [by_output.get(var), var, normalize_name(var), op.name, normalize_name(op.name)]
-            base = normalize_name(op.name)
-            if re.search(r"_\d+$", base):
-                cands.append(re.sub(r"_\d+$", "", base))
-        for c in cands:
-            if c and c in ref:
-                return c, ref[c]
-        return None
-
-    return _walk(program, values, lookup, tol)
+    comps = torch_comparisons(program, feeds, torch_module, example_inputs, tol, stop_early=True)
+    return _report(program, comps)
 
 
 def compare_programs(
@@ -239,4 +261,4 @@ def compare_programs(
                 return key.removeprefix("op:"), ref[key].astype(np.float64)
         return None
 
-    return _walk(candidate, candidate.trace(feeds), lookup, tol)
+    return _report(candidate, _compare_all(candidate, candidate.trace(feeds), lookup, tol, stop_early=True))
