@@ -76,16 +76,9 @@ def _save(sd: dict, path: Path) -> Path:
 
 # ----------------------------------------------------------------------------------------- round trips
 
-# One reduced model per block family: MCi0 + MCt text, MCi1 (SE downsamples), MCi3 (5 stages, channel LN,
-# linear head) + 768 text, cvnets ViT-B/16, timm-named ViT-L/14, MobileCLIP2-S0 (MCi0 + base text).
-FAMILIES = (
-    "mobileclip_s0",
-    "mobileclip_s1",
-    "mobileclip_s3",
-    "mobileclip_b",
-    "mobileclip_l14",
-    "mobileclip2_s0",
-)
+# One reduced model per block family: MCi0 (also the SE downsamples of MCi1/2) + MCt text; MCi3 (5 stages,
+# channel LayerNorm, linear head, as MCi4) + 768 text; cvnets ViT-B/16 + causal text; timm-named ViT-L/14.
+FAMILIES = ("mobileclip_s0", "mobileclip_s3", "mobileclip_b", "mobileclip_l14")
 
 
 @pytest.fixture(scope="module")
@@ -460,7 +453,7 @@ def test_nonzero_timm_head_bias_is_rejected(sources, tmp_path: Path) -> None:
 
 
 def test_missing_and_unexpected_keys_are_named_and_counted(sources, tmp_path: Path) -> None:
-    src = sources["mobileclip_s1"][0]
+    src = sources["mobileclip_s0"][0]
     sd = ck.export_state_dict(src, "apple")
     dropped = sorted(k for k in sd if ".convffn.fc1." in k)
     for k in dropped:
@@ -468,7 +461,7 @@ def test_missing_and_unexpected_keys_are_named_and_counted(sources, tmp_path: Pa
     sd["image_encoder.model.extra.weight"] = torch.zeros(3)
     path = _save(sd, tmp_path / "partial.pt")
     with pytest.raises(CheckpointError) as ei:
-        ck.load_checkpoint(_model("mobileclip_s1", seed=2), path)
+        ck.load_checkpoint(_model("mobileclip_s0", seed=2), path)
     msg = str(ei.value)
     assert f"{len(dropped)} missing keys: {dropped[0]}" in msg and f"(+{len(dropped) - 5} more)" in msg
     assert "1 unexpected keys: image_encoder.model.extra.weight" in msg
