@@ -237,7 +237,9 @@ def test_export_json_and_existing_bundle(capsys, tmp_path, monkeypatch) -> None:
     code, _, err = run(capsys, *args, "--force", "--encoder", "image")
     assert code == 0, err
     manifest = json.loads((tmp_path / "mobileclip_s0" / "manifest.json").read_text())
-    assert [a["encoder"] for a in manifest["artifacts"]] == ["image"]
+    # image re-exported; text (same weights, not asked for this time) carried over from the first run
+    assert [a["encoder"] for a in manifest["artifacts"]] == ["image", "text"]
+    assert "carried over" in manifest["artifacts"][1]["notes"][-1]
 
 
 def test_verification_failure_exits_1_with_numbers(capsys, tmp_path, monkeypatch) -> None:
