@@ -193,7 +193,7 @@ def test_runner_rows_label_and_feed_errors(tmp_path):
     runner = TARGET.load(path, {"num_threads": 1})
     try:
         assert (
-            runner.is_deployment_runtime and "ai-edge-litert" in runner.label and "1 threads" in runner.label
+            runner.is_deployment_runtime and "ai-edge-litert" in runner.label and "1 thread)" in runner.label
         )
         x = _feed(enc, n=3)
         batched = runner.run({"image": x})

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError
 from mobileclip_export.export.target import (
     ArtifactInfo,

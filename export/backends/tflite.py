@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError
 from mobileclip_export.export.target import (
     ArtifactInfo,
@@ -38,7 +40,6 @@ from mobileclip_export.export.target import (
     Target,
     TensorSpec,
 )
-from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,8 @@ class _LiteRTRunner(Runner):
         self._inputs = self._runner.get_input_details()
         self._output = signatures[self.signature]["outputs"][0]
         version = _version("ai-edge-litert") or "?"
-        self.label = f"ai-edge-litert {version} (interpreter, XNNPACK delegate, {num_threads} threads)"
+        threads = f"{num_threads} thread" + ("s" if num_threads != 1 else "")
+        self.label = f"ai-edge-litert {version} (interpreter, XNNPACK delegate, {threads})"
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         if set(inputs) != set(self._inputs):
