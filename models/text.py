@@ -183,7 +183,10 @@ class TextTransformer(nn.Module):
         if self.causal_mask is not None and n > self.context_length:
             raise UsageError(f"token sequence of length {n} exceeds the context length {self.context_length}")
         x = self.embedding_layer(ids) + self.positional_embedding(n)
-        mask = self.causal_mask[:n, :n] if self.causal_mask is not None else None
+        mask = self.causal_mask
+        if mask is not None and n != mask.shape[0]:
+            # Slice only when needed: a no-op slice becomes an `alias` node that coremltools cannot convert.
+            mask = mask[:n, :n]
         for i, layer in enumerate(self.transformer):
             if i in self._conv_layers:
                 x = layer(x.transpose(1, 2).unsqueeze(2)).squeeze(2).transpose(1, 2)
