@@ -15,12 +15,13 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from mobileclip_export.errors import CheckpointError, UnknownNameError
+from torch import nn
+
+from mobileclip_export.errors import UnknownNameError
 from mobileclip_export.models.clip import ImageEncoder, MobileCLIP
 from mobileclip_export.models.spec import ModelSpec
 from mobileclip_export.models.text import build_text_encoder
 from mobileclip_export.models.vit import VIT_ENCODERS, build_vit
-from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +114,10 @@ def create_model(
         return model.eval()
 
     path = Path(checkpoint)
-    try:
-        from mobileclip_export.models.checkpoint import load_checkpoint  # B's module
-    except ImportError as err:  # pragma: no cover - only while the checkpoint module is missing
-        raise CheckpointError(f"cannot load {path}: checkpoint loading is not available ({err})") from err
-    report = load_checkpoint(model, path)
+    from mobileclip_export.models.checkpoint import load_model_checkpoint
+
+    # Returns the model itself, or its reparameterized form when the checkpoint is one of our fused ones.
+    model, report = load_model_checkpoint(model, path)
     log.info("loaded %s into %s: %s", path, name, report)
     model.random_init = False
     model.checkpoint_sha256 = getattr(report, "sha256", None) or _sha256(path)
