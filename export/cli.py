@@ -234,6 +234,14 @@ def _export(argv: Sequence[str]) -> int:
     return 0 if result.ok else 1
 
 
+def _json_error(argv: Sequence[str], err: Exception, code: int) -> None:
+    """With --json, a machine reader still gets one JSON document on stdout when the run fails early."""
+    if "--json" in argv:
+        print(
+            json.dumps({"ok": False, "error": str(err), "error_type": type(err).__name__, "exit_code": code})
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -248,9 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _export(argv)
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
+        _json_error(argv, err, 2)
         return 2
     except MobileClipExportError as err:
         print(f"{PROG}: failed: {err}", file=sys.stderr)
+        _json_error(argv, err, err.exit_code)
         return err.exit_code
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; no partial artifact was left in the bundle", file=sys.stderr)

@@ -59,6 +59,14 @@ def test_unknown_model(capsys, tmp_path) -> None:
     assert "unknown model 'mobileclip_s9'" in err and "mobileclip_s0" in err
 
 
+def test_json_error_document(capsys, tmp_path) -> None:
+    code, out, _ = run(capsys, "--model", "nope", "--target", "onnx", "--json", "--output-dir", str(tmp_path))
+    doc = json.loads(out)
+    assert (
+        code == 2 and doc["ok"] is False and doc["exit_code"] == 2 and "unknown model 'nope'" in doc["error"]
+    )
+
+
 def test_unknown_target(capsys, tmp_path) -> None:
     code, _, err = run(capsys, "--model", "mobileclip_s0", "--target", "caffe", "--output-dir", str(tmp_path))
     assert code == 2
