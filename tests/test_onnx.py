@@ -135,8 +135,14 @@ def test_reduced_s0_pipeline_has_no_batchnorm(tmp_path) -> None:
 
 def test_pipeline_fp16_toy(tmp_path, monkeypatch) -> None:
     use_toy_models(monkeypatch)
-    res = export_model("mobileclip_s0", "onnx", precision="fp16", output_dir=tmp_path)
+    res = export_model(
+        "mobileclip_s0", "onnx", precision="fp16", output_dir=tmp_path, options={"dynamic_batch": True}
+    )
     assert res.ok
     assert {a.precision for a in res.artifacts} == {"fp16"}
     assert all(a.parity["cosine"] > 0.999 for a in res.artifacts)
+    for a in res.artifacts:  # dynamic batch: also verified with all inputs in one call
+        assert a.inputs[0]["shape"][0] == -1
+        batched = a.details["batched_parity"][a.encoder]
+        assert batched["cosine"] > 0.999 and batched["n_rows"] >= 4
     assert (tmp_path / "mobileclip_s0" / "onnx" / "mobileclip_s0-image-fp16.onnx").is_file()
