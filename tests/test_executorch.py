@@ -182,6 +182,36 @@ def test_xnnpack_fp16_parity(target, tmp_path):
     assert stats.cosine < 1.0 - 1e-9  # it really ran in half precision
 
 
+class _WideNorm(nn.Module):
+    """Token ids -> embedding -> LayerNorm(512) -> mean -> projection: text-encoder widths in miniature."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.ln, self.proj = nn.Embedding(100, 512), nn.LayerNorm(512), nn.Linear(512, 8)
+        with torch.no_grad():
+            self.emb.weight.mul_(0.2).add_(0.1)  # unit-ish scale with a mean offset, as in real residuals
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.ln(self.emb(ids)).mean(1))
+
+
+def test_fp16_layer_norm_stays_correct_at_width_512(target, tmp_path):
+    # ExecuTorch 1.5.1's portable fp16 native_layer_norm is wrong from width 256 up; the backend keeps
+    # LayerNorms in fp32 (without that, full-size MobileCLIP-S0 text came out at cosine -0.04).
+    m = _WideNorm().eval()
+    ids = torch.randint(1, 100, (1, 77), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    enc = EncoderExport(
+        "toy", "text", m, (ids,), (TensorSpec("text", (1, 77), "int32"),),
+        (TensorSpec("embedding", (1, 8), "float32"),), {"model": "toy"},
+    )  # fmt: skip
+    path = tmp_path / "t16.pte"
+    target.export(enc, "fp16", target.validate("fp16", {}), path)
+    x = torch.randint(1, 100, (3, 77), generator=torch.Generator().manual_seed(1), dtype=torch.int32).numpy()
+    stats = compare(_reference(m, x), target.load(path, {}).run({"text": x}))
+    assert stats.violations(tolerance_for("executorch", "fp16")) == [], stats
+
+
 # ------------------------------------------------------------------ portable, Core ML delegate, batch_norm
 def test_portable_delegate_runs_everything_on_portable_kernels(target, tmp_path):
     enc = _toy_enc()

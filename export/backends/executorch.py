@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn  # already loaded by target.py; converters stay lazy
 
 from mobileclip_export.errors import ExportFailure, UsageError
 from mobileclip_export.export.target import (
@@ -182,11 +183,38 @@ def _prepared(enc: EncoderExport, precision: str, delegate: str) -> tuple[Any, t
     example = tuple(x.detach().clone() for x in enc.example_inputs)
     # The Core ML delegate takes fp32 graphs and applies fp16 as its compute precision.
     if precision == "fp16" and delegate != "coreml":
-        module = module.half()
+        module = _half_with_fp32_layer_norms(module)
         example = tuple(x.half() if x.is_floating_point() else x for x in example)
     with torch.no_grad():
         module(*example)  # fail early, in eager, with a readable error if the dtype change broke something
     return module, example
+
+
+def _half_with_fp32_layer_norms(module: Any) -> Any:
+    """``module.half()`` except LayerNorms, which compute in fp32 on fp16 inputs.
+
+    LayerNorm is never delegated to XNNPACK, and ExecuTorch 1.5.1's portable ``native_layer_norm`` kernel
+    is wrong in fp16 from a normalized size of 256 up (max|diff| ~300 on unit-scale input; fine at 64), which
+    turned full-size text encoders into noise (cosine ~0). Apple's own MobileCLIP uses fp32 LayerNorms too.
+    """
+    module = module.half()
+    norms = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.LayerNorm) and name]
+    for name, norm in norms:
+        parent_name, _, attr = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attr, _Fp32Island(norm.float()))
+    return module
+
+
+class _Fp32Island(nn.Module):
+    """Runs the wrapped (fp32) module on a float32 copy of its input and casts back."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Any) -> Any:
+        return self.inner(x.float()).to(x.dtype)
 
 
 def _partitioners(delegate: str, precision: str) -> list[Any]:
