@@ -146,6 +146,7 @@ def _metadata(
         "embedding": "unnormalized; L2-normalize before cosine similarity",
         "producer": f"mobileclip-export {versions.get('mobileclip_export', '')}",
         "torch_version": versions.get("torch", ""),
+        "tool_versions": json.dumps(versions, sort_keys=True),
     }
     if encoder == "image":
         meta.update(
