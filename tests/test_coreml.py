@@ -328,6 +328,23 @@ def test_structural_checks_catch_wrong_io(target, tmp_path):
     assert target.structural_checks(tmp_path / "missing.mlpackage", enc)["problems"]
 
 
+@pytest.mark.parametrize(
+    "deployment, spec_version", [("iOS16", 7), ("iOS17", 8), ("iOS18", 9), ("macOS15", 9)]
+)
+def test_minimum_deployment_target_sets_the_spec_version(target, tmp_path, deployment, spec_version):
+    enc = _toy_enc()
+    path = tmp_path / "toy.mlpackage"
+    opts = target.validate("fp16", {"minimum_deployment_target": deployment, "compute_units": "cpu_and_ne"})
+    info = target.export(enc, "fp16", opts, path)
+    assert info.details["minimum_deployment_target"] == deployment
+    assert target.structural_checks(path, enc)["spec_version"] == spec_version
+    meta = ct.models.MLModel(str(path), skip_model_load=True).user_defined_metadata
+    assert (
+        meta["coreml.minimum_deployment_target"] == deployment
+        and meta["coreml.compute_units"] == "cpu_and_ne"
+    )
+
+
 # ------------------------------------------------------------------ enumerated batch sizes
 def test_enumerated_batch_sizes(target, tmp_path):
     enc, _ = _reduced("mobileclip_b", "text")

@@ -91,6 +91,11 @@ class ExecuTorchTarget(Target):
         )
         if batch_norms:
             notes.append(f"{batch_norms} batch_norm op(s) in the graph: reparameterization incomplete")
+        if precision == "fp16" and delegate == "xnnpack":
+            notes.append(
+                "fp16: the XNNPACK serializer (executorch 1.5.1) stores convolution weights in fp32 and "
+                "converts them at load, so conv-heavy encoders shrink less than linear-heavy ones"
+            )
         if delegate == "coreml":
             notes.append(
                 "Core ML delegate: lowered ahead of time; runs only where CoreMLBackend is registered (Apple)"
