@@ -363,6 +363,22 @@ def test_enumerated_batch_sizes(target, tmp_path):
     assert inp["kind"] == "tensor" and inp["enumerated_shapes"] == [[1, 3, 32, 32], [2, 3, 32, 32]]
 
 
+@needs_executor
+def test_fixed_batch_program_runs_in_padded_chunks(target, tmp_path):
+    enc, train = _reduced("mobileclip_s0", "text")
+    path = tmp_path / "text-2.mlpackage"
+    info = target.export(enc, "fp32", target.validate("fp32", {"batch_sizes": "2"}), path)
+    assert info.inputs[0].shape == (2, 77)
+    assert target.structural_checks(path, enc)["inputs"][0]["shape"] == [2, 77]
+    from mobileclip_export.models.tokenizer import tokenize
+
+    x = tokenize(["", "a dog", "a photo of a cat on a chair"], 77).astype(
+        np.int32
+    )  # 3 rows: one chunk padded
+    stats = compare(_reference(train, x), target.load(path, {}).run({"text": x}))
+    assert stats.n_rows == 3 and stats.violations(tolerance_for("coreml", "fp32")) == [], stats
+
+
 # ------------------------------------------------------------------ fp16 overflow guard
 class _Hot(nn.Module):
     """A residual stream beyond fp16's 65504 ahead of a LayerNorm: the classic Core ML fp16 NaN."""

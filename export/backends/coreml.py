@@ -196,7 +196,9 @@ class CoreMLTarget(Target):
             from mobileclip_export.export.backends.coreml_mil import MilExecutorError, find_fp16_overflows
         except ImportError:
             return set(), "fp16 overflow check skipped: the coreml_mil reference executor is not available"
-        feeds = _feeds(plan, enc, enc.example_inputs[0].detach().cpu().numpy())
+        x = enc.example_inputs[0].detach().cpu().numpy()[:1]
+        batch = (opts["batch_sizes"] or (1,))[0]  # the program's default shape
+        feeds = _feeds(plan, enc, np.repeat(x, batch, axis=0))
         keep: set[str] = set()
         for _ in range(_FP16_MAX_ROUNDS):
             try:
@@ -519,40 +521,44 @@ def _op_census(spec: Any) -> tuple[Counter, Counter, int, int]:
 
 # ---------------------------------------------------------------- runners
 class _RowRunner(Runner):
-    """Runs a fixed-batch program one row at a time and stacks the embeddings."""
+    """Runs a fixed-batch program chunk by chunk (padding the last chunk) and stacks the embeddings."""
 
-    def __init__(self, path: Path, input_name: str, is_image: bool, is_text: bool):
-        self.path, self.input_name, self.is_image, self.is_text = path, input_name, is_image, is_text
+    def __init__(self, path: Path):
+        import coremltools as ct
+
+        spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+        f = spec.description.input[0]
+        self.path, self.input_name, self.output_name = path, f.name, spec.description.output[0].name
+        self.is_image = f.type.WhichOneof("Type") == "imageType"
+        array = f.type.multiArrayType
+        self.is_text = not self.is_image and array.dataType == type(array).INT32
+        # ImageType carries one image; a tensor input runs at its default (first enumerated) batch size.
+        self.batch = 1 if self.is_image or not array.shape else int(array.shape[0])
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         x = inputs[self.input_name] if self.input_name in inputs else next(iter(inputs.values()))
-        rows = [self._run_one(x[i : i + 1]) for i in range(x.shape[0])]
+        rows = []
+        for i in range(0, x.shape[0], self.batch):
+            chunk = x[i : i + self.batch]
+            pad = self.batch - chunk.shape[0]
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            rows.append(np.asarray(self._run_chunk(chunk)).reshape(self.batch, -1)[: self.batch - pad])
         return np.concatenate(rows, axis=0).astype(np.float32)
 
-    def _run_one(self, x: np.ndarray) -> np.ndarray:
+    def _run_chunk(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
-
-
-def _describe(path: Path) -> tuple[str, bool, bool, str]:
-    import coremltools as ct
-
-    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
-    f = spec.description.input[0]
-    is_image = f.type.WhichOneof("Type") == "imageType"
-    is_text = not is_image and f.type.multiArrayType.dataType == type(f.type.multiArrayType).INT32
-    return f.name, is_image, is_text, spec.description.output[0].name
 
 
 class _ReferenceRunner(_RowRunner):
     is_deployment_runtime = False
 
     def __init__(self, path: Path, load_program: Any):
-        name, is_image, is_text, self.output_name = _describe(path)
-        super().__init__(path, name, is_image, is_text)
+        super().__init__(path)
         self.program = load_program(path)
         self.label = "coreml_mil reference executor (NumPy), not Apple's runtime"
 
-    def _run_one(self, x: np.ndarray) -> np.ndarray:
+    def _run_chunk(self, x: np.ndarray) -> np.ndarray:
         if self.is_text:
             feed = np.asarray(x, dtype=np.int32)
         else:
@@ -565,16 +571,15 @@ class _MacRunner(_RowRunner):
     def __init__(self, path: Path, compute_units: str):
         import coremltools as ct
 
-        name, is_image, is_text, self.output_name = _describe(path)
-        super().__init__(path, name, is_image, is_text)
+        super().__init__(path)
         self.model = ct.models.MLModel(
             str(path), compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[compute_units])
         )
         self.label = f"Core ML (coremltools {ct.__version__}, compute units {compute_units})"
-        if is_image:
+        if self.is_image:
             self.label += "; image fed as 8-bit RGB"
 
-    def _run_one(self, x: np.ndarray) -> np.ndarray:
+    def _run_chunk(self, x: np.ndarray) -> np.ndarray:
         if self.is_image:
             from PIL import Image
 
