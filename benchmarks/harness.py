@@ -145,16 +145,27 @@ def load_candidate(cand: Candidate) -> Measurement:
     return m
 
 
-def measure(candidates: list[Candidate], runs: int, warmup: int) -> list[Measurement]:
-    """Load every candidate, then warm up and time them round-robin. Order of results = order of input."""
+def measure(
+    candidates: list[Candidate], runs: int, warmup: int, reference_runs: int = 3
+) -> list[Measurement]:
+    """Load every candidate, then warm up and time them round-robin. Order of results = order of input.
+
+    Reference runtimes (emulators, often 100x slower) get no warm-up and only ``min(runs, reference_runs)``
+    timed runs, spread over the first rounds: their latency is listed but never compared, and timing them as
+    often as the deployment runtimes would dominate the wall time.
+    """
     if runs < 1:
         raise ValueError("runs must be >= 1")
     results = [load_candidate(c) for c in candidates]
     live = [m for m in results if m.ok]
+    ref_rounds = min(runs, max(reference_runs, 1))
     for round_index in range(warmup + runs):
         shift = round_index % max(len(live), 1)
+        timed = round_index >= warmup
         for m in live[shift:] + live[:shift]:
             if not m.ok:
+                continue
+            if m.candidate.kind == REFERENCE and (not timed or round_index - warmup >= ref_rounds):
                 continue
             try:
                 t0 = time.perf_counter()
@@ -164,7 +175,7 @@ def measure(candidates: list[Candidate], runs: int, warmup: int) -> list[Measure
                 m.status = f"failed: {type(err).__name__}: {err}"
                 log.warning("%s: %s", m.candidate.key, m.status)
                 continue
-            if round_index >= warmup:
+            if timed:
                 m.samples_ms.append(dt)
     for m in results:
         if m.ok and m.samples_ms:

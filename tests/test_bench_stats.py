@@ -34,3 +34,39 @@ def test_single_sample_and_errors():
         summarize([1.0, float("nan")])
     with pytest.raises(ValueError):
         trimmed_mean([1.0], trim=0.5)
+
+
+def test_harness_round_robin_counts_and_reference_cap():
+    from mobileclip_export.benchmarks import harness as H
+
+    calls: list[str] = []
+
+    def make(name, deployment=True):
+        def load():
+            def run(feeds):
+                calls.append(name)
+                return np.zeros((1, 4), np.float32)
+
+            return run, name, deployment
+
+        return load
+
+    def broken():
+        raise RuntimeError("boom")
+
+    cands = [
+        H.Candidate("a", "image", "fp32", make("a"), {}),
+        H.Candidate("b", "image", "fp32", make("b"), {}),
+        H.Candidate("r", "image", "fp32", make("r", deployment=False), {}),
+        H.Candidate("x", "image", "fp32", broken, {}),
+    ]
+    res = H.measure(cands, runs=5, warmup=2, reference_runs=2)
+    assert [m.status for m in res][:3] == ["ok"] * 3 and res[3].status == "failed: RuntimeError: boom"
+    assert [len(m.samples_ms) for m in res] == [5, 5, 2, 0]
+    assert res[2].candidate.kind == H.REFERENCE
+    assert (
+        calls.count("a") == 1 + 2 + 5 and calls.count("r") == 1 + 2
+    )  # load-time first run + warm-up + timed
+    # round-robin: the first candidate of each round rotates
+    timed_rounds = [c for c in calls[3:] if c != "r"]  # skip the three first runs at load
+    assert timed_rounds[:4] == ["a", "b", "b", "a"]
