@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="CPU threads for every runtime (default: 1)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per candidate (default: 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs per candidate (default: 5)")
+    p.add_argument(
+        "--reference-runs",
+        type=int,
+        default=3,
+        help="timed runs for reference runtimes (emulators; listed, never compared; default: 3)",
+    )
     p.add_argument("--fast", action="store_true", help="short run for CI: --runs 10 --warmup 2")
     p.add_argument("--output-dir", type=Path, default=Path("bench-out"), help="where reports go")
     p.add_argument(
@@ -95,6 +101,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--runs must be >= 1, got {args.runs}")
     if args.warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.reference_runs < 1:
+        raise UsageError(f"--reference-runs must be >= 1, got {args.reference_runs}")
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     if args.fail_on_regression is not None and args.baseline is None:
@@ -380,7 +388,7 @@ def _run(args: argparse.Namespace) -> int:
             candidates.append(_artifact_candidate(rec, bundle.bundle_dir, data[rec["encoder"]], args.threads))
 
     peak_before = matmul_peak_gflops(args.threads)
-    results = H.measure(candidates, runs=args.runs, warmup=args.warmup)
+    results = H.measure(candidates, runs=args.runs, warmup=args.warmup, reference_runs=args.reference_runs)
     peak_after = matmul_peak_gflops(args.threads)
     peak = max(peak_before, peak_after)
 
@@ -471,6 +479,7 @@ def _run(args: argparse.Namespace) -> int:
             "warmup": args.warmup,
             "threads": args.threads,
             "interleaved": True,
+            "reference_runs": min(args.runs, args.reference_runs),
             "peak_matmul_gflops": peak,
             "peak_matmul_gflops_before": peak_before,
             "peak_matmul_gflops_after": peak_after,
