@@ -193,7 +193,11 @@ class CoreMLTarget(Target):
     ) -> tuple[set[str], str]:
         """Find ops whose fp16 values overflow (reference executor), keep them in fp32, convert again."""
         try:
-            from mobileclip_export.export.backends.coreml_mil import MilExecutorError, find_fp16_overflows
+            from mobileclip_export.export.backends.coreml_mil import (
+                FeedError,
+                MilExecutorError,
+                find_fp16_overflows,
+            )
         except ImportError:
             return set(), "fp16 overflow check skipped: the coreml_mil reference executor is not available"
         x = enc.example_inputs[0].detach().cpu().numpy()[:1]
@@ -203,7 +207,7 @@ class CoreMLTarget(Target):
         for _ in range(_FP16_MAX_ROUNDS):
             try:
                 overflowing = find_fp16_overflows(path, feeds)
-            except MilExecutorError as err:  # e.g. an op the reference executor lacks: the export stands
+            except (MilExecutorError, FeedError) as err:  # e.g. an op it lacks: the export stands
                 log.warning("fp16 overflow check could not run: %s", err)
                 return keep, f"fp16 overflow check skipped: the reference executor failed ({err})"
             if not overflowing:
@@ -384,7 +388,9 @@ def _set_metadata(
 ) -> None:
     model.author = "mobileclip-export " + __version__
     model.license = enc.metadata.get(
-        "license", "see the checkpoint's license (MobileCLIP weights: Apple ML research)"
+        "license",
+        "weights: Apple ML Research Model Terms of Use (apple-amlr) unless the checkpoint says otherwise; "
+        "random weights carry no license",
     )
     model.version = enc.metadata.get("version", __version__)
     model.short_description = (
