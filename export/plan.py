@@ -75,7 +75,6 @@ def _split_options(targets: list[Target], options: Mapping[str, Any]) -> dict[st
     """
     per: dict[str, dict[str, Any]] = {t.name: {} for t in targets}
     declared = {t.name: {o.name for o in t.options} for t in targets}
-    every = {o.name: name for name, t in all_targets().items() for o in t.options}
     for key, value in options.items():
         if value is None:
             continue
@@ -93,7 +92,6 @@ def _split_options(targets: list[Target], options: Mapping[str, Any]) -> dict[st
             raise UsageError(f"option {flag} is not supported by the chosen target(s) {chosen}{hint}")
         for name in users:
             per[name][key] = value
-    del every
     return per
 
 
