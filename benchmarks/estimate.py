@@ -137,6 +137,17 @@ class AneModel:
     def predict(self, gmacs: float, matmul_fraction: float, weight_mparams: float) -> float:
         return float(features(gmacs, matmul_fraction, weight_mparams) @ self.coef)
 
+    def matching_anchor(self, gmacs: float, matmul_fraction: float, weight_mparams: float) -> Anchor | None:
+        """The anchor with the same graph facts (GMACs and weights within 2 %, split within 0.05), if any."""
+        for a in self.anchors:
+            if (
+                abs(a.gmacs - gmacs) <= 0.02 * a.gmacs
+                and abs(a.weight_mparams - weight_mparams) <= 0.02 * a.weight_mparams
+                and abs(a.matmul_fraction - matmul_fraction) <= 0.05
+            ):
+                return a
+        return None
+
     def describe(self) -> str:
         terms = ", ".join(f"{n}={c:.4g}" for n, c in zip(FEATURES, self.coef, strict=True))
         return f"t_ms = c . [{', '.join(FEATURES)}] with {terms}"
@@ -173,12 +184,18 @@ def estimate_ane(
     encoder: str, gmacs: float, matmul_fraction: float, weight_mparams: float, model: AneModel | None = None
 ) -> Estimate:
     model = model or AneModel()
+    note = model.loo.summary()
+    own = model.matching_anchor(gmacs, matmul_fraction, weight_mparams)
+    if own is not None:
+        note += (
+            f"; this encoder is anchor {own.name!r}: held-out error {model.loo.errors_pct[own.name]:+.1f}%"
+        )
     return Estimate(
         device="iPhone 12 Pro Max-class Neural Engine (Core ML)",
         encoder=encoder,
         latency_ms=model.predict(gmacs, matmul_fraction, weight_mparams),
         method="ane-linear: " + model.describe(),
-        error_note=model.loo.summary(),
+        error_note=note,
         inputs={"gmacs": gmacs, "matmul_fraction": matmul_fraction, "weight_mparams": weight_mparams},
     )
 

@@ -43,3 +43,11 @@ def test_estimates_are_labelled():
     a = E.estimate_android("text", host_median_ms=10.0, host_peak_gflops=51.2)
     assert a.latency_ms == pytest.approx(10.0 * 51.2 / E.ANDROID_BIG_CORE.peak_gflops_fp32)
     assert "LOO n/a" in a.error_note
+
+
+def test_estimate_for_an_anchor_graph_names_its_own_held_out_error():
+    model = E.AneModel()
+    e = E.estimate_ane("image", 2.385, 0.060, 11.35, model)  # what count_macs reports for our MCi0
+    assert "'MCi0 (S0)'" in e.error_note
+    assert f"{model.loo.errors_pct['MCi0 (S0)']:+.1f}%" in e.error_note
+    assert model.matching_anchor(5.0, 0.5, 50.0) is None
