@@ -233,12 +233,20 @@ class CoreMLTarget(Target):
         if sys.platform == "darwin":
             return _MacRunner(path, opts.get("compute_units") or "all")
         try:
-            from mobileclip_export.export.backends.coreml_mil import load_program
+            from mobileclip_export.export.backends.coreml_mil import MilExecutorError, load_program
         except ImportError as err:
             raise RuntimeUnavailable(
                 f"numeric check needs macOS (Core ML prediction is macOS-only): {err}"
             ) from None
-        return _ReferenceRunner(path, load_program)
+        runner = _ReferenceRunner(path, load_program)
+        try:  # a program the executor cannot run (op or flexible-shape gap) is unverified, not wrong
+            runner.probe()
+        except MilExecutorError as err:
+            raise RuntimeUnavailable(
+                f"the coreml_mil reference executor cannot run this program ({err}); "
+                "numeric check needs macOS"
+            ) from None
+        return runner
 
     # ------------------------------------------------------------ structure
     def structural_checks(self, path: Path, enc: EncoderExport) -> dict[str, Any]:
@@ -540,6 +548,10 @@ class _RowRunner(Runner):
         self.is_text = not self.is_image and array.dataType == type(array).INT32
         # ImageType carries one image; a tensor input runs at its default (first enumerated) batch size.
         self.batch = 1 if self.is_image or not array.shape else int(array.shape[0])
+        if self.is_image:
+            self.sample_shape: tuple[int, ...] = (3, f.type.imageType.height, f.type.imageType.width)
+        else:
+            self.sample_shape = tuple(int(d) for d in array.shape[1:])
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         x = inputs[self.input_name] if self.input_name in inputs else next(iter(inputs.values()))
@@ -563,6 +575,11 @@ class _ReferenceRunner(_RowRunner):
         super().__init__(path)
         self.program = load_program(path)
         self.label = "coreml_mil reference executor (NumPy), not Apple's runtime"
+
+    def probe(self) -> None:
+        """Run once on a neutral input of the default shape (raises the executor's error)."""
+        shape = (self.batch, *self.sample_shape)
+        self._run_chunk(np.zeros(shape, np.int32) if self.is_text else np.full(shape, 0.5, np.float32))
 
     def _run_chunk(self, x: np.ndarray) -> np.ndarray:
         if self.is_text:
