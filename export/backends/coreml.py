@@ -9,6 +9,7 @@ Prediction needs macOS; on Linux the NumPy MIL executor in ``coreml_mil`` stands
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import logging
 import sys
 from collections import Counter
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mobileclip_export import __version__
-from mobileclip_export.errors import ExportFailure, UsageError
+from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError
 from mobileclip_export.export.target import (
     ArtifactInfo,
     EncoderExport,
@@ -601,6 +602,8 @@ class _MacRunner(_RowRunner):
         self.label = f"Core ML (coremltools {ct.__version__}, compute units {compute_units})"
         if self.is_image:
             self.label += "; image fed as 8-bit RGB"
+            if importlib.util.find_spec("PIL") is None:  # coremltools takes ImageType inputs as PIL images
+                raise MissingDependencyError("running a Core ML image model needs Pillow: pip install pillow")
 
     def _run_chunk(self, x: np.ndarray) -> np.ndarray:
         if self.is_image:
