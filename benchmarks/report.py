@@ -326,13 +326,16 @@ def plots(doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
                 hatch="//" if row.get("kind") == "reference" else "",
                 xerr=[[0], [max(p90 - med, 0)]],
                 capsize=2,
-                label=enc if i == 0 else None,
             )
     ax.set_yticks([i + height * (len(encoders) - 1) / 2 for i in range(len(labels))])
     ax.set_yticklabels([f"{t} {p}" for t, p in labels])
-    ax.set_xlabel("median latency, ms (whisker: p90; hatched: reference runtime)")
+    # Log scale: reference runtimes are 100-1000x slower and would flatten every other bar.
+    ax.set_xscale("log")
+    ax.set_xlabel("median latency, ms, log scale (whisker: p90; hatched: reference runtime)")
     ax.set_title(f"{doc['model']['name']} on {doc['device']['cpu']} ({doc['settings']['threads']} thr, host)")
-    ax.legend(title="encoder")
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=f"C{j}", label=enc) for j, enc in enumerate(encoders)], title="encoder")
     fig.tight_layout()
     path = out_dir / "latency.png"
     fig.savefig(path, dpi=110)
@@ -344,19 +347,26 @@ def plots(doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 5))
         for j, enc in enumerate(encoders):
             pts = [r for r in sized if r["encoder"] == enc]
-            ax.scatter(
-                [r["size_mb"] for r in pts], [r["latency"]["median"] for r in pts], color=f"C{j}", label=enc
-            )
-            for r in pts:
+            for ref in (False, True):
+                sel = [r for r in pts if (r.get("kind") == "reference") is ref]
+                ax.scatter(
+                    [r["size_mb"] for r in sel],
+                    [r["latency"]["median"] for r in sel],
+                    edgecolors=f"C{j}",
+                    facecolors="none" if ref else f"C{j}",
+                    label=(f"{enc} (reference runtime)" if ref else enc) if sel else None,
+                )
+            for k, r in enumerate(pts):
                 ax.annotate(
                     f"{r['target']} {r['precision']}",
                     (r["size_mb"], r["latency"]["median"]),
                     fontsize=7,
-                    xytext=(3, 3),
+                    xytext=(4, 4 - 9 * (k % 3)),
                     textcoords="offset points",
                 )
         ax.set_xlabel("size, MB")
-        ax.set_ylabel("median latency, ms (host)")
+        ax.set_yscale("log")
+        ax.set_ylabel("median latency, ms, log scale (host)")
         ax.set_title(f"{doc['model']['name']}: latency vs size")
         ax.legend(title="encoder")
         fig.tight_layout()
