@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reference-runs",
         type=int,
-        default=3,
-        help="timed runs for reference runtimes (emulators; listed, never compared; default: 3)",
+        default=1,
+        help="timed runs for reference runtimes (emulators, often 100x slower; listed, never compared; "
+        "default: 1)",
     )
     p.add_argument("--fast", action="store_true", help="short run for CI: --runs 10 --warmup 2")
     p.add_argument("--output-dir", type=Path, default=Path("bench-out"), help="where reports go")

@@ -150,7 +150,7 @@ def test_bench_end_to_end_and_gate(bundle, tmp_path, capsys):
     assert {"threads": 1} in SEEN_OPTIONS  # the thread count reaches targets that declare a threads option
     ref = rows[("toyref", "text")]
     assert ref["kind"] == "reference" and ref["speedup_vs_reparam"] is None and ref["load_ms"] > 0
-    assert ref["latency"]["n"] == 3  # min(runs, reference_runs): emulators are timed, but briefly
+    assert ref["latency"]["n"] == 1  # --reference-runs default: emulators are timed, but briefly
     assert rows[("toymac", "image")]["status"] == "skipped: needs macOS"
     assert toy["notes"] == [] and "not settable" in ref["notes"][0]  # toyref declares no thread option
     assert len(doc["settings"]["pinned_cores"]) == 1
