@@ -68,7 +68,7 @@ def resolve_targets(targets: str | Sequence[str]) -> tuple[list[Target], bool]:
 
 
 def _split_options(targets: list[Target], options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per-target option dicts. Keys may be flat (``opset``) or nested per target (``{"onnx": {...}}``).
+    """Per-target option dicts. Keys may be flat (``opset``) or nested per target (``{"<target>": {...}}``).
 
     A flat option must be declared by at least one chosen target (with one target: by that target), else
     it is an error naming the option and who supports it; each target receives only what it declares.

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from torch import Tensor, nn
+
 from mobileclip_export.errors import UnknownNameError
 from mobileclip_export.models.blocks.attention import AttentionBlock
 from mobileclip_export.models.blocks.heads import GlobalPool2D, LinearPoolHead
@@ -21,7 +23,6 @@ from mobileclip_export.models.blocks.large_kernel import PatchEmbed
 from mobileclip_export.models.blocks.mobileone import MobileOneBlock
 from mobileclip_export.models.blocks.repcpe import RepCPE
 from mobileclip_export.models.blocks.repmixer import RepMixerBlock
-from torch import Tensor, nn
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from mobileclip_export.errors import UnknownNameError, UsageError
 from torch import Tensor, nn
+
+from mobileclip_export.errors import UnknownNameError, UsageError
 
 
 @dataclass(frozen=True)

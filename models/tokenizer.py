@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import regex  # \p{L}/\p{N} and Unicode \s; the stdlib `re` lacks the classes
+
 from mobileclip_export.errors import UsageError
 
 log = logging.getLogger(__name__)

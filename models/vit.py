@@ -14,9 +14,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import torch
+from torch import Tensor, nn
+
 from mobileclip_export.errors import UnknownNameError, UsageError
 from mobileclip_export.models.text import PositionalEmbedding, TransformerEncoder
-from torch import Tensor, nn
 
 
 class ConvNormAct(nn.Module):

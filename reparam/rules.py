@@ -10,6 +10,8 @@ Inference-form classes have no rules, which makes the pass idempotent.
 from __future__ import annotations
 
 import torch
+from torch import Tensor, nn
+
 from mobileclip_export.models.blocks.attention import MHSA, AttentionBlock, FusedAttentionBlock
 from mobileclip_export.models.blocks.convffn import ConvFFN, FusedConvFFN
 from mobileclip_export.models.blocks.large_kernel import FusedLargeKernelConv, ReparamLargeKernelConv
@@ -23,7 +25,6 @@ from mobileclip_export.models.blocks.repmixer import (
 )
 from mobileclip_export.reparam import fuse
 from mobileclip_export.reparam.registry import register_rule
-from torch import Tensor, nn
 
 
 def _conv_bn_kernel(branch: nn.Sequential, kernel_size: tuple[int, int]) -> tuple[Tensor, Tensor]:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from mobileclip_export.reparam import fuse
 from torch import Tensor, nn
+
+from mobileclip_export.reparam import fuse
 
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 
+from torch import nn
+
 from mobileclip_export.models.vit import ConvAct, ConvNormAct
 from mobileclip_export.reparam.fuse import conv_from, fuse_conv_bn
 from mobileclip_export.reparam.registry import register_rule
-from torch import nn
 
 
 @register_rule(ConvNormAct)

@@ -8,9 +8,10 @@ makes every such term matter before parity is measured.
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from mobileclip_export.errors import VerificationError
 from mobileclip_export.reparam.registry import registered_rules
-from torch import nn
 
 
 def _layer_scale_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from mobileclip_export.errors import VerificationError
 from mobileclip_export.models.blocks.attention import AttentionBlock, FusedAttentionBlock, LayerNorm2d
 from mobileclip_export.models.blocks.convffn import ConvFFN, FusedConvFFN
@@ -29,7 +31,6 @@ from mobileclip_export.reparam.verify import (
     randomize_bn_and_layer_scales,
     train_time_leftovers,
 )
-from torch import nn
 
 COS_MIN = 0.99999
 REL_MAX = 1e-4

@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.nn import functional as F
+
 from mobileclip_export.export.backends._tolerances import tolerance_for
 from mobileclip_export.export.backends.coreml_mil import (
     FeedError,
@@ -34,8 +37,6 @@ from mobileclip_export.export.backends.coreml_mil import (
 )
 from mobileclip_export.export.backends.coreml_mil.ir import Graph, OpNode, VarInfo
 from mobileclip_export.export.parity import compare
-from torch import nn
-from torch.nn import functional as F
 
 ct = pytest.importorskip("coremltools")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from mobileclip_export.errors import UnknownNameError
 from mobileclip_export.models.blocks.attention import AttentionBlock, LayerNorm2d
 from mobileclip_export.models.blocks.large_kernel import ReparamLargeKernelConv
@@ -15,7 +17,6 @@ from mobileclip_export.models.blocks.squeeze_excite import SEBlock, SqueezeExcit
 from mobileclip_export.models.mci import build_mci, mci_names
 from mobileclip_export.reparam import reparameterize_model
 from mobileclip_export.reparam.verify import randomize_bn_and_layer_scales, train_time_leftovers
-from torch import nn
 
 EMBED = {"mci0": 512, "mci1": 512, "mci2": 512, "mci3": 768, "mci4": 768}
 # (reference train-time count, README-published reparameterized count), millions

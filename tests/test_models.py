@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from mobileclip_export.errors import CheckpointError, UnknownNameError, UsageError
 from mobileclip_export.models import MobileCLIP, ModelSpec, create_model, get_model_spec, list_models
 from mobileclip_export.models.spec import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD

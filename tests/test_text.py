@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from mobileclip_export.errors import UnknownNameError, UsageError
 from mobileclip_export.models.text import TextTransformer, build_text_encoder, text_config
 from mobileclip_export.reparam import reparameterize_model

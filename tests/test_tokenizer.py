@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mobileclip_export.errors import UsageError
 from mobileclip_export.models import tokenizer as tk
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import mobileclip_export.models.clip  # noqa: F401,E402  (registers the ViT stem rule, as create_model does)
 import pytest
 import torch
 import torch.nn.functional as F
+
+import mobileclip_export.models.clip  # noqa: F401,E402  (registers the ViT stem rule, as create_model does)
 from mobileclip_export.errors import UnknownNameError
 from mobileclip_export.models.vit import ConvAct, ConvNormAct, build_vit
 from mobileclip_export.reparam import registered_rules, reparameterize_model

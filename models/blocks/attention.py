@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from mobileclip_export.models.blocks.convffn import ConvFFN
 from torch import Tensor, nn
+
+from mobileclip_export.models.blocks.convffn import ConvFFN
 
 
 class LayerNorm2d(nn.LayerNorm):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from mobileclip_export.models.blocks.mobileone import KernelSize, conv_bn, same_padding
 from torch import Tensor, nn
+
+from mobileclip_export.models.blocks.mobileone import KernelSize, conv_bn, same_padding
 
 
 class ConvFFN(nn.Module):

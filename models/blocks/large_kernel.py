@@ -8,9 +8,10 @@ Inference form: ``lkb_reparam`` (Apple ``inference_mode=True`` key).
 
 from __future__ import annotations
 
+from torch import Tensor, nn
+
 from mobileclip_export.models.blocks.mobileone import MobileOneBlock, conv_bn
 from mobileclip_export.models.blocks.squeeze_excite import SqueezeExcite
-from torch import Tensor, nn
 
 
 class ReparamLargeKernelConv(nn.Module):

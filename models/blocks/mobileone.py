@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from mobileclip_export.models.blocks.squeeze_excite import SEBlock
 from torch import Tensor, nn
+
+from mobileclip_export.models.blocks.squeeze_excite import SEBlock
 
 KernelSize = int | tuple[int, int]
 

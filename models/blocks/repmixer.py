@@ -8,9 +8,10 @@ MobileOneBlock and ``mixer`` a depthwise MobileOneBlock (no activation). ``RepMi
 from __future__ import annotations
 
 import torch
+from torch import Tensor, nn
+
 from mobileclip_export.models.blocks.convffn import ConvFFN
 from mobileclip_export.models.blocks.mobileone import KernelSize, MobileOneBlock
-from torch import Tensor, nn
 
 
 class RepMixer(nn.Module):

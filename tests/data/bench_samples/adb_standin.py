@@ -1,7 +1,7 @@
 """Stand-in for the ``adb`` executable, for tests. Copied onto PATH as ``adb``.
 
-Behaves like adb for the subcommands the Android runner uses (devices, -s SERIAL, shell, push, getprop) against a
-fake device described by $FAKE_ADB_STATE/config.json::
+Behaves like adb for the subcommands the Android runner uses (devices, -s SERIAL, shell, push,
+getprop) against a fake device described by $FAKE_ADB_STATE/config.json::
 
     {"devices": [["SERIAL", "device"]], "props": {"ro.product.model": "Pixel 8"},
      "freqs": {"0": 1700000, ..., "8": 3000000}, "outputs": {"benchmark_model": "path/to/sample.txt"}}
