@@ -95,6 +95,8 @@ class Runner(ABC):
     label: str = ""
     #: False when numbers come from a reference/emulating runtime, not the deployment runtime.
     is_deployment_runtime: bool = True
+    #: Cap on verification inputs per encoder, for runtimes too slow to run the full set (None = all).
+    max_verify_inputs: int | None = None
 
     @abstractmethod
     def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray: ...

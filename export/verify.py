@@ -74,6 +74,18 @@ def text_inputs(context_length: int = 77, texts: Sequence[str] = VERIFY_TEXTS) -
     return VerifyInputs("text", ids.astype(np.int32), labels)
 
 
+def spread_subset(n: int, cap: int | None) -> list[int]:
+    """Indices of at most ``cap`` of ``n`` inputs, spread over the list so each kind (random, structured,
+    short/long text) stays represented."""
+    if cap is None or cap >= n:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / max(cap - 1, 1)) for i in range(max(cap, 1))})
+
+
+def subset(inputs: VerifyInputs, keep: Sequence[int]) -> VerifyInputs:
+    return VerifyInputs(inputs.encoder, inputs.data[list(keep)], tuple(inputs.labels[i] for i in keep))
+
+
 @torch.no_grad()
 def torch_outputs(module: nn.Module, inputs: VerifyInputs) -> np.ndarray:
     """One batched forward: 3-5x faster than row by row on CPU for the train-time graphs; eval-mode
