@@ -104,14 +104,18 @@ def _census(model: Any) -> dict[str, int]:
 class OnnxRunner(Runner):
     is_deployment_runtime = True
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, num_threads: int | None = None) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if num_threads:  # 0/None lets onnxruntime use every core
+            opts.intra_op_num_threads = num_threads
+            opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.label = f"onnxruntime {ort.__version__} (CPUExecutionProvider)"
+        threads = f", {num_threads} intra-op threads" if num_threads else ""
+        self.label = f"onnxruntime {ort.__version__} (CPUExecutionProvider{threads})"
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         feeds = {k: np.ascontiguousarray(v) for k, v in inputs.items() if k in self.input_names}
@@ -142,6 +146,7 @@ class OnnxTarget(Target):
             None,
             bool,
         ),
+        OptionSpec("num_threads", "onnxruntime CPU threads when run here", None, None, int),
     )
 
     def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -243,7 +248,7 @@ class OnnxTarget(Target):
             raise RuntimeUnavailable(
                 f"onnxruntime is not installed ({', '.join(self.missing_dependencies())})"
             )
-        return OnnxRunner(Path(path))
+        return OnnxRunner(Path(path), options.get("num_threads"))
 
     def structural_checks(self, path: Path, enc: EncoderExport) -> dict[str, Any]:
         import onnx
