@@ -26,6 +26,8 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("executorch", "fp16"): FP16,
     ("tflite", "fp32"): FP32,
     ("tflite", "fp16"): FP16,
+    # Dynamic-range int8 weights: measured cosine 0.9998-0.99993 on reduced S0; retrieval tolerates 0.995.
+    ("tflite", "int8"): Tolerance(min_cosine=0.995, max_abs_rel=1e-1, min_psnr_db=25.0),
     ("coreml", "fp32"): FP32,
     ("coreml", "fp16"): FP16,
     ("coreai", "fp32"): FP32,
