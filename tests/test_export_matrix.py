@@ -1,8 +1,8 @@
 """Every registered target x both encoders through export_model, with verification in each runtime.
 
-Default run: the toy encoders (seconds per target) so a backend/pipeline contract break shows up in every
-test run; ``-m slow``: reduced real models of each architecture family (MCi+MCt, MCi+base text, ViT+causal
-text, MCi with CLIP mean/std + base-768 text, ViT-MCi stem).
+The toy encoders (seconds per target) catch a backend/pipeline contract break; the reduced real models of each
+architecture family (MCi+MCt, MCi+base text, ViT+causal text, 5-stage MCi with CLIP mean/std + base-768 text,
+ViT-MCi stem) are exported in fp32 and must match the train-time model to cosine >= 0.99999 in each runtime.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ TARGETS = list(all_targets())
 FAMILIES = ["mobileclip_s0", "mobileclip_s2", "mobileclip_b", "mobileclip2_s4", "mobileclip2_b"]
 
 
-def _check(res, target: str) -> None:
+def _check(res, target: str, min_cosine: float = 0.999) -> None:
     assert [a.encoder for a in res.artifacts] == ["image", "text"]
     for a in res.artifacts:
         assert a.status in ("verified", "unverified"), f"{target} {a.encoder}: {a.error}"
@@ -28,7 +28,7 @@ def _check(res, target: str) -> None:
             assert a.parity["status"].startswith("skipped: "), a.parity
             assert a.details["structural_checks"].get("problems", []) == []
         else:
-            assert a.parity["status"] == "passed" and a.parity["cosine"] >= 0.999, a.parity
+            assert a.parity["status"] == "passed" and a.parity["cosine"] >= min_cosine, a.parity
             assert a.parity["max_abs_diff"] <= 0.05 * a.parity["ref_max_abs"], a.parity
         assert path_sha256(res.bundle_dir / a.path) == a.sha256
     manifest = json.loads(res.manifest_path.read_text())
@@ -42,9 +42,10 @@ def test_target_with_toy_encoders(tmp_path, monkeypatch, target) -> None:
     _check(res, target)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("model", FAMILIES)
 def test_target_with_reduced_family(tmp_path, model, target) -> None:
-    res = export_model(model, target, output_dir=tmp_path, reduced=True)
-    _check(res, target)
+    res = export_model(model, target, output_dir=tmp_path, reduced=True, precision="fp32")
+    _check(res, target, min_cosine=0.99999)
+    # every runtime here runs them (Core ML through the NumPy executor): numbers, not skips
+    assert [a.status for a in res.artifacts] == ["verified", "verified"], [a.parity for a in res.artifacts]
