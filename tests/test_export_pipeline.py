@@ -157,7 +157,7 @@ def test_reparam_parity_failure_raises_with_numbers(tmp_path, toy, monkeypatch) 
 
 def test_options_routing() -> None:
     p = plan.plan_export("onnx", "both", None, {"opset": 19, "dynamic_batch": True})
-    assert p.targets[0].options == {"opset": 19, "dynamic_batch": True}
+    assert p.targets[0].options == {"opset": 19, "dynamic_batch": True, "num_threads": None}
     p = plan.plan_export(["onnx"], "image", None, {"onnx": {"opset": 20}})
     assert p.targets[0].options["opset"] == 20 and p.encoders == ("image",)
     with pytest.raises(UsageError, match="--no-such-option"):
