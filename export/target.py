@@ -12,12 +12,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mobileclip_export.errors import MissingDependencyError, UsageError
+
+if TYPE_CHECKING:  # keep `--help` and target listing free of torch/numpy imports
+    import numpy as np
+    from torch import nn
 
 
 @dataclass(frozen=True)
