@@ -84,6 +84,16 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 class BundleWriter:
     """Builds one bundle in a temp dir and commits it into ``output_dir/model``."""
 
@@ -101,8 +111,25 @@ class BundleWriter:
                 f"or choose another --output-dir"
             )
 
+    def sweep_stale(self) -> list[Path]:
+        """Remove staging dirs left by killed exports (SIGKILL, power loss): their PID tag names a dead one.
+
+        A live PID (another export running now, or a reused PID) keeps its dir: never delete work in progress.
+        """
+        removed = []
+        for d in self.output_dir.glob(f".{self.model}.partial-*"):
+            pid_text = d.name[len(f".{self.model}.partial-") :].split("-", 1)[0]
+            if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+                continue
+            remove_path(d)
+            removed.append(d)
+            log.info("removed %s, left by an interrupted export (process %s is gone)", d, pid_text)
+        return removed
+
     def open(self) -> Path:
-        self.tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.model}.partial-", dir=self.output_dir))
+        self.sweep_stale()
+        prefix = f".{self.model}.partial-{os.getpid()}-"
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=self.output_dir))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(self.tmp_dir, 0o777 & ~umask)  # mkdtemp makes it 0700; the bundle should look like any dir

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +301,24 @@ def _fake_onnx_export(self, enc, precision, options, path):
     model.metadata_props.add(key="model", value=enc.model_name)
     onnx.save(model, str(path))
     return ArtifactInfo(Path(path), enc.inputs, enc.outputs)
+
+
+def test_stale_staging_dirs_of_killed_exports_are_swept(tmp_path) -> None:
+    """A SIGKILLed export leaves `.{model}.partial-{pid}-*`; the next export removes it, never a live one."""
+    import subprocess
+    import sys
+
+    from mobileclip_export.export.bundle import BundleWriter
+
+    code = "import os; print(os.getpid())"
+    dead = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    stale = tmp_path / f".mobileclip_s0.partial-{dead.stdout.strip()}-abc"
+    live = tmp_path / f".mobileclip_s0.partial-{os.getpid()}-def"
+    other = tmp_path / ".mobileclip_s1.partial-1-ghi"
+    for d in (stale, live, other):
+        (d / "onnx").mkdir(parents=True)
+    writer = BundleWriter(tmp_path, "mobileclip_s0", force=False)
+    tmp = writer.open()
+    assert not stale.exists() and live.exists() and other.exists()
+    assert tmp.name.startswith(f".mobileclip_s0.partial-{os.getpid()}-")
+    writer.abort()
