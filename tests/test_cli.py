@@ -32,6 +32,11 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def run_s0(capsys, output_dir, *argv: str) -> tuple[int, str, str]:
+    """``run`` with ``--model mobileclip_s0 ... --output-dir output_dir``."""
+    return run(capsys, "--model", "mobileclip_s0", *argv, "--output-dir", str(output_dir))
+
+
 def test_help_does_not_import_converters() -> None:
     code = (
         "import sys\n"
@@ -81,50 +86,20 @@ def test_unknown_flag_suggests(capsys) -> None:
 
 
 def test_unknown_encoder(capsys, tmp_path) -> None:
-    code, _, err = run(
-        capsys,
-        "--model",
-        "mobileclip_s0",
-        "--target",
-        "onnx",
-        "--encoder",
-        "audio",
-        "--output-dir",
-        str(tmp_path),
-    )
+    code, _, err = run_s0(capsys, tmp_path, "--target", "onnx", "--encoder", "audio")
     assert code == 2 and "unknown encoder 'audio'" in err and "both" in err
 
 
 @pytest.mark.skipif("coreml" not in all_targets(), reason="coreml backend not present")
 def test_option_not_supported_by_chosen_target(capsys, tmp_path) -> None:
-    code, _, err = run(
-        capsys,
-        "--model",
-        "mobileclip_s0",
-        "--target",
-        "coreml",
-        "--opset",
-        "18",
-        "--output-dir",
-        str(tmp_path),
-    )
+    code, _, err = run_s0(capsys, tmp_path, "--target", "coreml", "--opset", "18")
     assert code == 2
     assert "--opset" in err and "coreml" in err and "belongs to: onnx" in err
     assert not (tmp_path / "mobileclip_s0").exists()
 
 
 def test_unsupported_precision(capsys, tmp_path) -> None:
-    code, _, err = run(
-        capsys,
-        "--model",
-        "mobileclip_s0",
-        "--target",
-        "onnx",
-        "--precision",
-        "int3",
-        "--output-dir",
-        str(tmp_path),
-    )
+    code, _, err = run_s0(capsys, tmp_path, "--target", "onnx", "--precision", "int3")
     assert code == 2 and "precision 'int3'" in err and "fp32" in err
 
 
@@ -157,17 +132,7 @@ def test_unwritable_output_dir(capsys, tmp_path) -> None:
 
 
 def test_missing_checkpoint_file(capsys, tmp_path) -> None:
-    code, _, err = run(
-        capsys,
-        "--model",
-        "mobileclip_s0",
-        "--target",
-        "onnx",
-        "--checkpoint",
-        str(tmp_path / "nope.pt"),
-        "--output-dir",
-        str(tmp_path),
-    )
+    code, _, err = run_s0(capsys, tmp_path, "--target", "onnx", "--checkpoint", str(tmp_path / "nope.pt"))
     assert code == 2 and "nope.pt" in err
 
 
@@ -180,17 +145,8 @@ def test_checkpoint_of_another_variant(capsys, tmp_path) -> None:
     other = create_model("mobileclip_b", reduced=True)
     ckpt = tmp_path / "b.pt"
     torch.save(other.state_dict(), ckpt)
-    code, _, err = run(
-        capsys,
-        "--model",
-        "mobileclip_s0",
-        "--reduced",
-        "--target",
-        "onnx",
-        "--checkpoint",
-        str(ckpt),
-        "--output-dir",
-        str(tmp_path / "out"),
+    code, _, err = run_s0(
+        capsys, tmp_path / "out", "--reduced", "--target", "onnx", "--checkpoint", str(ckpt)
     )
     assert code == 2, err
     assert "checkpoint" in err.lower()
@@ -261,18 +217,7 @@ def test_verification_failure_exits_1_with_numbers(capsys, tmp_path, monkeypatch
         return runner
 
     monkeypatch.setattr(OnnxTarget, "load", bad_load)
-    code, out, err = run(
-        capsys,
-        "--model",
-        "mobileclip_s0",
-        "--target",
-        "onnx",
-        "--output-dir",
-        str(tmp_path),
-        "--encoder",
-        "image",
-        "--json",
-    )
+    code, out, err = run_s0(capsys, tmp_path, "--target", "onnx", "--encoder", "image", "--json")
     assert code == 1
     assert "FAILED onnx image fp32" in err and "max|diff|" in err
     art = json.loads(out)["artifacts"][0]
