@@ -110,25 +110,16 @@ def bundle(tmp_path, monkeypatch):
     return tmp_path / "exports"
 
 
+def _bench(bundle, out, runs: int, warmup: int, *extra: str) -> int:
+    """``main`` on mobileclip_s0 over ``bundle``, writing to ``out``."""
+    argv = ["--model", "mobileclip_s0", "--bundle-dir", str(bundle), "--output-dir", str(out)]
+    return main([*argv, "--runs", str(runs), "--warmup", str(warmup), *extra])
+
+
 def test_bench_end_to_end_and_gate(bundle, tmp_path, capsys):
     out = tmp_path / "bench"
     SEEN_OPTIONS.clear()
-    code = main(
-        [
-            "--model",
-            "mobileclip_s0",
-            "--bundle-dir",
-            str(bundle),
-            "--runs",
-            "3",
-            "--warmup",
-            "1",
-            "--output-dir",
-            str(out),
-            "--threads",
-            "1",
-        ]
-    )
+    code = _bench(bundle, out, 3, 1, "--threads", "1")
     printed = capsys.readouterr().out
     assert code == 0
     doc = json.loads((out / "report.json").read_text())
@@ -169,29 +160,21 @@ def test_bench_end_to_end_and_gate(bundle, tmp_path, capsys):
             if rec["metric"] == "median_inference_latency(ms)":
                 rec["actualValue"] *= factor
         (tmp_path / "base.json").write_text(json.dumps(base))
-        code = main(
-            [
-                "--model",
-                "mobileclip_s0",
-                "--bundle-dir",
-                str(bundle),
-                "--runs",
-                "2",
-                "--warmup",
-                "0",
-                "--output-dir",
-                str(tmp_path / f"b{factor}"),
-                "--no-plots",
-                "--no-estimates",
-                "--target",
-                "toy",
-                "--encoder",
-                "image",
-                "--baseline",
-                str(tmp_path / "base.json"),
-                "--fail-on-regression",
-                "10",
-            ]
+        code = _bench(
+            bundle,
+            tmp_path / f"b{factor}",
+            2,
+            0,
+            "--no-plots",
+            "--no-estimates",
+            "--target",
+            "toy",
+            "--encoder",
+            "image",
+            "--baseline",
+            str(tmp_path / "base.json"),
+            "--fail-on-regression",
+            "10",
         )
         text = capsys.readouterr().out
         assert code == expected, text
