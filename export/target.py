@@ -119,6 +119,7 @@ class Target(ABC):
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     default_precision: ClassVar[str] = "fp32"
     options: ClassVar[tuple[OptionSpec, ...]] = ()
+    version_dists: ClassVar[tuple[str, ...]] = ()  # distributions whose versions go into the manifest
 
     # ---- dependency and option checks (cheap, no heavy imports) ----
     def missing_dependencies(self) -> list[str]:
@@ -175,5 +176,13 @@ class Target(ABC):
         return {}
 
     def versions(self) -> dict[str, str]:
-        """Converter/runtime package versions for the manifest."""
-        return {}
+        """Converter/runtime versions for the manifest: installed ``version_dists``, missing ones skipped."""
+        import importlib.metadata
+
+        out = {}
+        for dist in self.version_dists:
+            try:
+                out[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                pass
+        return out

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import importlib.metadata
 import logging
 import threading
 from collections.abc import Coroutine, Mapping, Sequence
@@ -346,6 +345,7 @@ class CoreAITarget(Target):
     extension = ".aimodel"
     extra = "coreai"
     requires = ("coreai", "coreai_torch")
+    version_dists = ("coreai-core", "coreai-torch")
     precisions = ("fp16", "fp32")
     default_precision = "fp16"
     options = (
@@ -464,15 +464,6 @@ class CoreAITarget(Target):
             "metadata": dict(asset.metadata.creator_defined_metadata),
             "problems": problems,
         }
-
-    def versions(self) -> dict[str, str]:
-        out = {}
-        for dist in ("coreai-core", "coreai-torch"):
-            try:
-                out[dist] = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                pass
-        return out
 
     # ---- helpers ----
     def _check(self, enc: EncoderExport, precision: str) -> None:

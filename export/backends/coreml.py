@@ -8,7 +8,6 @@ Prediction needs macOS; on Linux the NumPy MIL executor in ``coreml_mil`` stands
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import logging
 import sys
@@ -76,6 +75,7 @@ class CoreMLTarget(Target):
     extension = ".mlpackage"
     extra = "coreml"
     requires = ("coremltools",)
+    version_dists = ("coremltools", "torch")
     precisions = ("fp16", "fp32")
     default_precision = "fp16"
     options = (
@@ -98,15 +98,6 @@ class CoreMLTarget(Target):
         if opts.get("batch_sizes") is not None:
             opts["batch_sizes"] = parse_batch_sizes(opts["batch_sizes"])
         return super().validate(precision, opts)
-
-    def versions(self) -> dict[str, str]:
-        out = {}
-        for dist in ("coremltools", "torch"):
-            try:
-                out[dist] = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                pass
-        return out
 
     # ---------------------------------------------------------------- export
     def export(

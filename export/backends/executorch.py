@@ -8,7 +8,6 @@ fell back to portable kernels.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -45,6 +44,7 @@ class ExecuTorchTarget(Target):
     extension = ".pte"
     extra = "executorch"
     requires = ("executorch",)
+    version_dists = ("executorch", "torch", "coremltools")
     precisions = ("fp32", "fp16")
     default_precision = "fp32"
     options = (OptionSpec("delegate", "backend the graph is lowered to", "xnnpack", DELEGATES),)
@@ -57,15 +57,6 @@ class ExecuTorchTarget(Target):
                 "(use --delegate xnnpack or coreml for fp16)"
             )
         return opts
-
-    def versions(self) -> dict[str, str]:
-        out = {}
-        for dist in ("executorch", "torch", "coremltools"):
-            try:
-                out[dist] = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                pass
-        return out
 
     # ---------------------------------------------------------------- export
     def export(

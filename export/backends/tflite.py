@@ -237,6 +237,7 @@ class TFLiteTarget(Target):
     extension = ".tflite"
     extra = "tflite"
     requires = ("litert_torch", "ai_edge_litert")
+    version_dists = ("litert-torch", "ai-edge-litert", "ai-edge-quantizer")
     precisions = ("fp32", "fp16", "int8")
     default_precision = "fp32"
     options = (
@@ -356,9 +357,6 @@ class TFLiteTarget(Target):
             "metadata": metadata,
             "problems": problems,
         }
-
-    def versions(self) -> dict[str, str]:
-        return {d: v for d in ("litert-torch", "ai-edge-litert", "ai-edge-quantizer") if (v := _version(d))}
 
 
 TARGET = TFLiteTarget
