@@ -4,16 +4,23 @@
 random_init/seed/checkpoint_sha256) with the shapes of a real variant: a conv (+ optional BatchNorm) +
 attention image tower with internal mean/std, and a causal text tower with argmax (EOT) pooling over
 int32 ids. ``use_toy_models(monkeypatch)`` swaps it into ``export_model``.
+
+The deploy-form toys at the end (folded BN, depthwise, SE, attention; pre-norm text, causal or full mask,
+plus seeded inputs) drive the backend tests directly, without the pipeline.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from mobileclip_export.export.target import EncoderExport
 
 
 class ToyImageEncoder(nn.Module):
@@ -53,14 +60,35 @@ class _ToyAttnPool(nn.Module):
 
 
 class ToyTextEncoder(nn.Module):
-    def __init__(self, dim: int, embed_dim: int, context_length: int = 77, vocab: int = 49408) -> None:
+    """Embedding + positions, one transformer layer, LayerNorm, EOT (argmax) pooling, projection.
+
+    Defaults are the pipeline toy; the keywords give the backend toy (``deploy_toy_text``).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        embed_dim: int,
+        context_length: int = 77,
+        vocab: int = 49408,
+        *,
+        causal: bool = True,
+        norm_first: bool = False,
+        activation: str = "relu",
+        pos_scale: float = 0.02,
+        proj_scale: float | None = None,  # None: 1/sqrt(dim)
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
-        self.pos = nn.Parameter(torch.randn(1, context_length, dim) * 0.02)
-        self.layer = nn.TransformerEncoderLayer(dim, 2, dim * 2, batch_first=True, dropout=0.0)
+        self.pos = nn.Parameter(torch.randn(1, context_length, dim) * pos_scale)
+        self.layer = nn.TransformerEncoderLayer(
+            dim, 2, dim * 2, 0.0, activation, batch_first=True, norm_first=norm_first
+        )
         self.ln = nn.LayerNorm(dim)
-        self.proj = nn.Parameter(torch.randn(dim, embed_dim) / math.sqrt(dim))
-        mask = torch.full((context_length, context_length), float("-inf")).triu(1)
+        scale = 1 / math.sqrt(dim) if proj_scale is None else proj_scale
+        self.proj = nn.Parameter(torch.randn(dim, embed_dim) * scale)
+        n = context_length
+        mask = torch.full((n, n), float("-inf")).triu(1) if causal else torch.zeros(n, n)
         self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -122,3 +150,128 @@ def use_toy_models(
     monkeypatch.setattr(api, "_create_model", create)
     if identity_reparam:
         monkeypatch.setattr(api, "_reparameterize", lambda m: m)
+
+
+# ---------------------------------------------------------------- deploy-form toys for backend tests
+
+TOY_EMBED = 16
+TOY_VOCAB = 500
+
+
+class _ToySE(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.reduce, self.expand = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.avg_pool2d(x, kernel_size=[x.shape[2], x.shape[3]])  # MobileCLIP's SE global pool
+        return x * torch.sigmoid(self.expand(F.relu(self.reduce(y))))
+
+
+class DeployToyImage(nn.Module):
+    """conv+BN (folded) -> depthwise -> SE -> attention -> mean pool -> projection; input RGB [0,1]."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.48, 0.46, 0.41]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.27, 0.26, 0.28]).view(1, 3, 1, 1), persistent=False)
+        stem, bn = nn.Conv2d(3, dim, 8, 8), nn.BatchNorm2d(dim)
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 1.5)
+        bn.weight.data.uniform_(0.5, 1.5)
+        self.stem = torch.nn.utils.fusion.fuse_conv_bn_eval(stem.eval(), bn.eval())
+        self.dw = nn.Conv2d(dim, dim, 7, 2, 3, groups=dim)
+        self.se = _ToySE(dim)
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.proj = nn.Parameter(torch.randn(dim, TOY_EMBED) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.se(F.gelu(self.dw(F.gelu(self.stem((x - self.mean) / self.std)))))
+        t = x.flatten(2).transpose(1, 2)
+        n = self.norm(t)
+        t = t + self.attn(n, n, n, need_weights=False)[0]
+        return t.mean(1) @ self.proj
+
+
+def deploy_toy_text(causal: bool, dim: int = 16, length: int = 77) -> ToyTextEncoder:
+    """Pre-norm GELU text toy (vocab ``TOY_VOCAB``), causal or full attention mask."""
+    return ToyTextEncoder(
+        dim,
+        TOY_EMBED,
+        length,
+        TOY_VOCAB,
+        causal=causal,
+        norm_first=True,
+        activation="gelu",
+        pos_scale=0.1,
+        proj_scale=0.3,
+    )
+
+
+def toy_image_input(seed: int = 0, n: int = 1, size: int = 256) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def toy_ids(seed: int = 0, n: int = 1, vocab: int = TOY_VOCAB) -> torch.Tensor:
+    """int32 ids, longer per row: SOT, random tokens, EOT (the largest id, found by argmax)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(n, 77, dtype=torch.int32)
+    for row in range(n):
+        k = 3 + row * 4
+        ids[row, 0] = vocab - 2
+        ids[row, 1 : k + 1] = torch.randint(1, vocab - 3, (k,), generator=g, dtype=torch.int32)
+        ids[row, k + 1] = vocab - 1
+    return ids
+
+
+# ---------------------------------------------------------------- real reduced encoders for backend tests
+
+
+def reduced_encoder_export(model_name: str, encoder: str) -> tuple[EncoderExport, nn.Module]:
+    """(EncoderExport of the reparameterized reduced encoder, the train-time encoder as reference).
+
+    Seed 0 with randomized BN statistics and layer scales, so a missed or wrong fold changes outputs. Callers
+    cache it per test module (``functools.cache``) so no artifact test sees another module's mutations.
+    """
+    import json
+
+    import numpy as np
+
+    from mobileclip_export.export.target import EncoderExport, TensorSpec
+    from mobileclip_export.models import create_model, get_model_spec
+    from mobileclip_export.models.tokenizer import tokenize, tokenizer_config
+    from mobileclip_export.reparam import reparameterize_model
+    from mobileclip_export.reparam.verify import randomize_bn_and_layer_scales
+
+    train = create_model(model_name, seed=0, reduced=True)
+    randomize_bn_and_layer_scales(train, 0)
+    train.eval()
+    inf = reparameterize_model(train).eval()
+    spec = get_model_spec(model_name)
+    meta = {"model": model_name, "encoder": encoder, "embed_dim": str(spec.embed_dim), "logit_scale": "100"}
+    embed = (TensorSpec("embedding", (1, spec.embed_dim), "float32"),)
+    if encoder == "image":
+        s = spec.image_size
+        meta["preprocessing"] = json.dumps(spec.preprocessing.to_dict(), sort_keys=True)
+        x = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
+        enc = EncoderExport(
+            model_name,
+            "image",
+            inf.image_encoder,
+            (x,),
+            (TensorSpec("image", (1, 3, s, s), "float32"),),
+            embed,
+            meta,
+            s,
+            tuple(spec.preprocessing.mean),
+            tuple(spec.preprocessing.std),
+            inf.image_encoder.model,
+        )
+        return enc, train.image_encoder
+    meta["tokenizer"] = json.dumps(tokenizer_config(), sort_keys=True, default=str)
+    ids = torch.from_numpy(tokenize(["a photo of a cat"], spec.context_length).astype(np.int32))
+    enc = EncoderExport(
+        model_name, "text", inf.text_encoder, (ids,), (TensorSpec("text", (1, 77), "int32"),), embed, meta
+    )
+    return enc, train.text_encoder

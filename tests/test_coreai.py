@@ -23,84 +23,12 @@ from mobileclip_export.export.backends._tolerances import tolerance_for  # noqa:
 from mobileclip_export.export.parity import compare  # noqa: E402
 from mobileclip_export.export.registry import get_target  # noqa: E402
 from mobileclip_export.export.target import EncoderExport, TensorSpec  # noqa: E402
+from mobileclip_export.export.testing import TOY_EMBED as EMBED  # noqa: E402
+from mobileclip_export.export.testing import DeployToyImage, deploy_toy_text  # noqa: E402
+from mobileclip_export.export.testing import toy_ids as _ids  # noqa: E402
+from mobileclip_export.export.testing import toy_image_input as _image_input  # noqa: E402
 
 TARGET = backend.CoreAITarget()
-EMBED = 16
-
-
-# ---------------------------------------------------------------- toy encoders (deploy form, seeded)
-
-
-class _SE(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.reduce, self.expand = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.avg_pool2d(x, kernel_size=[x.shape[2], x.shape[3]])  # MobileCLIP's SE global pool
-        return x * torch.sigmoid(self.expand(F.relu(self.reduce(y))))
-
-
-class ToyImage(nn.Module):
-    """conv+BN (folded) -> depthwise -> SE -> attention -> mean pool -> projection; input RGB [0,1]."""
-
-    def __init__(self, dim: int = 16):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor([0.48, 0.46, 0.41]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.27, 0.26, 0.28]).view(1, 3, 1, 1), persistent=False)
-        stem, bn = nn.Conv2d(3, dim, 8, 8), nn.BatchNorm2d(dim)
-        (
-            bn.running_mean.uniform_(-0.2, 0.2),
-            bn.running_var.uniform_(0.5, 1.5),
-            bn.weight.data.uniform_(0.5, 1.5),
-        )
-        self.stem = torch.nn.utils.fusion.fuse_conv_bn_eval(stem.eval(), bn.eval())
-        self.dw = nn.Conv2d(dim, dim, 7, 2, 3, groups=dim)
-        self.se = _SE(dim)
-        self.norm = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
-        self.proj = nn.Parameter(torch.randn(dim, EMBED) * 0.3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.se(F.gelu(self.dw(F.gelu(self.stem((x - self.mean) / self.std)))))
-        t = x.flatten(2).transpose(1, 2)
-        n = self.norm(t)
-        t = t + self.attn(n, n, n, need_weights=False)[0]
-        return t.mean(1) @ self.proj
-
-
-class ToyText(nn.Module):
-    """Token embedding + positional embedding, pre-norm transformer, EOT (argmax) pooling, projection."""
-
-    def __init__(self, causal: bool, vocab: int = 500, dim: int = 16, length: int = 77):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
-        self.pos = nn.Parameter(torch.randn(length, dim) * 0.1)
-        self.block = nn.TransformerEncoderLayer(dim, 2, 32, 0.0, "gelu", batch_first=True, norm_first=True)
-        self.norm = nn.LayerNorm(dim)
-        self.proj = nn.Parameter(torch.randn(dim, EMBED) * 0.3)
-        mask = torch.full((length, length), float("-inf")).triu(1) if causal else torch.zeros(length, length)
-        self.register_buffer("mask", mask, persistent=False)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.block(self.embed(ids) + self.pos, src_mask=self.mask)
-        x = self.norm(x)
-        return x[torch.arange(x.shape[0]), ids.argmax(-1)] @ self.proj
-
-
-def _image_input(seed: int = 0, n: int = 1) -> torch.Tensor:
-    return torch.rand(n, 3, 256, 256, generator=torch.Generator().manual_seed(seed))
-
-
-def _ids(seed: int = 0, n: int = 1, vocab: int = 500) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(n, 77, dtype=torch.int32)
-    for row in range(n):
-        k = 3 + row * 4
-        ids[row, 0] = vocab - 2
-        ids[row, 1 : k + 1] = torch.randint(1, vocab - 3, (k,), generator=g, dtype=torch.int32)
-        ids[row, k + 1] = vocab - 1  # EOT: the largest id, found by argmax
-    return ids
 
 
 def toy_export(kind: str) -> EncoderExport:
@@ -111,14 +39,14 @@ def toy_export(kind: str) -> EncoderExport:
         return EncoderExport(
             "toy",
             "image",
-            ToyImage().eval(),
+            DeployToyImage().eval(),
             (_image_input(),),
             ins,
             embed,
             {"model": "toy", "encoder": "image", "embed_dim": str(EMBED)},
             image_size=256,
         )
-    module = ToyText(causal=kind == "text_causal").eval()
+    module = deploy_toy_text(causal=kind == "text_causal").eval()
     ins = (TensorSpec("text", (1, 77), "int32", "token ids"),)
     return EncoderExport(
         "toy",

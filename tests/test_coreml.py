@@ -19,6 +19,7 @@ from mobileclip_export.export.backends._tolerances import tolerance_for
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.registry import get_target
 from mobileclip_export.export.target import EncoderExport, RuntimeUnavailable, TensorSpec
+from mobileclip_export.export.testing import reduced_encoder_export
 
 ct = pytest.importorskip("coremltools")
 
@@ -39,45 +40,8 @@ def target():
     return get_target("coreml")
 
 
-@cache
-def _reduced(model_name: str, encoder: str) -> tuple[EncoderExport, nn.Module]:
-    """(EncoderExport of the reparameterized reduced encoder, the train-time encoder as reference)."""
-    from mobileclip_export.models import create_model, get_model_spec
-    from mobileclip_export.models.tokenizer import tokenize, tokenizer_config
-    from mobileclip_export.reparam import reparameterize_model
-    from mobileclip_export.reparam.verify import randomize_bn_and_layer_scales
-
-    train = create_model(model_name, seed=0, reduced=True)
-    randomize_bn_and_layer_scales(train, 0)
-    train.eval()
-    inf = reparameterize_model(train).eval()
-    spec = get_model_spec(model_name)
-    meta = {"model": model_name, "encoder": encoder, "embed_dim": str(spec.embed_dim), "logit_scale": "100"}
-    embed = (TensorSpec("embedding", (1, spec.embed_dim), "float32"),)
-    if encoder == "image":
-        s = spec.image_size
-        meta["preprocessing"] = json.dumps(spec.preprocessing.to_dict(), sort_keys=True)
-        x = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
-        enc = EncoderExport(
-            model_name,
-            "image",
-            inf.image_encoder,
-            (x,),
-            (TensorSpec("image", (1, 3, s, s), "float32"),),
-            embed,
-            meta,
-            s,
-            tuple(spec.preprocessing.mean),
-            tuple(spec.preprocessing.std),
-            inf.image_encoder.model,
-        )
-        return enc, train.image_encoder
-    meta["tokenizer"] = json.dumps(tokenizer_config(), sort_keys=True, default=str)
-    ids = torch.from_numpy(tokenize(["a photo of a cat"], spec.context_length).astype(np.int32))
-    enc = EncoderExport(
-        model_name, "text", inf.text_encoder, (ids,), (TensorSpec("text", (1, 77), "int32"),), embed, meta
-    )
-    return enc, train.text_encoder
+# per-module cache: encoders are shared by this module's tests only
+_reduced = cache(reduced_encoder_export)
 
 
 def _verify_inputs(enc: EncoderExport) -> np.ndarray:

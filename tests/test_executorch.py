@@ -16,6 +16,7 @@ from mobileclip_export.export.backends._tolerances import tolerance_for
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.registry import get_target
 from mobileclip_export.export.target import EncoderExport, RuntimeUnavailable, TensorSpec
+from mobileclip_export.export.testing import reduced_encoder_export
 
 pytest.importorskip("executorch")
 
@@ -25,33 +26,8 @@ def target():
     return get_target("executorch")
 
 
-@cache
-def _reduced(model_name: str, encoder: str) -> tuple[EncoderExport, nn.Module]:
-    """(EncoderExport of the reparameterized reduced encoder, the train-time encoder as reference)."""
-    from mobileclip_export.models import create_model, get_model_spec
-    from mobileclip_export.models.tokenizer import tokenize
-    from mobileclip_export.reparam import reparameterize_model
-    from mobileclip_export.reparam.verify import randomize_bn_and_layer_scales
-
-    train = create_model(model_name, seed=0, reduced=True)
-    randomize_bn_and_layer_scales(train, 0)
-    train.eval()
-    inf = reparameterize_model(train).eval()
-    spec = get_model_spec(model_name)
-    meta = {"model": model_name, "encoder": encoder}
-    embed = (TensorSpec("embedding", (1, spec.embed_dim), "float32"),)
-    if encoder == "image":
-        s = spec.image_size
-        x = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
-        inputs = (TensorSpec("image", (1, 3, s, s), "float32"),)
-        return EncoderExport(
-            model_name, "image", inf.image_encoder, (x,), inputs, embed, meta, s
-        ), train.image_encoder
-    ids = torch.from_numpy(tokenize(["a photo of a cat"], spec.context_length).astype(np.int32))
-    inputs = (TensorSpec("text", (1, 77), "int32"),)
-    return EncoderExport(
-        model_name, "text", inf.text_encoder, (ids,), inputs, embed, meta
-    ), train.text_encoder
+# per-module cache: encoders are shared by this module's tests only
+_reduced = cache(reduced_encoder_export)
 
 
 def _verify_inputs(enc: EncoderExport) -> np.ndarray:
