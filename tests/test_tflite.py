@@ -247,8 +247,7 @@ def test_reduced_families_parity(tmp_path, name, encoder, precision):
     _roundtrip(tmp_path, enc, precision, _real_inputs(enc))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("fp16", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("encoder", ["image", "text"])
 def test_full_size_s0(tmp_path, encoder, precision):
     enc = real_export("mobileclip_s0", encoder, reduced=False)
