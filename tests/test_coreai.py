@@ -255,50 +255,13 @@ def test_missing_extra_names_the_pip_command(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- real MobileCLIP graphs
 
-models = pytest.importorskip("mobileclip_export.models")
 
-# One variant per (image block family) and per (text family, causal).
-IMAGE_FAMILIES = ["mobileclip_s0", "mobileclip_s2", "mobileclip_s3", "mobileclip_b", "mobileclip2_b"]
-TEXT_FAMILIES = ["mobileclip_s0", "mobileclip_s1", "mobileclip_b", "mobileclip_s3"]
-
-
-def real_export(name: str, encoder: str, reduced: bool = True) -> EncoderExport:
-    """The reparameterized encoder of a seeded model whose BN statistics and layer scales were randomized."""
-    from mobileclip_export.reparam import reparameterize_model
-    from mobileclip_export.reparam.verify import randomize_bn_and_layer_scales
-
-    model = models.create_model(name, reduced=reduced)
-    model = reparameterize_model(randomize_bn_and_layer_scales(model, seed=0)).eval()
-    spec = model.spec
-    embed = (TensorSpec("embedding", (1, spec.embed_dim), "float32"),)
-    facts = {"model": name, "encoder": encoder}
-    if encoder == "image":
-        x = torch.from_numpy(real_inputs("image", spec.image_size)[:1])
-        ins = (TensorSpec("image", tuple(x.shape), "float32"),)
-        return EncoderExport(name, "image", model.image_encoder, (x,), ins, embed, facts)
-    ids = torch.from_numpy(real_inputs("text")[:1])
-    return EncoderExport(
-        name, "text", model.text_encoder, (ids,), (TensorSpec("text", (1, 77), "int32"),), embed, facts
-    )
-
-
-def real_inputs(encoder: str, size: int = 256) -> np.ndarray:
-    """Structurally different inputs: random-init image encoders are dominated by a constant, so noise-only
-    batches would hide an input-independent bug; the fp32 check also compares batch-centered embeddings."""
-    if encoder == "text":
-        ids = np.zeros((3, 77), dtype=np.int32)
-        ids[0, :6] = [49406, 320, 1125, 539, 2368, 49407]
-        ids[1, :4] = [49406, 1929, 4558, 49407]
-        ids[2, :9] = [49406, 320, 2368, 539, 320, 1929, 4558, 1125, 49407]
-        return ids
-    g = np.linspace(0, 1, size, dtype=np.float32)
-    noise = np.random.default_rng(0).random((3, size, size), dtype=np.float32)
-    ramp = np.stack(
-        [np.broadcast_to(g, (size, size)), np.broadcast_to(g[:, None], (size, size)), 1 - g + 0 * g[:, None]]
-    )
-    square = np.zeros((3, size, size), np.float32)
-    square[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
-    return np.ascontiguousarray(np.stack([noise, ramp, square]))
+from mobileclip_export.export.testing import (  # noqa: E402
+    IMAGE_FAMILIES,
+    TEXT_FAMILIES,
+)
+from mobileclip_export.export.testing import randomized_encoder_export as real_export  # noqa: E402
+from mobileclip_export.export.testing import structured_inputs as real_inputs  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -345,7 +308,8 @@ def test_reduced_families_parity_fp32(tmp_path, name, encoder):
 
 
 @pytest.mark.parametrize(
-    "precision", ["fp32", pytest.param("fp16", marks=pytest.mark.slow)]  # fp16 reference runtime: ~2 min
+    "precision",
+    ["fp32", pytest.param("fp16", marks=pytest.mark.slow)],  # fp16 reference runtime: ~2 min
 )
 @pytest.mark.parametrize("encoder", ["image", "text"])
 def test_full_size_s0(tmp_path, encoder, precision):
