@@ -1,8 +1,7 @@
 """Where the artifacts to benchmark come from: a fresh ``export_model`` call or an existing bundle's manifest.
 
 Either way the benchmark sees plain dicts shaped like ``ArtifactRecord.to_dict()`` plus the bundle dir, so
-both
-paths share one code path afterwards.
+both paths share one code path afterwards.
 """
 
 from __future__ import annotations
@@ -73,10 +72,7 @@ def export_bundle(
     checkpoint: str | None,
 ) -> Bundle:
     """Export with ``verify=False``: the benchmark measures parity itself, same run, on its own inputs."""
-    try:
-        from mobileclip_export.export import export_model  # type: ignore[attr-defined]
-    except ImportError:  # the package may not re-export it
-        from mobileclip_export.export.api import export_model
+    from mobileclip_export.export import export_model
 
     result = export_model(
         model,

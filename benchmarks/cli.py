@@ -1,6 +1,6 @@
 """``mobileclip-export bench``: export (or reuse) a bundle, time every artifact that runs here, report.
 
-Exit codes: 0 ok, 1 regression gate failed or nothing could be measured, 2 usage error.
+Exit codes: 0 ok (a warning when no artifact could be timed here), 1 regression gate failed, 2 usage error.
 """
 
 from __future__ import annotations

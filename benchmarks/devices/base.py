@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mobileclip_export.errors import UsageError
+from mobileclip_export.export.bundle import path_bytes
 
 
 class DeviceUnavailable(UsageError):
@@ -47,7 +48,7 @@ class DeviceRow:
 
     def as_row(self) -> dict[str, Any]:
         j = self.job
-        size = j.artifact.stat().st_size if j.artifact.is_file() else None
+        size = path_bytes(j.artifact) if j.artifact.exists() else None  # .mlpackage is a directory
         return {
             "target": j.target,
             "encoder": j.encoder,
