@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mobileclip_export.benchmarks.devices import DeviceJob, DeviceUnavailable, get_runner
+from mobileclip_export.benchmarks.devices import DeviceJob, DeviceRow, DeviceUnavailable, get_runner
 from mobileclip_export.benchmarks.devices.adb import Adb
 from mobileclip_export.benchmarks.devices.android import big_core_mask, core_frequencies
 from mobileclip_export.errors import UsageError
@@ -150,3 +150,12 @@ def test_ios_runner_off_macos_says_it_needs_macos(monkeypatch):
     monkeypatch.setattr(platform, "system", lambda: "Linux")
     with pytest.raises(DeviceUnavailable, match="needs macOS with Xcode"):
         get_runner("ios").check()
+
+
+def test_device_row_sizes_directory_artifacts(tmp_path):
+    pkg = tmp_path / "m.mlpackage"
+    (pkg / "Data").mkdir(parents=True)
+    (pkg / "Manifest.json").write_bytes(b"x" * 300)
+    (pkg / "Data" / "weight.bin").write_bytes(b"x" * 1700)
+    row = DeviceRow(DeviceJob(pkg, "coreml", "image", "fp16"), device={}, runtime="r").as_row()
+    assert row["size_mb"] == pytest.approx(0.002)
