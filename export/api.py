@@ -241,10 +241,8 @@ def export_model(
     result = ExportResult(model=model, bundle_dir=None, manifest_path=None)
     with _Stage(emit, "build model") as st:
         train_model = _create_model(model, checkpoint, seed, reduced).eval()
-        st.message = (
-            "random weights" if getattr(train_model, "random_init", checkpoint is None) else "checkpoint"
-        )
-    result.random_init = bool(getattr(train_model, "random_init", checkpoint is None))
+        result.random_init = bool(getattr(train_model, "random_init", checkpoint is None))
+        st.message = "random weights" if result.random_init else "checkpoint"
     if result.random_init:
         msg = RANDOM_WEIGHTS_WARNING.format(model=model, seed=seed)
         result.warnings.append(msg)
@@ -286,6 +284,8 @@ def export_model(
     from mobileclip_export.models.tokenizer import tokenizer_config, tokenizer_files
 
     tok_cfg = tokenizer_config()
+    tok_files: dict[str, bytes | Path] = {p.name: p for p in tokenizer_files()}
+    tok_files["tokenizer.json"] = (json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n").encode()
     exports = {
         enc: _build_encoder_export(
             model,
@@ -304,9 +304,7 @@ def export_model(
             records = _export_target(tp, exports, verify_inputs, references, writer, model, verify, emit)
             result.artifacts.extend(records)
             if any(r.ok and r.path and r.encoder in ("text", "image+text") for r in records):
-                files: dict[str, bytes | Path] = {p.name: p for p in tokenizer_files()}
-                files["tokenizer.json"] = (json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n").encode()
-                names = writer.add_files(tp.target.name, files)
+                names = writer.add_files(tp.target.name, tok_files)
                 for r in records:
                     if r.encoder in ("text", "image+text") and r.ok:
                         r.details["tokenizer_files"] = names
@@ -328,7 +326,7 @@ def export_model(
                 **spec.preprocessing.to_dict(),
                 "baked_in": "mean/std inside the model; feed [0,1] RGB",
             },
-            tokenizer={**tok_cfg, "files": [p.name for p in tokenizer_files()] + ["tokenizer.json"]},
+            tokenizer={**tok_cfg, "files": list(tok_files)},
             logit_scale=logit,
             export_args={
                 "model": model,
@@ -410,9 +408,7 @@ def _export_target(
                 continue
             rec.sha256 = path_sha256(partial)
             rec.path = writer.place(partial, t.name, name).as_posix()
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as err:  # one artifact failing must not stop the others
+        except Exception as err:  # one artifact failing must not stop the others (Ctrl-C still does)
             log.debug("%s %s failed", t.name, label, exc_info=True)
             remove_path(partial)
             rec.status = "failed"
@@ -434,8 +430,7 @@ def _verify_artifact(
     t = tp.target
     checks: dict[str, Any] = {}
     for enc in encs:
-        c = t.structural_checks(path, enc) or {}
-        checks[enc.encoder] = c
+        checks[enc.encoder] = t.structural_checks(path, enc) or {}
     rec.details["structural_checks"] = checks if len(encs) > 1 else checks[encs[0].encoder]
     problems = [f"{e}: {p}" if len(encs) > 1 else p for e, c in checks.items() for p in c.get("problems", [])]
     if problems:

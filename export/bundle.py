@@ -51,19 +51,21 @@ def path_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
+def _hash_file(h: Any, path: Path) -> None:
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
 def path_sha256(path: Path) -> str:
     """sha256 of a file, or of a directory artifact (.mlpackage, .aimodel): relative paths + contents."""
     h = hashlib.sha256()
     if path.is_file():
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        h.update(p.relative_to(path).as_posix().encode() + b"\0")
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        _hash_file(h, path)
+    else:
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            h.update(p.relative_to(path).as_posix().encode() + b"\0")
+            _hash_file(h, p)
     return h.hexdigest()
 
 

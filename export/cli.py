@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 from mobileclip_export import __version__
 from mobileclip_export.errors import MobileClipExportError, UsageError
+from mobileclip_export.export.progress import human_bytes
 from mobileclip_export.export.registry import all_targets
 from mobileclip_export.export.target import OptionSpec
 
@@ -139,12 +140,6 @@ def _list_targets() -> str:
     return "\n".join(rows)
 
 
-def _fmt_size(n: int | None) -> str:
-    from mobileclip_export.export.progress import human_bytes
-
-    return human_bytes(n)
-
-
 def summary_table(result: Any) -> str:
     head = (
         f"{'target':<11} {'encoder':<10} {'prec':<5} {'status':<11} {'size':>9} {'cosine':>10} "
@@ -161,7 +156,7 @@ def summary_table(result: Any) -> str:
         cos_s = f"{cos:.7f}" if cos is not None else "-"
         mad_s = f"{mad:.2e}" if mad is not None else "-"
         lines.append(
-            f"{a.target:<11} {a.encoder:<10} {a.precision:<5} {status:<11} {_fmt_size(a.bytes):>9} "
+            f"{a.target:<11} {a.encoder:<10} {a.precision:<5} {status:<11} {human_bytes(a.bytes):>9} "
             f"{cos_s:>10} {mad_s:>10} "
             f"{a.seconds.get('export', 0):>8.1f} {a.seconds.get('verify', 0):>8.1f}  {tail}"
         )

@@ -124,7 +124,3 @@ def build_manifest(
         "ok": result.ok,
         "artifacts": [a.to_dict() for a in result.artifacts],
     }
-
-
-def relpath(path: Path, root: Path) -> str:
-    return Path(path).relative_to(root).as_posix()

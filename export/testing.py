@@ -237,8 +237,6 @@ def reduced_encoder_export(model_name: str, encoder: str) -> tuple[EncoderExport
     """
     import json
 
-    import numpy as np
-
     from mobileclip_export.export.target import EncoderExport, TensorSpec
     from mobileclip_export.models import create_model, get_model_spec
     from mobileclip_export.models.tokenizer import tokenize, tokenizer_config

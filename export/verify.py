@@ -8,8 +8,7 @@ The reference is always the TRAIN-TIME PyTorch encoder in fp32, so reparameteriz
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +17,6 @@ from torch import nn
 
 from mobileclip_export.export.parity import ParityStats
 from mobileclip_export.export.target import Runner
-
-log = logging.getLogger(__name__)
 
 VERIFY_TEXTS: tuple[str, ...] = (
     "",
@@ -94,14 +91,12 @@ def torch_outputs(module: nn.Module, inputs: VerifyInputs) -> np.ndarray:
     return module(x).detach().float().cpu().numpy()
 
 
-def runner_outputs(
-    runner: Runner, input_name: str, inputs: VerifyInputs, extra_feeds: Mapping[str, np.ndarray] | None = None
-) -> np.ndarray:
-    rows = []
-    for i in range(inputs.data.shape[0]):
-        feeds = {input_name: inputs.data[i : i + 1], **(extra_feeds or {})}
-        out = np.asarray(runner.run(feeds), dtype=np.float32)
-        rows.append(out.reshape(1, -1))
+def runner_outputs(runner: Runner, input_name: str, inputs: VerifyInputs) -> np.ndarray:
+    """Row by row: the artifacts have a fixed batch of 1 unless exported with a dynamic batch."""
+    rows = [
+        np.asarray(runner.run({input_name: inputs.data[i : i + 1]}), dtype=np.float32).reshape(1, -1)
+        for i in range(inputs.data.shape[0])
+    ]
     return np.concatenate(rows, axis=0)
 
 

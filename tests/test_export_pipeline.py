@@ -172,6 +172,10 @@ def test_options_routing() -> None:
 def test_target_aliases_and_order() -> None:
     targets, is_all = plan.resolve_targets("ort,onnx")
     assert [t.name for t in targets] == ["onnx"] and not is_all
+    names = list(registry.all_targets())
+    targets, is_all = plan.resolve_targets(list(reversed(names)))
+    assert [t.name for t in targets] == names and not is_all  # registry order, whatever the request order
+    assert plan.resolve_targets(["onnx", "ALL"])[1] is True
 
 
 class _TorchRunner(Runner):
