@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from mobileclip_export.errors import CheckpointError
 from mobileclip_export.models import keymaps
 from mobileclip_export.models.keymaps import FORMATS, IMAGE_PREFIX, TEXT_PREFIX, build_keymap
+from mobileclip_export.models.mci import mci_config, mci_names
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def _sha256(path: Path) -> str:
 
 
 def _sniff(path: Path) -> str:
-    head = path.open("rb").read(16)
+    with path.open("rb") as f:
+        head = f.read(16)
     if head.startswith(b"PK\x03\x04"):
         return "zip"
     if head[:1] == b"\x80":  # pickle protocol >= 2 (torch legacy format and plain pickles)
@@ -103,7 +105,8 @@ def _sniff(path: Path) -> str:
 
 
 def _describe_head(path: Path) -> str:
-    head = path.open("rb").read(64)
+    with path.open("rb") as f:
+        head = f.read(64)
     try:
         text = head.decode("utf-8")
         return f"text starting {text[:40]!r}"
@@ -315,12 +318,12 @@ def lift_inference_form(canon: dict[str, Tensor], model: nn.Module) -> tuple[dic
     lifted = 0
     for r in keymaps.reparam_modules(shapes):
         wk, bk = r.fused + ".weight", r.fused + ".bias"
-        if wk not in out or any(k in out for k in keymaps._branch_keys(r, shapes)):
+        branch = keymaps._branch_keys(r, shapes)
+        if wk not in out or any(k in out for k in branch):
             continue
         w, b = out.pop(wk), out.pop(bk, None)
         if b is None:
             b = torch.zeros(w.shape[0], dtype=w.dtype)
-        branch = keymaps._branch_keys(r, shapes)
         for k in branch:  # zero every branch first
             ref = model_sd[k]
             out[k] = torch.ones_like(ref) if k.endswith("running_var") else torch.zeros_like(ref)
@@ -346,14 +349,13 @@ def lift_inference_form(canon: dict[str, Tensor], model: nn.Module) -> tuple[dic
 
 # --------------------------------------------------------------------------------------- fingerprints
 
-_MCI = {64: ("mci0", "mci1"), 80: ("mci2",), 96: ("mci3",), 128: ("mci4",)}
-_MCI_DEPTHS = {
-    (2, 6, 10, 2): "mci0",
-    (4, 12, 20, 4): "mci1",
-    (4, 12, 24, 4): "mci2",
-    (2, 12, 24, 4, 2): "mci3",
-    (2, 12, 24, 4, 4): "mci4",
-}
+
+def _mci_guess(depths: tuple[int, ...], stem_channels: int) -> str:
+    """The MCi variant(s) with these stage depths, else with this stem width ("mci0/mci1"), else "mci?"."""
+    cfgs = {n: mci_config(n) for n in mci_names()}
+    names = [n for n, c in cfgs.items() if c.layers == depths]
+    names = names or [n for n, c in cfgs.items() if c.embed_dims[0] == stem_channels]
+    return "/".join(names) or "mci?"
 
 
 def _towers(sd: Mapping[str, Tensor], fmt: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -396,9 +398,7 @@ def fingerprint(sd: Mapping[str, Tensor], fmt: str) -> dict:
             fp["head"] = tuple(img["head.proj"].shape)
         elif "head.fc.weight" in img:
             fp["head"] = tuple(img["head.fc.weight"].shape[::-1])
-        fp["image_encoder"] = _MCI_DEPTHS.get(fp["depths"]) or "/".join(
-            _MCI.get(fp["stem_channels"], ("mci?",))
-        )
+        fp["image_encoder"] = _mci_guess(fp["depths"], fp["stem_channels"])
     elif "patch_emb.0.block.conv.weight" in img or "patch_embed.backbone.0.conv.weight" in img:
         fp["image"] = "vit_b16"
         fp["image_encoder"] = "vit_b16"
@@ -439,10 +439,8 @@ def _fp_text(fp: dict) -> str:
 
 
 def _variant_names(fp: dict) -> list[str]:
-    try:
-        from mobileclip_export.models.registry import get_model_spec, list_models
-    except ImportError:  # pragma: no cover
-        return []
+    from mobileclip_export.models.registry import get_model_spec, list_models
+
     out = []
     for name in list_models():
         spec = get_model_spec(name)

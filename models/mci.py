@@ -38,38 +38,33 @@ class MCiConfig:
     linear_head: bool  # False: GlobalPool2D proj (no bias); True: avg pool + Linear with bias
 
 
+# MCi0-2 (Apple's FastViT-MCi): BatchNorm attention, SE in the last two downsamples, GlobalPool2D head.
+_MCI_APPLE = dict(
+    mlp_ratio=3.0,
+    num_repmixer_stages=3,
+    se_downsamples=(False, False, True, True),
+    pos_emb_stages=(3,),
+    attn_norm="batchnorm",
+    stem_scale_branch=True,
+    linear_head=False,
+)
+# MCi3/4 (timm/open_clip, MobileCLIP2): five stages, LayerNorm attention, no SE, Linear head.
+_MCI_TIMM = dict(
+    mlp_ratio=4.0,
+    num_repmixer_stages=3,
+    se_downsamples=(False,) * 5,
+    pos_emb_stages=(3, 4),
+    attn_norm="layernorm",
+    stem_scale_branch=False,
+    linear_head=True,
+)
+
 _CONFIGS: dict[str, MCiConfig] = {
-    "mci0": MCiConfig(
-        (2, 6, 10, 2), (64, 128, 256, 512), 3.0, 3, (False, False, True, True), (3,), "batchnorm", True, False
-    ),
-    "mci1": MCiConfig(
-        (4, 12, 20, 4),
-        (64, 128, 256, 512),
-        3.0,
-        3,
-        (False, False, True, True),
-        (3,),
-        "batchnorm",
-        True,
-        False,
-    ),
-    "mci2": MCiConfig(
-        (4, 12, 24, 4),
-        (80, 160, 320, 640),
-        3.0,
-        3,
-        (False, False, True, True),
-        (3,),
-        "batchnorm",
-        True,
-        False,
-    ),
-    "mci3": MCiConfig(
-        (2, 12, 24, 4, 2), (96, 192, 384, 768, 1536), 4.0, 3, (False,) * 5, (3, 4), "layernorm", False, True
-    ),
-    "mci4": MCiConfig(
-        (2, 12, 24, 4, 4), (128, 256, 512, 1024, 2048), 4.0, 3, (False,) * 5, (3, 4), "layernorm", False, True
-    ),
+    "mci0": MCiConfig(layers=(2, 6, 10, 2), embed_dims=(64, 128, 256, 512), **_MCI_APPLE),
+    "mci1": MCiConfig(layers=(4, 12, 20, 4), embed_dims=(64, 128, 256, 512), **_MCI_APPLE),
+    "mci2": MCiConfig(layers=(4, 12, 24, 4), embed_dims=(80, 160, 320, 640), **_MCI_APPLE),
+    "mci3": MCiConfig(layers=(2, 12, 24, 4, 2), embed_dims=(96, 192, 384, 768, 1536), **_MCI_TIMM),
+    "mci4": MCiConfig(layers=(2, 12, 24, 4, 4), embed_dims=(128, 256, 512, 1024, 2048), **_MCI_TIMM),
 }
 
 

@@ -8,7 +8,6 @@ torch RNG is left untouched so building a model never changes anyone else's rand
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 from importlib import resources
@@ -19,13 +18,12 @@ from torch import nn
 
 from mobileclip_export.errors import UnknownNameError
 from mobileclip_export.models.clip import ImageEncoder, MobileCLIP
+from mobileclip_export.models.mci import build_mci, mci_names
 from mobileclip_export.models.spec import ModelSpec
 from mobileclip_export.models.text import build_text_encoder
 from mobileclip_export.models.vit import VIT_ENCODERS, build_vit
 
 log = logging.getLogger(__name__)
-
-MCI_ENCODERS = ("mci0", "mci1", "mci2", "mci3", "mci4")
 
 
 @functools.cache
@@ -55,11 +53,9 @@ def build_image_network(name: str, embed_dim: int, *, image_size: int, reduced: 
     """The image network incl. its projection head (what sits at ``image_encoder.model``)."""
     if name in VIT_ENCODERS:
         return build_vit(name, embed_dim, image_size=image_size, reduced=reduced)
-    if name in MCI_ENCODERS:
-        from mobileclip_export.models.mci import build_mci  # A1's module
-
+    if name in mci_names():
         return build_mci(name, embed_dim, reduced=reduced)
-    raise UnknownNameError("image encoder", name, [*MCI_ENCODERS, *VIT_ENCODERS])
+    raise UnknownNameError("image encoder", name, [*mci_names(), *VIT_ENCODERS])
 
 
 def build_model(spec: ModelSpec, *, reduced: bool = False) -> MobileCLIP:
@@ -81,14 +77,6 @@ def build_model(spec: ModelSpec, *, reduced: bool = False) -> MobileCLIP:
     model = MobileCLIP(spec, image, text)
     model.reduced = reduced
     return model
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def create_model(
@@ -120,5 +108,5 @@ def create_model(
     model, report = load_model_checkpoint(model, path)
     log.info("loaded %s into %s: %s", path, name, report)
     model.random_init = False
-    model.checkpoint_sha256 = getattr(report, "sha256", None) or _sha256(path)
+    model.checkpoint_sha256 = report.sha256
     return model.eval()

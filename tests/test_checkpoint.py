@@ -507,3 +507,9 @@ def test_fingerprints_of_full_size_variants(name: str, want: str) -> None:
         fp = ck.fingerprint(ck.export_state_dict(m, fmt), fmt)
         text = ck._fp_text(fp)
         assert text == (want.split(" + ")[0] if fmt == "timm" else want), fmt
+
+
+def test_mci_guess_falls_back_to_stem_width() -> None:
+    assert ck._mci_guess((4, 12, 24, 4), 80) == "mci2"  # depths decide
+    assert ck._mci_guess((1, 1, 1, 1), 64) == "mci0/mci1"  # unknown depths: stem width narrows it down
+    assert ck._mci_guess((1, 1, 1, 1), 16) == "mci?"

@@ -173,7 +173,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_missing_checkpoint_is_a_checkpoint_error(tmp_path):
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
         create_model("mobileclip_s0", checkpoint=tmp_path / "absent.pt", reduced=True)
 
 
