@@ -22,10 +22,9 @@ import logging
 import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError
 from mobileclip_export.export.target import (
@@ -37,6 +36,9 @@ from mobileclip_export.export.target import (
     Target,
     TensorSpec,
 )
+
+if TYPE_CHECKING:  # torch stays out of target listing and --help (see export/target.py)
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ def find_coreai_hazards(exported_program: torch.export.ExportedProgram) -> list[
     converter does not support. int64 intermediates such as ``argmax`` indices are fine: they are narrowed to
     int32 and stay in range.
     """
+    import torch
     from torch.export.graph_signature import InputKind
 
     problems: list[str] = []
@@ -170,6 +173,8 @@ def _io_dtype(spec: TensorSpec, precision: str) -> str:
 
 
 def _example_args(enc: EncoderExport, precision: str) -> tuple[Any, ...]:
+    import torch
+
     args = []
     for x in enc.example_inputs:
         if x.dtype.is_floating_point:
@@ -182,6 +187,8 @@ def _example_args(enc: EncoderExport, precision: str) -> tuple[Any, ...]:
 
 def _exported_program(enc: EncoderExport, precision: str) -> torch.export.ExportedProgram:
     coreai_torch = _import_converter()
+    import torch
+
     module = copy.deepcopy(enc.module).eval()  # never mutate the caller's module
     if precision == "fp16":
         module = module.half()
@@ -363,7 +370,7 @@ class CoreAITarget(Target):
     ) -> ArtifactInfo:
         """One encoder as the single function ``main``. The ``multifunction`` option is the pipeline's cue to
         call ``export_multifunction`` instead; it does not change a single-encoder asset."""
-        self._check(enc, precision)
+        self._check(enc)
         description = f"MobileCLIP {enc.model_name} {enc.encoder} encoder ({precision})"
         facts = {**enc.metadata, "precision": precision, "entrypoint": MAIN_ENTRYPOINT}
         _convert_and_save([(enc, MAIN_ENTRYPOINT)], precision, path, facts, description)
@@ -392,7 +399,7 @@ class CoreAITarget(Target):
             raise UsageError("export_multifunction needs at least one encoder")
         entries = []
         for enc in encs:
-            self._check(enc, precision)
+            self._check(enc)
             entries.append((enc, function_name(enc.encoder)))
         names = [e for _, e in entries]
         if len(set(names)) != len(names):
@@ -466,12 +473,8 @@ class CoreAITarget(Target):
         }
 
     # ---- helpers ----
-    def _check(self, enc: EncoderExport, precision: str) -> None:
-        if precision not in self.precisions:
-            raise UsageError(
-                f"target 'coreai' does not support precision {precision!r} "
-                f"(supported: {', '.join(self.precisions)})"
-            )
+    @staticmethod
+    def _check(enc: EncoderExport) -> None:
         if enc.encoder not in ("image", "text"):
             raise UsageError(f"unknown encoder {enc.encoder!r}; choose one of: image, text")
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn  # already loaded by target.py; converters stay lazy
 
 from mobileclip_export.errors import ExportFailure, UsageError
 from mobileclip_export.export.target import (
@@ -193,24 +192,25 @@ def _half_with_fp32_layer_norms(module: Any) -> Any:
     is wrong in fp16 from a normalized size of 256 up (max|diff| ~300 on unit-scale input; fine at 64), which
     turned full-size text encoders into noise (cosine ~0). Apple's own MobileCLIP uses fp32 LayerNorms too.
     """
+    from torch import nn
+
+    class Fp32Island(nn.Module):
+        """Runs the wrapped (fp32) module on a float32 copy of its input and casts back."""
+
+        def __init__(self, inner: nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: Any) -> Any:
+            return self.inner(x.float()).to(x.dtype)
+
     module = module.half()
     norms = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.LayerNorm) and name]
     for name, norm in norms:
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, attr, _Fp32Island(norm.float()))
+        setattr(parent, attr, Fp32Island(norm.float()))
     return module
-
-
-class _Fp32Island(nn.Module):
-    """Runs the wrapped (fp32) module on a float32 copy of its input and casts back."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: Any) -> Any:
-        return self.inner(x.float()).to(x.dtype)
 
 
 def _partitioners(delegate: str, precision: str) -> list[Any]:

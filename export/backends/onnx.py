@@ -17,11 +17,9 @@ import warnings
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from mobileclip_export.errors import ExportFailure, UsageError
 from mobileclip_export.export.target import (
@@ -34,24 +32,32 @@ from mobileclip_export.export.target import (
     TensorSpec,
 )
 
+if TYPE_CHECKING:  # torch stays out of target listing and --help (see export/target.py)
+    from torch import nn
+
 log = logging.getLogger(__name__)
 
 _MAX_SINGLE_FILE = 2 * 1024**3 - 1
 _OUTPUT_NAME = "embedding"
 
 
-class _HalfWrapper(nn.Module):
-    """Runs the encoder in fp16 with fp32 embeddings out; float inputs are cast in the graph."""
+def _half_wrapper(module: nn.Module) -> nn.Module:
+    """The encoder in fp16 with fp32 embeddings out; float inputs are cast in the graph."""
+    import torch
+    from torch import nn
 
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.inner = copy.deepcopy(module).half().eval()
-        self.eval()
+    class HalfWrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = copy.deepcopy(module).half().eval()
+            self.eval()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_floating_point():
-            x = x.half()
-        return self.inner(x).float()
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.is_floating_point():
+                x = x.half()
+            return self.inner(x).float()
+
+    return HalfWrapper()
 
 
 def _rename_value(graph: Any, old: str, new: str) -> None:
@@ -133,6 +139,7 @@ class OnnxTarget(Target):
     extension = ".onnx"
     extra = "onnx"
     requires = ("onnx", "onnxruntime", "onnxscript")
+    version_dists = ("onnx", "onnxruntime", "onnxscript")
     precisions = ("fp32", "fp16")
     default_precision = "fp32"
     options = (
@@ -162,8 +169,9 @@ class OnnxTarget(Target):
         self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path
     ) -> ArtifactInfo:
         import onnx
+        import torch
 
-        module: nn.Module = enc.module if precision == "fp32" else _HalfWrapper(enc.module)
+        module = enc.module if precision == "fp32" else _half_wrapper(enc.module)
         in_name = enc.inputs[0].name
         opset = int(options.get("opset", 18))
         dynamic = bool(options.get("dynamic_batch", False))
@@ -284,17 +292,6 @@ class OnnxTarget(Target):
             "metadata_keys": sorted(meta),
             "problems": problems,
         }
-
-    def versions(self) -> dict[str, str]:
-        from importlib.metadata import PackageNotFoundError, version
-
-        out = {}
-        for pkg in ("onnx", "onnxruntime", "onnxscript"):
-            try:
-                out[pkg] = version(pkg)
-            except PackageNotFoundError:
-                out[pkg] = "not installed"
-        return out
 
 
 TARGET = OnnxTarget

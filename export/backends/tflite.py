@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError
 from mobileclip_export.export.target import (
@@ -52,16 +50,19 @@ def signature_name(encoder: str) -> str:
     return f"encode_{encoder}"
 
 
-class _NamedIO(nn.Module):
-    """Gives the traced signature our input names (keyword arguments) and a named ``embedding`` output."""
+def _named_io(module: Any, output_name: str) -> Any:
+    """``module`` with our input names (keyword arguments) in the traced signature and a named output."""
+    from torch import nn
 
-    def __init__(self, module: nn.Module, output_name: str):
-        super().__init__()
-        self.module = module
-        self.output_name = output_name
+    class NamedIO(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = module
 
-    def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {self.output_name: self.module(*inputs.values())}
+        def forward(self, **inputs: Any) -> dict[str, Any]:
+            return {output_name: self.module(*inputs.values())}
+
+    return NamedIO().eval()
 
 
 def _require(module: str, what: str) -> Any:
@@ -75,10 +76,12 @@ def _require(module: str, what: str) -> Any:
 
 def _convert(enc: EncoderExport) -> bytes:
     litert_torch = _require("litert_torch", "litert-torch")
+    import torch
+
     kwargs = {}
     for spec, x in zip(enc.inputs, enc.example_inputs):
         kwargs[spec.name] = x.to(torch.int32) if x.dtype == torch.int64 else x  # int64 fails on tfl.arg_max
-    wrapper = _NamedIO(enc.module, enc.outputs[0].name).eval()
+    wrapper = _named_io(enc.module, enc.outputs[0].name)
     try:
         with torch.no_grad():
             model = (
@@ -263,11 +266,6 @@ class TFLiteTarget(Target):
     def export(
         self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path
     ) -> ArtifactInfo:
-        if precision not in self.precisions:
-            raise UsageError(
-                f"target 'tflite' does not support precision {precision!r} "
-                f"(supported: {', '.join(self.precisions)})"
-            )
         content = _convert(enc)
         if precision != "fp32":
             content = _quantize(content, precision)
