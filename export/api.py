@@ -28,7 +28,6 @@ from mobileclip_export.export.bundle import (
     artifact_name,
     check_output_dir,
     path_bytes,
-    path_sha256,
     remove_path,
 )
 from mobileclip_export.export.manifest import ArtifactRecord, ExportResult, build_manifest, tool_versions
@@ -36,6 +35,7 @@ from mobileclip_export.export.parity import compare
 from mobileclip_export.export.plan import TargetPlan, plan_export
 from mobileclip_export.export.progress import ProgressCallback, ProgressEvent
 from mobileclip_export.export.target import EncoderExport, RuntimeUnavailable, TensorSpec
+from mobileclip_export.hashing import path_sha256
 
 log = logging.getLogger(__name__)
 

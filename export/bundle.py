@@ -9,7 +9,6 @@ directory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mobileclip_export.errors import UsageError
+from mobileclip_export.hashing import path_sha256
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +49,6 @@ def path_bytes(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
-
-
-def _hash_file(h: Any, path: Path) -> None:
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-
-
-def path_sha256(path: Path) -> str:
-    """sha256 of a file, or of a directory artifact (.mlpackage, .aimodel): relative paths + contents."""
-    h = hashlib.sha256()
-    if path.is_file():
-        _hash_file(h, path)
-    else:
-        for p in sorted(q for q in path.rglob("*") if q.is_file()):
-            h.update(p.relative_to(path).as_posix().encode() + b"\0")
-            _hash_file(h, p)
-    return h.hexdigest()
 
 
 def remove_path(path: Path) -> None:

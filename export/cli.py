@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # a new backend's flag must never turn an abbreviation ambiguous
         description="Export MobileCLIP encoders to verified on-device artifacts "
         "(`mobileclip-export bench --help` for benchmarks).",
-        epilog=f"example: {PROG} --model mobileclip_s0 --target onnx --output-dir exports",
+        epilog=f"example: {PROG} --model mobileclip_s0 --target {next(iter(targets))} --output-dir exports",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--model", help="model name (see --list-models), e.g. mobileclip_s0")

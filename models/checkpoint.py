@@ -15,7 +15,6 @@ that form: ``load_model_checkpoint`` handles that case, see ``needs_inference_fo
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import pickle
@@ -29,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from mobileclip_export.errors import CheckpointError
+from mobileclip_export.hashing import file_sha256
 from mobileclip_export.models import keymaps
 from mobileclip_export.models.keymaps import FORMATS, IMAGE_PREFIX, TEXT_PREFIX, build_keymap
 from mobileclip_export.models.mci import mci_config, mci_names
@@ -82,14 +82,6 @@ class Checkpoint:
 
 
 # ------------------------------------------------------------------------------------------- reading
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _sniff(path: Path) -> str:
@@ -256,7 +248,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     raw = load_state_dict_file(path)
     fmt = detect_format(raw)
     sd = _normalize(raw, fmt)
-    return Checkpoint(sd, fmt, needs_inference_form(sd), _sha256(path), path)
+    return Checkpoint(sd, fmt, needs_inference_form(sd), file_sha256(path), path)
 
 
 # ------------------------------------------------------------------------------------------- mapping

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import html
 import logging
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import numpy as np
 import regex  # \p{L}/\p{N} and Unicode \s; the stdlib `re` lacks the classes
 
 from mobileclip_export.errors import UsageError
+from mobileclip_export.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def tokenizer_files() -> list[Path]:
 
 @functools.lru_cache(maxsize=1)
 def _vocab_sha256() -> str:
-    return hashlib.sha256(VOCAB_FILE.read_bytes()).hexdigest()
+    return file_sha256(VOCAB_FILE)
 
 
 def tokenizer_config() -> dict:

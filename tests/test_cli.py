@@ -15,6 +15,7 @@ from mobileclip_export.export.registry import all_targets
 from mobileclip_export.export.testing import use_toy_models
 
 HEAVY = (
+    "torch",
     "coremltools",
     "executorch",
     "litert_torch",

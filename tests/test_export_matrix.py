@@ -12,9 +12,9 @@ import json
 import pytest
 
 from mobileclip_export.export.api import export_model
-from mobileclip_export.export.bundle import path_sha256
 from mobileclip_export.export.registry import all_targets
 from mobileclip_export.export.testing import use_toy_models
+from mobileclip_export.hashing import path_sha256
 
 TARGETS = list(all_targets())
 FAMILIES = ["mobileclip_s0", "mobileclip_s2", "mobileclip_b", "mobileclip2_s4", "mobileclip2_b"]

@@ -15,9 +15,9 @@ from mobileclip_export.errors import UsageError, VerificationError
 from mobileclip_export.export import api, plan, registry
 from mobileclip_export.export.api import export_model
 from mobileclip_export.export.backends.onnx import OnnxTarget
-from mobileclip_export.export.bundle import path_sha256
 from mobileclip_export.export.target import ArtifactInfo, Runner, RuntimeUnavailable, Target
 from mobileclip_export.export.testing import use_toy_models
+from mobileclip_export.hashing import path_sha256
 
 
 @pytest.fixture
