@@ -6,6 +6,7 @@ Exit codes: 0 ok (a warning when no artifact could be timed here), 1 regression 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -19,7 +20,7 @@ from mobileclip_export.benchmarks import estimate as E
 from mobileclip_export.benchmarks import harness as H
 from mobileclip_export.benchmarks import regression, report
 from mobileclip_export.benchmarks.artifacts import Bundle, export_bundle, read_bundle
-from mobileclip_export.errors import MobileClipExportError, UsageError
+from mobileclip_export.errors import UsageError
 
 log = logging.getLogger(__name__)
 PROG = "mobileclip-export bench"
@@ -28,7 +29,13 @@ THREAD_OPTION_NAMES = ("threads", "num_threads", "intra_op_num_threads")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    """The ``bench`` subcommand's parser (its flags plus the common ones)."""
+    from mobileclip_export.cli import command_parser
+
+    return command_parser("bench")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model name, e.g. mobileclip_s0")
     p.add_argument(
         "--target",
@@ -91,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="local benchmark_model / executor_runner binary to push (repeatable)",
     )
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p
+    p.add_argument(
+        "--json", action="store_true", help="print the report as JSON on stdout (Markdown: stderr)"
+    )
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -497,34 +505,32 @@ def _run(args: argparse.Namespace) -> int:
             written += report.plots(doc, out)
         except ImportError as err:
             log.warning("plots skipped: %s (pip install 'mobileclip-export[bench]')", err)
-    print(md)
-    print("wrote: " + ", ".join(str(p) for p in written))
+    human = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON document
+    print(md, file=human)
+    print("wrote: " + ", ".join(str(p) for p in written), file=human)
 
     code = 0
     if not any(r["latency"] for r in rows if r["kind"] != H.BASELINE):
         print("warning: no artifact could be timed on this machine", file=sys.stderr)
     if baseline is not None:
         gate = regression.compare(baseline, doc, args.fail_on_regression)
-        print("\n".join(gate.lines()))
+        print("\n".join(gate.lines()), file=human)
+        doc = {**doc, "regression": {"passed": gate.passed, "lines": gate.lines()}}
         if not gate.passed:
             code = 1
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
     return code
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    """``mobileclip-export bench ARGV``; argparse's exits (--help 0, bad flag 2) become the return value."""
+    from mobileclip_export.cli import main as cli_main
+
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a bad flag (2): return the code instead of exiting the caller
+        return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
+    except SystemExit as exc:
         return int(exc.code or 0)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return run(args)
-    except MobileClipExportError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return err.exit_code
 
 
 if __name__ == "__main__":

@@ -1,47 +1,25 @@
-"""``mobileclip-export``: export (default command) and ``bench`` (delegated to the benchmarks CLI).
+"""``mobileclip-export export`` (the default command; the dispatcher is ``mobileclip_export.cli``).
 
 Target-specific flags are collected from every backend's ``OptionSpec`` so adding a backend adds its flags
 here without editing this file. Building the parser imports only the backend modules (cheap by contract),
 never a converter, so ``--help`` stays fast.
-
-Exit codes: 0 ok, 1 an export or verification failed, 2 bad input (unknown name, bad flag, unwritable path,
-existing bundle without --force, missing extra for an explicit target, bad checkpoint), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
-import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from mobileclip_export import __version__
-from mobileclip_export.errors import MobileClipExportError, UsageError
+from mobileclip_export.errors import UsageError
 from mobileclip_export.export.progress import human_bytes
 from mobileclip_export.export.registry import all_targets
 from mobileclip_export.export.target import OptionSpec
 
 PROG = "mobileclip-export"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with exit 2 and a 'did you mean' for unknown flags."""
-
-    def error(self, message: str) -> NoReturn:
-        if "unrecognized arguments" in message:
-            flags = [s for a in self._actions for s in a.option_strings]
-            for word in message.split(":", 1)[1].split():
-                close = difflib.get_close_matches(word.split("=")[0], flags, n=3)
-                if close:
-                    message += f" (did you mean {' or '.join(close)}?)"
-            message += f"; valid flags: {' '.join(sorted(f for f in flags if f.startswith('--')))}"
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _option_specs() -> dict[str, tuple[OptionSpec, list[str]]]:
@@ -57,17 +35,17 @@ def _option_specs() -> dict[str, tuple[OptionSpec, list[str]]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``export`` subcommand's parser (its flags plus the common ones)."""
+    from mobileclip_export.cli import command_parser
+
+    return command_parser("export")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     targets = all_targets()
     target_names = [*targets, "all"]
     alias_text = ", ".join(f"{a}->{n}" for n, t in targets.items() for a in t.aliases)
-    p = _Parser(
-        prog=PROG,
-        allow_abbrev=False,  # a new backend's flag must never turn an abbreviation ambiguous
-        description="Export MobileCLIP encoders to verified on-device artifacts "
-        "(`mobileclip-export bench --help` for benchmarks).",
-        epilog=f"example: {PROG} --model mobileclip_s0 --target {next(iter(targets))} --output-dir exports",
-    )
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.epilog = f"example: {PROG} --model mobileclip_s0 --target {next(iter(targets))} --output-dir exports"
     p.add_argument("--model", help="model name (see --list-models), e.g. mobileclip_s0")
     p.add_argument(
         "--target",
@@ -92,7 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--list-targets", action="store_true", help="list targets, installed extras and pip commands"
     )
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     group = p.add_argument_group("target options (each applies to the targets that declare it)")
     for name, (spec, owners) in _option_specs().items():
         flag = "--" + name.replace("_", "-")
@@ -107,7 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(
                 flag, dest=f"opt_{name}", type=spec.type, default=None, metavar="VALUE", help=helptext
             )
-    return p
 
 
 def _list_models() -> str:
@@ -167,19 +143,7 @@ def _options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
 
 
-def _setup_logging(verbosity: int) -> None:
-    """Our warnings always show; converters' own chatter (and their tqdm bars) only with -v/-vv."""
-    ours = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    others = logging.ERROR if verbosity == 0 else ours
-    logging.basicConfig(level=others, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("mobileclip_export").setLevel(ours)
-    if verbosity == 0:
-        os.environ.setdefault("TQDM_DISABLE", "1")  # our StderrProgress replaces converters' progress bars
-
-
-def _export(argv: Sequence[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(list(argv))
+def run(args: argparse.Namespace) -> int:
     if args.list_models:
         print(_list_models())
         return 0
@@ -189,8 +153,7 @@ def _export(argv: Sequence[str]) -> int:
     if not args.model:
         from mobileclip_export.models import list_models
 
-        parser.error(f"--model is required; choose one of: {', '.join(list_models())}")
-    _setup_logging(args.verbose)
+        raise UsageError(f"--model is required; choose one of: {', '.join(list_models())}")
 
     from mobileclip_export.export.api import export_model
     from mobileclip_export.export.progress import StderrProgress
@@ -207,13 +170,24 @@ def _export(argv: Sequence[str]) -> int:
         options=_options_from_args(args),
         reduced=args.reduced,
         seed=args.seed,
-        progress=StderrProgress(),
+        progress=StderrProgress() if args.verbosity >= 0 else None,
     )
+    _print_summary(result, args)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    return 0 if result.ok else 1
+
+
+def _print_summary(result: Any, args: argparse.Namespace) -> None:
+    """The human summary goes to stderr (stdout is kept for --json); -q keeps only the failures."""
     err = sys.stderr
-    print("\n" + summary_table(result), file=err)
+    if args.verbosity >= 0:
+        print("\n" + summary_table(result), file=err)
     for a in result.artifacts:
         if a.status == "failed":
             print(f"FAILED {a.target} {a.encoder} {a.precision}: {a.error}", file=err)
+    if args.verbosity < 0:
+        return
     if result.random_init:
         print(
             "\nNOTE: random weights; artifacts are valid for size and latency only, NOT for accuracy.",
@@ -224,43 +198,10 @@ def _export(argv: Sequence[str]) -> int:
         print(f"next:   {PROG} bench --model {args.model} --bundle-dir {args.output_dir}", file=err)
     else:
         print("\nno artifact succeeded; nothing was written", file=err)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2, default=str))
-    return 0 if result.ok else 1
-
-
-def _json_error(argv: Sequence[str], err: Exception, code: int) -> None:
-    """With --json, a machine reader still gets one JSON document on stdout when the run fails early."""
-    if "--json" in argv:
-        print(
-            json.dumps({"ok": False, "error": str(err), "error_type": type(err).__name__, "exit_code": code})
-        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] == "bench":
-            try:
-                from mobileclip_export.benchmarks.cli import main as bench_main
-            except ImportError as err:
-                raise UsageError(f"the benchmarks CLI is not available in this install: {err}") from err
-            return int(bench_main(argv[1:]) or 0)
-        if argv and argv[0] == "export":
-            argv = argv[1:]
-        return _export(argv)
-    except UsageError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        _json_error(argv, err, 2)
-        return 2
-    except MobileClipExportError as err:
-        print(f"{PROG}: failed: {err}", file=sys.stderr)
-        _json_error(argv, err, err.exit_code)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted; no partial artifact was left in the bundle", file=sys.stderr)
-        return 130
+    """The whole ``mobileclip-export`` command (kept for callers of the pre-subcommand entry point)."""
+    from mobileclip_export.cli import main as cli_main
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    return cli_main(argv)

@@ -9,6 +9,7 @@ import types
 
 import pytest
 
+from mobileclip_export import __version__
 from mobileclip_export.export import cli
 from mobileclip_export.export.backends.onnx import OnnxTarget
 from mobileclip_export.export.registry import all_targets
@@ -230,10 +231,44 @@ def test_verification_failure_exits_1_with_numbers(capsys, tmp_path, monkeypatch
 def test_bench_is_delegated(capsys, monkeypatch) -> None:
     seen = {}
     fake = types.ModuleType("mobileclip_export.benchmarks.cli")
-    fake.main = lambda argv: seen.setdefault("argv", argv) and 0
+    fake.add_arguments = lambda p: p.add_argument("--model") and p.add_argument("--runs", type=int)
+    fake.run = lambda args: seen.setdefault("args", args) and 0
     monkeypatch.setitem(sys.modules, "mobileclip_export.benchmarks.cli", fake)
     import mobileclip_export.benchmarks as bench_pkg
 
     monkeypatch.setattr(bench_pkg, "cli", fake, raising=False)
-    assert cli.main(["bench", "--model", "mobileclip_s0", "--runs", "3"]) == 0
-    assert seen["argv"] == ["--model", "mobileclip_s0", "--runs", "3"]
+    assert cli.main(["bench", "-q", "--model", "mobileclip_s0", "--runs", "3"]) == 0
+    args = seen["args"]
+    assert (args.command, args.model, args.runs, args.verbosity) == ("bench", "mobileclip_s0", 3, -1)
+
+
+def test_a_new_subcommand_is_one_module_and_one_registry_line(capsys, monkeypatch) -> None:
+    """The extension recipe documented in mobileclip_export.cli, exercised with a toy command."""
+    from mobileclip_export import cli as top
+
+    toy = types.ModuleType("toy_cmd")
+    toy.add_arguments = lambda p: p.add_argument("--name", required=True)
+    toy.run = lambda args: print(f"hello {args.name} v={args.verbosity}") or 3
+    monkeypatch.setitem(sys.modules, "toy_cmd", toy)
+    monkeypatch.setitem(top.COMMANDS, "toy", ("toy_cmd", "say hello"))
+    code, out, _ = run(capsys, "toy", "--name", "x", "-vv")
+    assert code == 3 and out.strip() == "hello x v=2"
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "say hello" in out and "bench" in out and "export" in out
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["toy", "--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"mobileclip-export {__version__}"
+
+
+def test_unknown_command_and_python_dash_m(capsys) -> None:
+    code, _, err = run(capsys, "bnech", "--model", "mobileclip_s0")
+    assert code == 2 and "unknown command 'bnech'" in err and "did you mean bench" in err
+    for argv in (["--version"], ["bench", "--version"], ["export", "--version"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "mobileclip_export", *argv], capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0 and proc.stdout.strip() == f"mobileclip-export {__version__}", proc
+    proc = subprocess.run(
+        [sys.executable, "-m", "mobileclip_export", "bench", "--help"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "--runs" in proc.stdout and "-q, --quiet" in proc.stdout
