@@ -44,6 +44,7 @@ RANDOM_WEIGHTS_WARNING = (
     "latency only, NOT for accuracy. Pass --checkpoint to export real weights."
 )
 LOGIT_SCALE_MAX = 100.0
+SETTINGS_FILE = "mobileclip_tokenizer.json"  # our own settings; tokenizer.json is Hugging Face's format
 
 
 def _create_model(name: str, checkpoint: str | Path | None, seed: int, reduced: bool) -> nn.Module:
@@ -198,6 +199,13 @@ def _build_encoder_export(
     return EncoderExport(model_name, "text", inf_model.text_encoder, (ids,), inputs, (embed,), metadata)
 
 
+def _app_tokenizer_files(context_length: int) -> dict[str, bytes]:
+    from mobileclip_export.models.app_tokenizer import app_tokenizer_files
+    from mobileclip_export.models.tokenizer import get_tokenizer
+
+    return dict(app_tokenizer_files(get_tokenizer(), context_length))
+
+
 def _spec_list(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
     return [
         {"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "description": s.description}
@@ -285,7 +293,9 @@ def export_model(
 
     tok_cfg = tokenizer_config()
     tok_files: dict[str, bytes | Path] = {p.name: p for p in tokenizer_files()}
-    tok_files["tokenizer.json"] = (json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n").encode()
+    if "text" in plan.encoders:
+        tok_files.update(_app_tokenizer_files(spec.context_length))
+    tok_files[SETTINGS_FILE] = (json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n").encode()
     exports = {
         enc: _build_encoder_export(
             model,

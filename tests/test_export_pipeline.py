@@ -50,10 +50,11 @@ def test_bundle_layout_and_manifest(tmp_path, toy) -> None:
             a["parity"]["runtime"].startswith("onnxruntime") and a["parity"]["is_deployment_runtime"] is True
         )
     onnx_dir = res.bundle_dir / "onnx"
-    assert {"bpe_simple_vocab_16e6.txt.gz", "LICENSE-clip-bpe.txt", "tokenizer.json"} <= {
+    assert {"bpe_simple_vocab_16e6.txt.gz", "LICENSE-clip-bpe.txt", "mobileclip_tokenizer.json"} <= {
         p.name for p in onnx_dir.iterdir()
     }
-    assert json.loads((onnx_dir / "tokenizer.json").read_text())["eot_id"] == 49407
+    assert json.loads((onnx_dir / "mobileclip_tokenizer.json").read_text())["eot_id"] == 49407
+    assert json.loads((onnx_dir / "tokenizer.json").read_text())["padding"]["pad_id"] == 0  # Hugging Face's
     assert _leftovers(tmp_path) == [] and not list(res.bundle_dir.rglob(".staging"))
 
 
@@ -223,7 +224,8 @@ def test_multifunction_path(tmp_path, toy, monkeypatch) -> None:
     assert a.encoder == "image+text" and a.status == "verified", a.error
     assert set(a.parity["by_encoder"]) == {"image", "text"} and a.parity["is_deployment_runtime"] is False
     assert a.path == "fakemulti/mobileclip_s0-image-text-fp32.fake"
-    assert (res.bundle_dir / "fakemulti" / "tokenizer.json").is_file()
+    assert (res.bundle_dir / "fakemulti" / "mobileclip_tokenizer.json").is_file()
+    assert (res.bundle_dir / "fakemulti" / "vocab.json").is_file()
     with pytest.raises(UsageError, match="both encoders"):
         plan.plan_export("fakemulti", "image", None, {"multifunction": True})
 

@@ -12,7 +12,7 @@ import pytest
 from mobileclip_export.errors import UsageError
 from mobileclip_export.models import tokenizer as tk
 
-GOLDEN = json.loads((Path(__file__).parent / "data" / "clip-tokenizer-golden.json").read_text("utf-8"))
+GOLDEN = json.loads((tk.DATA_DIR / "clip-tokenizer-golden.json").read_text("utf-8"))
 
 
 def test_golden_header_matches_our_constants() -> None:
