@@ -45,6 +45,7 @@ class Program:
         self.source = source
         self.metadata = dict(metadata or {})
         self._consts32: dict[str, np.ndarray] = {}
+        self._folded: dict[str, tuple[Any, ...]] = {}  # constexpr_* results: weights expand once per program
         for op in graph.ops:  # fail at load time, not halfway through a run
             get_op(op.type, op.name)
 
@@ -147,13 +148,15 @@ class Program:
             args = Args(ctx, {k: self._value(env, v) for k, v in op.inputs.items()})
             try:
                 with np.errstate(all="ignore"):
-                    res = fn(ctx, args)
+                    res = self._folded.get(op.name) or fn(ctx, args)
             except MilExecutorError:
                 raise
             except Exception as err:
                 shapes = {k: getattr(args.get(k), "shape", None) for k in op.inputs}
                 raise MilExecutorError(f"{op.type} {op.name!r} failed on inputs {shapes}: {err}") from err
             res = res if isinstance(res, tuple) else (res,)
+            if op.type.startswith("constexpr_"):
+                self._folded[op.name] = res
             if len(res) != len(op.outputs):
                 raise MilExecutorError(
                     f"{op.type} {op.name!r} produced {len(res)} outputs, "
