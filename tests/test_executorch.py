@@ -89,7 +89,7 @@ def test_names_and_defaults(target):
         ".pte",
         "executorch",
     )
-    assert target.validate("fp32", {}) == {"delegate": "xnnpack"}
+    assert target.validate("fp32", {}) == {"delegate": "xnnpack", "num_threads": None}
     assert set(target.versions()) >= {"executorch", "torch"}
 
 
@@ -98,6 +98,7 @@ def test_names_and_defaults(target):
     [
         ("int8", {}, "precision 'int8'"),
         ("fp32", {"delegate": "vulkan"}, "xnnpack, coreml, portable"),
+        ("fp32", {"num_threads": 0}, "positive integer"),
         ("fp16", {"delegate": "portable"}, "only fp32"),
         ("fp32", {"compute_units": "all"}, "--compute-units"),
     ],
@@ -120,9 +121,10 @@ def test_missing_dependency_names_the_extra(target, monkeypatch):
     "model_name, encoder",
     [
         ("mobileclip_s0", "image"),
+        ("mobileclip_s2", "image"),
         ("mobileclip_b", "image"),
         ("mobileclip_s0", "text"),
-        ("mobileclip_b", "text"),
+        ("mobileclip_b", "text"),  # the S2 text family (base-512)
     ],
 )
 def test_xnnpack_fp32_parity(target, tmp_path, model_name, encoder):
@@ -130,17 +132,22 @@ def test_xnnpack_fp32_parity(target, tmp_path, model_name, encoder):
     path = tmp_path / "m.pte"
     info = target.export(enc, "fp32", target.validate("fp32", {}), path)
     census = info.details["delegation"]
-    assert census["delegated_nodes"] > census["non_delegated_nodes"] > 0  # XNNPACK takes the bulk
-    assert census["by_operator"]["aten_convolution_default" if encoder == "image" else "aten_linear_default"][
-        "non_delegated"
-    ] == 0  # fmt: skip
+    # The census guard: one XNNPACK subgraph; anything outside it is allow-listed with its reason.
+    assert census["delegated_subgraphs"] == 1, census["undelegated"]
+    assert census["unexpected"] == [], census["undelegated"]
+    outside = set(census["undelegated"])
+    assert outside == (set() if encoder == "image" else {"aten_embedding_default", "aten_argmax_default",
+        "aten_arange_start_step", "aten_eq_tensor", "dim_order_ops__to_dim_order_copy_default"})  # fmt: skip
     assert info.notes[0].startswith("xnnpack: ") and "getitem" not in info.notes[0]
     checks = target.structural_checks(path, enc)
     assert checks["problems"] == [] and checks["methods"] == ["forward"]
     assert checks["delegates"]["XnnpackBackend"] == census["delegated_subgraphs"]
 
-    runner = target.load(path, {})
-    assert runner.is_deployment_runtime and "XnnpackBackend" in runner.label
+    runner = target.load(path, {"num_threads": 1})
+    assert runner.is_deployment_runtime and "XnnpackBackend, 1 thread)" in runner.label
+    from executorch.extension.pybindings import portable_lib
+
+    assert portable_lib._threadpool_get_thread_count() == 1  # --threads reaches the runtime's pool
     x = _verify_inputs(enc)
     stats = compare(_reference(train, x), runner.run({enc.inputs[0].name: x}))
     assert stats.cosine >= 0.99999, stats
@@ -239,3 +246,18 @@ def test_lowering_does_not_consume_the_callers_module(target, tmp_path):
     after = enc.module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert (tmp_path / "a.pte").read_bytes() == (tmp_path / "b.pte").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", ["mobileclip_s0", "mobileclip_s2"])
+@pytest.mark.parametrize("encoder", ["image", "text"])
+def test_full_size_encoders_lower_to_one_xnnpack_subgraph(target, tmp_path, model_name, encoder):
+    from mobileclip_export.export.testing import randomized_encoder_export, structured_inputs
+
+    enc = randomized_encoder_export(model_name, encoder, reduced=False)
+    path = tmp_path / "full.pte"
+    census = target.export(enc, "fp32", target.validate("fp32", {}), path).details["delegation"]
+    assert census["delegated_subgraphs"] == 1 and census["unexpected"] == [], census["undelegated"]
+    x = structured_inputs(encoder, enc.example_inputs[0].shape[-1])
+    stats = compare(_reference(enc.module, x), target.load(path, {}).run({enc.inputs[0].name: x}))
+    assert stats.cosine >= 0.99999, stats

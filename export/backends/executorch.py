@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mobileclip_export.errors import ExportFailure, UsageError
+from mobileclip_export.export.backends.xnnpack_census import undelegated_census
 from mobileclip_export.export.target import (
     ArtifactInfo,
     EncoderExport,
@@ -46,7 +47,15 @@ class ExecuTorchTarget(Target):
     version_dists = ("executorch", "torch", "coremltools")
     precisions = ("fp32", "fp16")
     default_precision = "fp32"
-    options = (OptionSpec("delegate", "backend the graph is lowered to", "xnnpack", DELEGATES),)
+    options = (
+        OptionSpec("delegate", "backend the graph is lowered to", "xnnpack", DELEGATES),
+        OptionSpec(
+            "num_threads",
+            "CPU threads of the ExecuTorch threadpool when running the artifact here (default: all cores)",
+            default=None,
+            type=int,
+        ),
+    )
 
     def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
         opts = super().validate(precision, options)
@@ -55,6 +64,9 @@ class ExecuTorchTarget(Target):
                 "target 'executorch' with --delegate portable supports only fp32 "
                 "(use --delegate xnnpack or coreml for fp16)"
             )
+        threads = opts.get("num_threads")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise UsageError(f"--num-threads must be a positive integer, got {threads!r}")
         return opts
 
     # ---------------------------------------------------------------- export
@@ -119,7 +131,7 @@ class ExecuTorchTarget(Target):
                 "(the Core ML delegate runs on macOS/iOS only)"
             )
         program = runtime.load_program(Path(path), verification=Verification.Minimal)
-        return _ETRunner(program, backends)
+        return _ETRunner(program, backends, _set_threads(options.get("num_threads")))
 
     # ------------------------------------------------------------ structure
     def structural_checks(self, path: Path, enc: EncoderExport) -> dict[str, Any]:
@@ -168,14 +180,34 @@ def _require(module: str, what: str, extra: str) -> None:
         )
 
 
+def _set_threads(threads: int | None) -> int:
+    """Size the runtime's (process-wide) threadpool like the other runtimes' ``--threads``."""
+    import os
+
+    from executorch.extension.pybindings import portable_lib
+
+    threads = int(threads or os.cpu_count() or 1)
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+    return threads
+
+
 def _prepared(enc: EncoderExport, precision: str, delegate: str) -> tuple[Any, tuple[Any, ...]]:
-    """A fresh copy of the module (lowering consumes constants) and its example inputs in the right dtype."""
+    """A fresh copy of the module (lowering consumes constants) and its example inputs in the right dtype.
+
+    For XNNPACK the copy is rewritten into its XNNPACK form (``xnnpack_form``; fp16 keeps its fp32
+    LayerNorm islands, see ``_half_with_fp32_layer_norms``).
+    """
     import copy
 
     import torch
 
+    from mobileclip_export.export.backends.xnnpack_form import xnnpack_module
+
     module = copy.deepcopy(enc.module).eval()
     example = tuple(x.detach().clone() for x in enc.example_inputs)
+    if delegate == "xnnpack":
+        module = xnnpack_module(module, layer_norm=precision == "fp32")
     # The Core ML delegate takes fp32 graphs and applies fp16 as its compute precision.
     if precision == "fp16" and delegate != "coreml":
         module = _half_with_fp32_layer_norms(module)
@@ -213,6 +245,14 @@ def _half_with_fp32_layer_norms(module: Any) -> Any:
     return module
 
 
+def _transform_passes(delegate: str) -> list[Any] | None:
+    if delegate != "xnnpack":
+        return None
+    from mobileclip_export.export.backends.xnnpack_form import shape_ops_as_views
+
+    return [shape_ops_as_views()]
+
+
 def _partitioners(delegate: str, precision: str) -> list[Any]:
     if delegate == "xnnpack":
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -240,7 +280,9 @@ def _lower(
 
     with torch.no_grad():
         ep = torch.export.export(module, example)
-    edge = to_edge_transform_and_lower(ep, partitioner=_partitioners(delegate, precision))
+    edge = to_edge_transform_and_lower(
+        ep, transform_passes=_transform_passes(delegate), partitioner=_partitioners(delegate, precision)
+    )
     info = get_delegation_info(edge.exported_program().graph_module)
     census = {
         "delegated_subgraphs": info.num_delegated_subgraphs,
@@ -254,6 +296,8 @@ def _lower(
     }
     census["non_delegated_nodes"] = sum(v["non_delegated"] for v in census["by_operator"].values())
     census["delegated_nodes"] = sum(v["delegated"] for v in census["by_operator"].values())
+    if delegate == "xnnpack":
+        census.update(undelegated_census(census["by_operator"]))
     return edge.to_executorch(), census
 
 
@@ -275,7 +319,7 @@ def _backends_used(path: Path) -> list[str]:
 
 
 class _ETRunner(Runner):
-    def __init__(self, program: Any, backends: list[str]):
+    def __init__(self, program: Any, backends: list[str], threads: int):
         import executorch.version
 
         self.method = program.load_method("forward")
@@ -285,7 +329,8 @@ class _ETRunner(Runner):
         ]
         self.batch = int(meta.input_tensor_meta(0).sizes()[0])
         used = ", ".join(backends) if backends else "portable kernels only"
-        self.label = f"ExecuTorch {executorch.version.__version__} runtime ({used})"
+        plural = "s" if threads != 1 else ""
+        self.label = f"ExecuTorch {executorch.version.__version__} runtime ({used}, {threads} thread{plural})"
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         import torch

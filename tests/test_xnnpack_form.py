@@ -1,0 +1,53 @@
+"""XNNPACK deploy forms are the same arithmetic (eager, no lowering); the census allow-list judges ops."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from mobileclip_export.export.backends.xnnpack_census import ALLOWED_UNDELEGATED, undelegated_census
+from mobileclip_export.export.backends.xnnpack_form import MatmulLayerNorm, xnnpack_module
+from mobileclip_export.export.parity import compare
+from mobileclip_export.export.testing import randomized_encoder_export, structured_inputs
+
+
+def test_matmul_layer_norm_matches_torch():
+    norm = nn.LayerNorm(768, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    x = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(0)) * 3 + 2  # offset mean
+    with torch.no_grad():
+        stats = compare(norm(x).numpy()[0], MatmulLayerNorm(norm)(x).numpy()[0])
+    assert stats.max_abs_diff < 1e-5 and stats.cosine >= 0.9999999, stats
+
+
+def test_xnnpack_module_keeps_outputs_and_leaves_the_original_alone():
+    enc = randomized_encoder_export("mobileclip_s0", "text")
+    before = {k: v.clone() for k, v in enc.module.state_dict().items()}
+    shaped = xnnpack_module(copy.deepcopy(enc.module))
+    assert not any(type(m) is nn.LayerNorm for m in shaped.modules())
+    assert any(type(m) is nn.LayerNorm for m in enc.module.modules())  # the caller's module is untouched
+    ids = torch.from_numpy(structured_inputs("text"))
+    with torch.no_grad():
+        stats = compare(enc.module(ids).numpy(), shaped(ids).numpy())
+    assert stats.cosine >= 0.99999 and stats.max_abs_diff < 1e-4, stats
+    assert before.keys() == enc.module.state_dict().keys()
+
+
+def test_census_names_reasons_and_flags_unknown_ops():
+    census = undelegated_census(
+        {
+            "aten_embedding_default": {"delegated": 0, "non_delegated": 1},
+            "aten_native_layer_norm_default": {"delegated": 0, "non_delegated": 3},
+            "aten_linear_default": {"delegated": 9, "non_delegated": 0},
+        }
+    )
+    assert census["unexpected"] == ["aten_native_layer_norm_default"]
+    assert census["undelegated"]["aten_embedding_default"] == {
+        "count": 1,
+        "reason": ALLOWED_UNDELEGATED["aten_embedding_default"],
+    }
+    assert "aten_linear_default" not in census["undelegated"]
