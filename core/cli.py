@@ -44,6 +44,7 @@ DEFAULT_COMMAND = "export"
 COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("mobileclip_export.export.cli", "export encoders to verified on-device artifacts (default)"),
     "bench": ("mobileclip_export.benchmarks.cli", "time every artifact that runs here and report"),
+    "predict": ("mobileclip_export.export.predict_cli", "zero-shot labels for images, or text search"),
 }
 
 

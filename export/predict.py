@@ -180,3 +180,44 @@ def _rankings(queries: list[str], cos: np.ndarray, paths: list[Path], k: int) ->
         order = np.argsort(-row, kind="stable")[:k]
         out.append({"text": q, "ranking": [{"path": str(paths[j]), "cosine": float(row[j])} for j in order]})
     return out
+
+
+def _title(doc: dict[str, Any]) -> str:
+    weights = "RANDOM weights (scores are not meaningful)" if doc["random_init"] else "checkpoint weights"
+    return f"{doc['model']} | {doc['target']} {doc['precision']} | {doc['runtime']} | {weights}"
+
+
+def format_predictions(doc: dict[str, Any]) -> str:
+    """The human-readable form of ``predict``'s result: per image its top-k labels."""
+    lines = [_title(doc), f"templates: {len(doc['templates'])}, labels: {len(doc['labels'])}"]
+    width = max(len(x["label"]) for item in doc["images"] for x in item["top"])
+    for item in doc["images"]:
+        lines.append(Path(item["path"]).name)
+        ref = {x["label"]: x["prob"] for x in item.get("reference", {}).get("top", [])}
+        for x in item["top"]:
+            extra = f"   pytorch {ref[x['label']]:.4f}" if x["label"] in ref else ""
+            lines.append(f"  {x['prob']:.4f}  {x['label']:<{width}}{extra}")
+    if "compare" in doc:
+        c = doc["compare"]
+        lines.append(
+            f"compare vs {c['runtime']}: top-1 agrees on {c['top1_agree']}/{c['n_images']} images, "
+            f"largest probability difference {c['max_prob_diff']:.2e}"
+        )
+    return "\n".join(lines)
+
+
+def format_retrieval(doc: dict[str, Any]) -> str:
+    """The human-readable form of ``retrieve``'s result: per query the ranked images."""
+    lines = [_title(doc)]
+    for q in doc["queries"]:
+        lines.append(f"{q['text']!r}")
+        for rank, x in enumerate(q["ranking"], 1):
+            lines.append(f"  {rank:>3}. {x['cosine']:+.4f}  {x['path']}")
+        if "same_order" in q:
+            lines.append(f"  same order as pytorch: {'yes' if q['same_order'] else 'NO'}")
+    if "compare" in doc:
+        lines.append(
+            f"compare vs {doc['compare']['runtime']}: largest cosine difference "
+            f"{doc['compare']['max_cosine_diff']:.2e}"
+        )
+    return "\n".join(lines)

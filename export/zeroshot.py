@@ -34,7 +34,9 @@ DEFAULT_TEMPLATES = "clip"
 EncodeFn = Callable[[np.ndarray], np.ndarray]  # int32 ids [B, 77] -> float32 embeddings [B, D]
 
 
-def parse_labels(labels: str | Sequence[str] | None = None, labels_file: str | Path | None = None) -> list[str]:
+def parse_labels(
+    labels: str | Sequence[str] | None = None, labels_file: str | Path | None = None
+) -> list[str]:
     """Labels from a comma-separated string / list and/or a file (one per line, blank lines skipped)."""
     out: list[str] = []
     if labels is not None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mobileclip_export.errors import UsageError
-from mobileclip_export.export.target import RuntimeUnavailable, Runner, Target
+from mobileclip_export.export.target import Runner, RuntimeUnavailable, Target
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ PYTORCH = "pytorch"  # the pseudo-target: the train-time PyTorch model rebuilt f
 class BundleInfo:
     root: Path
     manifest: dict[str, Any]
+    torch_model: Any = None  # the train-time model, once built (or given instead of a bundle on disk)
 
     @property
     def model(self) -> str:
@@ -49,13 +50,17 @@ class BundleInfo:
         return found
 
 
-def read_bundle_dir(path: str | Path) -> BundleInfo:
+def read_bundle_dir(path: str | Path | BundleInfo) -> BundleInfo:
     """A bundle folder (with manifest.json) or an output dir holding exactly one bundle."""
+    if isinstance(path, BundleInfo):
+        return path
     root = Path(path)
     candidates = [root / MANIFEST] if (root / MANIFEST).is_file() else sorted(root.glob(f"*/{MANIFEST}"))
     if len(candidates) != 1:
         found = ", ".join(str(c.parent) for c in candidates) or "none"
-        raise UsageError(f"--bundle {str(root)!r}: expected one {MANIFEST} there or one level down (found: {found})")
+        raise UsageError(
+            f"--bundle {str(root)!r}: expected one {MANIFEST} there or one level down (found: {found})"
+        )
     try:
         manifest = json.loads(candidates[0].read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
@@ -91,7 +96,11 @@ class ArtifactEncoders:
     """The image and text artifacts of one target in a bundle, loaded through ``Target.load``."""
 
     def __init__(
-        self, bundle: BundleInfo, target: str, precision: str | None = None, need: tuple[str, ...] = ("image", "text")
+        self,
+        bundle: BundleInfo,
+        target: str,
+        precision: str | None = None,
+        need: tuple[str, ...] = ("image", "text"),
     ):
         from mobileclip_export.export.registry import get_target
 
@@ -110,11 +119,10 @@ class ArtifactEncoders:
     def _open(self, bundle: BundleInfo, t: Target, recs: dict[str, dict[str, Any]], enc: str) -> None:
         rec = recs.get(enc) or recs.get("image+text")
         if rec is None:
-            have = sorted({f"{r['target']}/{r['encoder']}/{r['precision']}" for r in bundle.manifest["artifacts"]})
+            arts = bundle.manifest["artifacts"]
+            have = ", ".join(sorted({f"{r['target']}/{r['encoder']}/{r['precision']}" for r in arts}))
             at = f" at {self.precision}" if self.precision else ""
-            raise UsageError(
-                f"the bundle has no {enc} artifact for target {t.name!r}{at} (it has: {', '.join(have) or 'none'})"
-            )
+            raise UsageError(f"the bundle has no {enc} artifact for target {t.name!r}{at} (it has: {have})")
         multi = rec["encoder"] == "image+text"  # one multifunction runner fed {"image": x} or {"text": ids}
         shared = next((r for r, _ in self.runners.values()), None) if multi else None
         if shared is None:
@@ -165,9 +173,11 @@ class TorchEncoders:
 
 
 def train_time_model(bundle: BundleInfo, checkpoint: str | Path | None = None) -> Any:
-    """Rebuild the train-time model a bundle came from: same variant, size, seed or checkpoint (sha256-checked)."""
+    """The train-time model a bundle came from: same variant, size, seed or checkpoint (sha256-checked)."""
     from mobileclip_export.models import create_model
 
+    if bundle.torch_model is not None:
+        return bundle.torch_model
     args, weights = bundle.manifest.get("export_args", {}), bundle.manifest.get("weights", {})
     model_name, reduced, seed = bundle.model, bool(args.get("reduced", False)), int(args.get("seed", 0))
     if weights.get("random_init", True):
@@ -180,14 +190,35 @@ def train_time_model(bundle: BundleInfo, checkpoint: str | Path | None = None) -
         )
     model = create_model(model_name, ckpt, seed=seed, reduced=reduced)
     if weights.get("sha256") and model.checkpoint_sha256 != weights["sha256"]:
-        raise UsageError(f"checkpoint {str(ckpt)!r} is not the one the bundle was exported from (sha256 differs)")
+        raise UsageError(f"checkpoint {str(ckpt)!r} is not the one the bundle came from (sha256 differs)")
     return model
 
 
 def open_encoders(
-    bundle: BundleInfo, target: str, precision: str | None = None, checkpoint: str | Path | None = None,
+    bundle: BundleInfo,
+    target: str,
+    precision: str | None = None,
+    checkpoint: str | Path | None = None,
     need: tuple[str, ...] = ("image", "text"),
 ) -> ArtifactEncoders | TorchEncoders:
     if target == PYTORCH:
-        return TorchEncoders(train_time_model(bundle, checkpoint))
+        bundle.torch_model = train_time_model(bundle, checkpoint)
+        return TorchEncoders(bundle.torch_model)
     return ArtifactEncoders(bundle, target, precision, need)
+
+
+def model_bundle(model: Any) -> BundleInfo:
+    """A bundle-shaped view of an in-memory train-time model, for ``pytorch`` without exporting anything."""
+    import math
+
+    from mobileclip_export.models.clip import LOGIT_SCALE_MAX
+
+    raw = float(model.logit_scale.detach())
+    manifest = {
+        "model": model.spec.name,
+        "random_init": bool(model.random_init),
+        "context_length": int(model.context_length),
+        "logit_scale": {"log": raw, "value": min(math.exp(raw), LOGIT_SCALE_MAX)},
+        "artifacts": [],
+    }
+    return BundleInfo(Path("."), manifest, torch_model=model)
