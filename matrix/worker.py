@@ -1,0 +1,95 @@
+"""One cell in one process: export one (model, target, precision, encoder) into a private staging folder.
+
+The worker never touches the store or a bundle: it leaves ``{staging}/out/{model}/`` (a one-artifact bundle
+from ``export_model``) and ``{staging}/result.json``; the coordinator checks and commits it. While the
+converter runs, ``{staging}/converting`` holds the worker's pid (for monitoring, and for the fault tests that
+SIGKILL a worker mid-conversion).
+
+Run as ``python -m mobileclip_export.matrix.worker JOB_JSON STAGING_DIR`` by the local pool; Ray calls
+``run_job`` inside its own worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mobileclip_export.matrix.jobs import Job
+
+log = logging.getLogger(__name__)
+
+RESULT = "result.json"
+CONVERTING = "converting"
+
+
+def _mismatch(job: Job) -> str | None:
+    """Why this node must not produce ``job``'s key (other tool versions, other checkpoint), or None."""
+    from mobileclip_export.export.manifest import tool_versions
+    from mobileclip_export.export.registry import get_target
+    from mobileclip_export.hashing import file_sha256
+
+    here = tool_versions([get_target(job.target)])
+    diff = sorted(k for k in set(here) | set(job.versions) if here.get(k) != job.versions.get(k))
+    if diff:
+        return "tool versions on this node differ from the plan's: " + ", ".join(
+            f"{k} {job.versions.get(k)} != {here.get(k)}" for k in diff
+        )
+    if job.checkpoint and file_sha256(Path(job.checkpoint)) != job.checkpoint_sha256:
+        return f"checkpoint {job.checkpoint} on this node does not have the planned sha256"
+    return None
+
+
+def _marker(staging: Path) -> Any:
+    def progress(ev: Any) -> None:
+        if ev.stage == "export" and ev.kind == "stage-start":
+            (staging / CONVERTING).write_text(str(os.getpid()))
+        elif ev.stage == "export" and ev.kind == "stage-end":
+            (staging / CONVERTING).unlink(missing_ok=True)
+
+    return progress
+
+
+def run_job(job: Job, staging: Path, node: str | None = None) -> dict[str, Any]:
+    """Export ``job`` into ``staging``; returns (and writes) the result. Conversion failures are results."""
+    from mobileclip_export.errors import MobileClipExportError
+    from mobileclip_export.export.api import export_model
+    from mobileclip_export.export.bundle import write_json_atomic
+
+    staging.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"key": job.key, "node": node or socket.gethostname(), "pid": os.getpid()}
+    problem = _mismatch(job)
+    if problem is None:
+        try:
+            res = export_model(
+                job.model, job.target, checkpoint=job.checkpoint, encoders=[job.encoder],
+                precision=job.precision, output_dir=staging / "out", options={job.target: job.options},
+                reduced=job.reduced, seed=job.seed, progress=_marker(staging),
+            )
+            rec = res.artifacts[0].to_dict()
+            out.update(record=rec, bundle=f"out/{job.model}" if res.bundle_dir else None)
+        except MobileClipExportError as err:
+            problem = f"{type(err).__name__}: {err}"
+    if problem is not None:
+        out.update(record={"status": "failed", "error": problem, "seconds": {}}, bundle=None)
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    write_json_atomic(staging / RESULT, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    job = Job.from_dict(json.loads(Path(args[0]).read_text("utf-8")))
+    run_job(job, Path(args[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
