@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("mobileclip_export.export.cli", "export encoders to verified on-device artifacts (default)"),
     "bench": ("mobileclip_export.benchmarks.cli", "time every artifact that runs here and report"),
     "predict": ("mobileclip_export.export.predict_cli", "zero-shot labels for images, or text search"),
+    "matrix": ("mobileclip_export.matrix.cli", "every model x target x precision cell, resumable"),
 }
 
 

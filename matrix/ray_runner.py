@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mobileclip_export.errors import MissingDependencyError
+from mobileclip_export.errors import MissingDependencyError, UsageError
 from mobileclip_export.matrix.jobs import Job
 from mobileclip_export.matrix.local import OnDone
 from mobileclip_export.matrix.store import STAGING, commit, new_staging
@@ -68,7 +68,13 @@ class RayRunner:
         if ray.is_initialized():
             return False
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=self.address, log_to_driver=False)
+        try:
+            ray.init(address=self.address, log_to_driver=False)
+        except ConnectionError as err:
+            raise UsageError(
+                f"--ray {self.address}: no Ray cluster reachable ({err}); start one (`ray start --head`) "
+                "or pass its address, e.g. --ray 10.0.0.5:6379"
+            ) from err
         return True
 
     def run(self, jobs: list[Job], output: Path, on_done: OnDone) -> None:
