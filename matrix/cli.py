@@ -37,12 +37,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precisions", action="append",
                    help="precisions (default: each target's default); a precision a target lacks is skipped")
     p.add_argument("--encoders", action="append", help="image, text or both (default: both)")
-    p.add_argument("--checkpoint-dir", type=Path, help="holds {model}.safetensors|.pt|.pth; else random weights")
+    p.add_argument(
+        "--checkpoint-dir", type=Path, help="holds {model}.safetensors|.pt|.pth (else: random weights)"
+    )
     p.add_argument("--output-dir", type=Path, help="store (cells/), bundles/ and matrix.md/.json/.png")
     p.add_argument("--ray", nargs="?", const="auto", metavar="auto|ADDRESS",
                    help="run on a Ray cluster (default address: auto) instead of the local pool")
     p.add_argument("--jobs", type=int, default=None, help="local worker processes (default: CPU count)")
-    p.add_argument("--max-attempts", type=int, default=3, help="tries per cell when its worker dies (default 3)")
+    p.add_argument(
+        "--max-attempts", type=int, default=3, help="tries per cell when its worker dies (default 3)"
+    )
     p.add_argument("--option", type=_option, action="append", default=[], metavar="NAME=VALUE",
                    help="a target option (as the export command's --NAME flag), repeatable")
     p.add_argument("--reduced", action="store_true", help="reduced-size models (tests / smoke runs)")
@@ -62,7 +66,9 @@ def _request(args: argparse.Namespace) -> Any:
     if args.max_attempts < 1:
         raise UsageError(f"--max-attempts must be at least 1, got {args.max_attempts}")
     return MatrixRequest(
-        models=_csv(args.models), targets=_csv(args.targets), precisions=_csv(args.precisions) or ("default",),
+        models=_csv(args.models),
+        targets=_csv(args.targets),
+        precisions=_csv(args.precisions) or ("default",),
         encoders=_csv(args.encoders) or ("image", "text"), checkpoint_dir=args.checkpoint_dir,
         options=dict(args.option), reduced=args.reduced, seed=args.seed,
     )

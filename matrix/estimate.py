@@ -1,9 +1,9 @@
 """Memory and time a cell is expected to take, so the local pool and Ray can place it.
 
-Memory: the worker's fixed cost (interpreter, torch, a converter) plus a multiple of the fp32 weights (train-time
-model + reparameterized copy + the converter's graph copies). Time: a fixed cost plus seconds per million
-parameters; the rate is re-fitted from the export seconds of cells already in the store (``calibrate``), so
-estimates follow this machine's measured export times instead of a guess.
+Memory: the worker's fixed cost (interpreter, torch, a converter) plus a multiple of the fp32 weights
+(train-time model + reparameterized copy + the converter's graph copies). Time: a fixed cost plus seconds per
+million parameters; the rate is re-fitted from the export seconds of cells already in the store
+(``calibrate``), so estimates follow this machine's measured export times instead of a guess.
 """
 
 from __future__ import annotations

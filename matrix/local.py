@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 OnDone = Callable[[Job, dict[str, Any]], None]
 POLL_SECONDS = 0.05
+WORKER_MODULE = "mobileclip_export.matrix.worker"
 
 
 def available_memory() -> int:
@@ -55,7 +56,7 @@ def _launch(job: Job, output: Path, attempt: int, threads: int) -> _Running:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with (staging / "worker.log").open("wb") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mobileclip_export.matrix.worker", str(staging / "job.json"), str(staging)],
+            [sys.executable, "-m", WORKER_MODULE, str(staging / "job.json"), str(staging)],
             stdout=logf, stderr=subprocess.STDOUT, env=env,
         )
     log.info("started %s (attempt %d, pid %d)", job.label, attempt, proc.pid)

@@ -1,4 +1,4 @@
-"""``run_matrix``: plan -> reuse verified cells -> run the rest (local pool or Ray) -> merge bundles -> report."""
+"""``run_matrix``: plan, reuse verified cells, run the rest (local pool or Ray), merge bundles, report."""
 
 from __future__ import annotations
 
@@ -127,7 +127,8 @@ def _runner_label(runner: Any, ray_address: str | None) -> str:
 def _finish(output: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> MatrixOutcome:
     bundles = {}
     for model in dict.fromkeys(r["model"] for r in rows):
-        folders = [output / CELLS / r["cell"] for r in rows if r["model"] == model and r["status"] == "verified"]
+        mine = [r for r in rows if r["model"] == model and r["status"] == "verified"]
+        folders = [output / CELLS / r["cell"] for r in mine]
         usable = [(f, c) for f in folders if (c := read_cell(f)) is not None]
         path = merge_bundle(output, model, usable)
         if path is not None:

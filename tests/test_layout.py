@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BARE = re.compile(r"^\s*(?:import|from)\s+(models|export|reparam|benchmarks)(?:\.|\s|$)", re.M)
-SOURCE_DIRS = ["core", "models", "reparam", "export", "benchmarks", "tests"]
+SOURCE_DIRS = ["core", "models", "reparam", "export", "benchmarks", "matrix", "tests"]
 
 
 def test_generic_folder_names_are_not_importable() -> None:
@@ -44,7 +44,7 @@ def test_no_target_names_outside_backends() -> None:
     """The extension point lives in export/backends/: no other module names a target."""
     names = re.compile(r"""["'](coreml|onnx|executorch|tflite|coreai|litert|mlpackage|pte)["']""")
     offenders = []
-    for folder in ["core", "models", "reparam", "export", "benchmarks"]:
+    for folder in ["core", "models", "reparam", "export", "benchmarks", "matrix"]:
         for path in (ROOT / folder).rglob("*.py"):
             if "backends" in path.relative_to(ROOT).parts:
                 continue

@@ -1,0 +1,110 @@
+"""The matrix on the local pool: plan and keys, a real reduced run with a worker SIGKILLed mid-conversion,
+reuse of every cell on re-run, and a new target running only its new cells."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from mobileclip_export.errors import MissingDependencyError, UsageError
+from mobileclip_export.export.registry import all_targets
+from mobileclip_export.matrix import MatrixRequest, plan_matrix, run_matrix
+from mobileclip_export.matrix.estimate import estimate
+from mobileclip_export.matrix.jobs import Job, cell_key
+from mobileclip_export.matrix.local import LocalPool, death_reason
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+from _matrix_helpers import KillFirstConversion, assert_bundles_consistent  # noqa: E402
+
+TARGETS = ["onnx", "tflite"]  # the cheapest verified conversions here (reduced S0, fp16)
+REQ = MatrixRequest(models=("mobileclip_s0",), targets=(TARGETS[0],), precisions=("fp16",), reduced=True)
+
+
+def test_plan_has_one_keyed_job_per_cell_and_skips_unsupported_precisions() -> None:
+    names = list(all_targets())
+    plan = plan_matrix(MatrixRequest(models=("mobileclip_s0", "mobileclip_s2"), targets=tuple(names),
+                                     precisions=("fp32", "int8")))
+    expect = sum(2 * 2 * sum(p in t.precisions for p in ("fp32", "int8")) for t in all_targets().values())
+    assert len(plan.jobs) == expect
+    assert len({j.key for j in plan.jobs}) == expect
+    assert any("int8: not supported" in s for s in plan.skipped)
+    s0, s2 = (next(j for j in plan.jobs if j.model == m and j.encoder == "image") for m in ("mobileclip_s0",
+                                                                                             "mobileclip_s2"))
+    assert s2.estimate.memory_bytes > s0.estimate.memory_bytes and s2.estimate.seconds > s0.estimate.seconds
+
+
+def test_key_changes_with_every_input() -> None:
+    job = plan_matrix(REQ).jobs[0]
+    base = cell_key(job)
+    for change in ({"precision": "fp32"}, {"seed": 1}, {"checkpoint_sha256": "ab" * 32}, {"reduced": False},
+                   {"options": {**job.options, "x": 1}}, {"versions": {**job.versions, "torch": "0"}},
+                   {"encoder": "text"}, {"target": "other"}):
+        assert cell_key(Job(**{**job.to_dict(), "estimate": job.estimate, "key": "", **change})) != base
+    assert cell_key(Job.from_dict(json.loads(json.dumps(job.to_dict())))) == base
+
+
+def test_memory_budget_keeps_large_cells_apart() -> None:
+    job = plan_matrix(REQ).jobs[0]
+    big = Job(**{**job.to_dict(), "estimate": estimate(300.0), "key": "b"})
+    small = Job(**{**job.to_dict(), "estimate": estimate(1.0), "key": "s"})
+    pool = LocalPool(workers=2, memory_budget=big.estimate.memory_bytes + small.estimate.memory_bytes - 1)
+    running = [type("R", (), {"job": big})()]
+    assert pool._admit([(big, 1)], []) == 0  # a lone job always runs, however large
+    assert pool._admit([(big, 1), (small, 1)], running) is None  # big + anything exceeds the budget
+    pool.memory_budget += 1
+    assert pool._admit([(big, 1), (small, 1)], running) == 1
+
+
+def test_bad_input_names_the_choices(tmp_path, monkeypatch) -> None:
+    with pytest.raises(UsageError, match="not supported"):
+        plan_matrix(MatrixRequest(models=("mobileclip_s0",), targets=(TARGETS[0],), precisions=("fp61",)))
+    with pytest.raises(UsageError, match="mobileclip_s0"):
+        plan_matrix(MatrixRequest(models=("mobileclip_s9",), targets=(TARGETS[0],)))
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(MissingDependencyError, match="pip install"):
+        run_matrix(REQ, tmp_path, ray_address="auto")
+    assert death_reason(-9).startswith("worker killed by SIGKILL")
+
+
+@pytest.fixture(scope="module")
+def pool_run(tmp_path_factory):
+    """REQ on the local pool with the image cell's first worker SIGKILLed while it converts."""
+    out = tmp_path_factory.mktemp("matrix")
+    killer = KillFirstConversion(out, f"mobileclip_s0-{TARGETS[0]}-fp16-image-")
+    killer.start()
+    outcome = run_matrix(REQ, out, workers=2)
+    killer.stop.set()
+    return out, outcome, killer
+
+
+def test_killed_worker_is_retried_and_manifests_stay_consistent(pool_run) -> None:
+    out, outcome, killer = pool_run
+    assert killer.killed is not None, "the worker was never seen converting"
+    rows = {r["encoder"]: r for r in outcome.rows}
+    assert [r["status"] for r in outcome.rows] == ["verified", "verified"], outcome.rows
+    assert rows["image"]["attempts"] == 2 and rows["text"]["attempts"] == 1
+    assert outcome.summary["conversions"] == 3  # two cells, one retried
+    assert all(r["cosine"] >= 0.999 for r in outcome.rows)
+    assert assert_bundles_consistent(out) == 2
+    report = json.loads((out / "matrix.json").read_text())
+    assert [r["status"] for r in report["rows"]] == ["verified", "verified"]
+    assert (out / "matrix.md").read_text().count("| verified |") == 2
+    assert (out / "matrix.png").stat().st_size > 1000
+    assert not list((out / ".staging").glob("*"))
+
+
+def test_rerun_reuses_every_cell_and_a_new_target_runs_only_its_cells(pool_run) -> None:
+    out, first, _ = pool_run
+    again = run_matrix(REQ, out, workers=2)
+    assert again.summary["conversions"] == 0 and again.summary["reused"] == 2
+    assert [r["run_s"] for r in again.rows] == [0.0, 0.0]
+    assert [r["sha256"] for r in again.rows] == [r["sha256"] for r in first.rows]
+    wider = MatrixRequest(models=REQ.models, targets=tuple(TARGETS[:2]), precisions=("fp16",),
+                          encoders=("text",), reduced=True)
+    grown = run_matrix(wider, out, workers=2)
+    assert grown.summary["conversions"] == 1, grown.rows
+    assert [(r["target"], r["reused"], r["status"]) for r in grown.rows] == [
+        (TARGETS[0], True, "verified"), (TARGETS[1], False, "verified")]
+    assert assert_bundles_consistent(out) == 2  # the bundle lists this run's cells
