@@ -1,6 +1,7 @@
-"""Target discovery: every module in ``export/backends/`` that defines ``TARGET`` is a target.
+"""Target discovery: every module or package in ``export/backends/`` that defines ``TARGET`` is a target.
 
-Adding a backend is adding one file there; nothing here names a target.
+Adding a backend is adding one file (or one package whose ``__init__`` exposes ``TARGET``) there; nothing here
+names a target.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from mobileclip_export.export.target import Target
 def all_targets() -> dict[str, Target]:
     found: dict[str, Target] = {}
     for info in sorted(pkgutil.iter_modules(backends.__path__), key=lambda i: i.name):
-        if info.name.startswith("_") or info.ispkg:
+        if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{backends.__name__}.{info.name}")
         cls = getattr(module, "TARGET", None)

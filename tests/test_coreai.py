@@ -18,8 +18,9 @@ pytest.importorskip("coreai_torch")
 pytest.importorskip("coreai.runtime")
 
 from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError  # noqa: E402
-from mobileclip_export.export.backends import coreai as backend  # noqa: E402
 from mobileclip_export.export.backends._tolerances import tolerance_for  # noqa: E402
+from mobileclip_export.export.backends.coreai import CoreAITarget  # noqa: E402
+from mobileclip_export.export.backends.coreai.hazards import find_coreai_hazards  # noqa: E402
 from mobileclip_export.export.parity import compare  # noqa: E402
 from mobileclip_export.export.registry import get_target  # noqa: E402
 from mobileclip_export.export.target import EncoderExport, TensorSpec  # noqa: E402
@@ -28,7 +29,7 @@ from mobileclip_export.export.testing import DeployToyImage, deploy_toy_text  # 
 from mobileclip_export.export.testing import toy_ids as _ids  # noqa: E402
 from mobileclip_export.export.testing import toy_image_input as _image_input  # noqa: E402
 
-TARGET = backend.CoreAITarget()
+TARGET = CoreAITarget()
 
 
 def toy_export(kind: str) -> EncoderExport:
@@ -192,13 +193,13 @@ X = torch.rand(1, 4, 9, 9)
     ids=["count_include_pad", "ceil_mode", "float64", "int64_input"],
 )
 def test_hazard_scanner_catches_known_traps(module, args, needle):
-    hazards = backend.find_coreai_hazards(_decomposed(module, *args))
+    hazards = find_coreai_hazards(_decomposed(module, *args))
     assert hazards and all(needle in h for h in hazards), hazards
 
 
 @pytest.mark.parametrize("module", [_Pool(padding=1), _Pool(padding=0, count_include_pad=False)])
 def test_hazard_scanner_passes_safe_pooling(module):
-    assert backend.find_coreai_hazards(_decomposed(module, X)) == []
+    assert find_coreai_hazards(_decomposed(module, X)) == []
 
 
 def test_export_fails_with_the_hazard_reason(tmp_path):
@@ -219,7 +220,7 @@ def test_export_fails_with_the_hazard_reason(tmp_path):
 @pytest.mark.parametrize("kind", ["image", "text_causal", "text_full"])
 def test_toy_graphs_have_no_hazards(kind):
     enc = toy_export(kind)
-    assert backend.find_coreai_hazards(_decomposed(enc.module, *enc.example_inputs)) == []
+    assert find_coreai_hazards(_decomposed(enc.module, *enc.example_inputs)) == []
 
 
 # ---------------------------------------------------------------- options, precision, dependencies
@@ -270,7 +271,7 @@ from mobileclip_export.export.testing import structured_inputs as real_inputs  #
 )
 def test_mobileclip_graphs_have_no_coreai_hazards(name, encoder):
     enc = real_export(name, encoder)
-    assert backend.find_coreai_hazards(_decomposed(enc.module, *enc.example_inputs)) == []
+    assert find_coreai_hazards(_decomposed(enc.module, *enc.example_inputs)) == []
 
 
 def _real_roundtrip(tmp_path, enc: EncoderExport, precision: str) -> tuple[float, object]:
@@ -314,7 +315,7 @@ def test_reduced_families_parity_fp32(tmp_path, name, encoder):
 @pytest.mark.parametrize("encoder", ["image", "text"])
 def test_full_size_s0(tmp_path, encoder, precision):
     enc = real_export("mobileclip_s0", encoder, reduced=False)
-    assert backend.find_coreai_hazards(_decomposed(enc.module, *enc.example_inputs)) == []
+    assert find_coreai_hazards(_decomposed(enc.module, *enc.example_inputs)) == []
     seconds, stats = _real_roundtrip(tmp_path, enc, precision)
     print(
         f"full S0 {encoder} {precision}: export {seconds:.1f} s, cosine {stats.cosine:.7f}, "

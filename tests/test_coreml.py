@@ -1,5 +1,5 @@
 """Core ML backend: export reduced encoders of every block family, reload, check structure and metadata, and
-compare numerically through the coreml_mil NumPy executor (Core ML prediction itself is macOS-only)."""
+compare numerically through the coreml.mil NumPy executor (Core ML prediction itself is macOS-only)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from torch import nn
 
 from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError
 from mobileclip_export.export.backends._tolerances import tolerance_for
+from mobileclip_export.export.backends.coreml.convert import convert, input_plan
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.registry import get_target
 from mobileclip_export.export.target import EncoderExport, RuntimeUnavailable, TensorSpec
@@ -26,13 +27,13 @@ ct = pytest.importorskip("coremltools")
 
 def _has_executor() -> bool:
     try:
-        from mobileclip_export.export.backends.coreml_mil import find_fp16_overflows, load_program  # noqa: F401
+        from mobileclip_export.export.backends.coreml.mil import find_fp16_overflows, load_program  # noqa: F401
     except ImportError:
         return False
     return True
 
 
-needs_executor = pytest.mark.skipif(not _has_executor(), reason="coreml_mil executor not available")
+needs_executor = pytest.mark.skipif(not _has_executor(), reason="coreml.mil executor not available")
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_missing_dependency_names_the_extra(target, monkeypatch):
 
 def test_load_without_mac_or_executor_is_runtime_unavailable(target, monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "platform", "linux")
-    monkeypatch.setitem(sys.modules, "mobileclip_export.export.backends.coreml_mil", None)  # import fails
+    monkeypatch.setitem(sys.modules, "mobileclip_export.export.backends.coreml.mil", None)  # import fails
     with pytest.raises(RuntimeUnavailable, match="needs macOS"):
         target.load(tmp_path / "x.mlpackage", {})
 
@@ -164,7 +165,7 @@ def test_fp32_export_structure_metadata_parity(target, tmp_path, model_name, enc
         assert "token ids" in model.input_description["text"]
 
     if not _has_executor():
-        pytest.skip("coreml_mil executor not available: structure checked, numerics not")
+        pytest.skip("coreml.mil executor not available: structure checked, numerics not")
     x = _verify_inputs(enc)
     runner = target.load(path, {})
     assert runner.is_deployment_runtime is False and "not Apple's runtime" in runner.label
@@ -370,7 +371,7 @@ class _Hot(nn.Module):
 
 @needs_executor
 def test_fp16_overflow_guard_keeps_hot_ops_in_fp32(target, tmp_path):
-    from mobileclip_export.export.backends.coreml_mil import load_program
+    from mobileclip_export.export.backends.coreml.mil import load_program
 
     torch.manual_seed(0)
     enc = _toy_enc((0.0,) * 3, (1.0,) * 3, module=_Hot())
@@ -382,8 +383,7 @@ def test_fp16_overflow_guard_keeps_hot_ops_in_fp32(target, tmp_path):
     # Negative control: plain fp16 conversion really is broken on this model.
     plain = tmp_path / "plain.mlpackage"
     opts = target.validate("fp16", {})
-    plan = sys.modules[type(target).__module__]._input_plan(enc, None)
-    target._convert(enc, plan, "fp16", opts, set()).save(str(plain))
+    convert(enc, input_plan(enc, None), "fp16", opts, set()).save(str(plain))
     assert not np.isfinite(load_program(plain).run({"image": x * 255.0})["embedding"]).all()
 
     path = tmp_path / "guarded.mlpackage"
@@ -399,7 +399,7 @@ def test_fp16_overflow_guard_keeps_hot_ops_in_fp32(target, tmp_path):
 
 @needs_executor
 def test_fp16_overflow_that_cannot_be_fixed_fails(target, tmp_path, monkeypatch):
-    import mobileclip_export.export.backends.coreml_mil as mil
+    import mobileclip_export.export.backends.coreml.mil as mil
 
     monkeypatch.setattr(
         mil, "find_fp16_overflows", lambda path, feeds: ["no_such_op_cast_fp16"], raising=False

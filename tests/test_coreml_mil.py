@@ -1,4 +1,4 @@
-"""The NumPy reference executor for Core ML ML Programs (export/backends/coreml_mil).
+"""The NumPy reference executor for Core ML ML Programs (export/backends/coreml/mil).
 
 Packages are produced here with coremltools directly (torch.export -> run_decompositions({}) -> ct.convert),
 so these tests do not depend on the Core ML target. Each parity test asserts numbers against PyTorch; the
@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mobileclip_export.export.backends._tolerances import tolerance_for
-from mobileclip_export.export.backends.coreml_mil import (
+from mobileclip_export.export.backends.coreml.mil import (
     FeedError,
     Program,
     ProgramLoadError,
@@ -35,7 +35,7 @@ from mobileclip_export.export.backends.coreml_mil import (
     supported_ops,
     torch_comparisons,
 )
-from mobileclip_export.export.backends.coreml_mil.ir import Graph, OpNode, VarInfo
+from mobileclip_export.export.backends.coreml.mil.ir import Graph, OpNode, VarInfo
 from mobileclip_export.export.parity import compare
 
 ct = pytest.importorskip("coremltools")

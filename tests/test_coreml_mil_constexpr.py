@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from mobileclip_export.export.backends.coreml_mil import load_program
-from mobileclip_export.export.backends.coreml_mil._ops_constexpr import unpack_bits
+from mobileclip_export.export.backends.coreml.mil import load_program
+from mobileclip_export.export.backends.coreml.mil._ops_constexpr import unpack_bits
 
 ct = pytest.importorskip("coremltools")
 cto = pytest.importorskip("coremltools.optimize.coreml")

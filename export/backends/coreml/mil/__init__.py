@@ -21,10 +21,11 @@ from .divergence import (
 )
 from .errors import FeedError, MilExecutorError, ProgramLoadError, UnsupportedOpError
 from .executor import Program
-from .fp16 import OverflowEvent, find_fp16_overflows, fp16_overflow_events
+from .fp16 import OverflowEvent
 from .ir import IODesc
 from .loader import load_program
 from .ops import register_op, supported_ops
+from .overflow import find_fp16_overflows, fp16_overflow_events
 
 __all__ = [
     "DivergenceReport",

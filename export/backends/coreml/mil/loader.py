@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .errors import MilExecutorError, ProgramLoadError
+from .executor import Program
 from .ir import Graph, IODesc, OpNode, VarInfo
-
-if TYPE_CHECKING:
-    from .executor import Program
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +37,6 @@ def load_program(
     Raises:
         ProgramLoadError: not an ML Program package, unreadable spec or weights.
     """
-    from .executor import Program
-
     spec, weights_dir, source = _read_spec(path)
     if spec.WhichOneof("Type") != "mlProgram":
         raise ProgramLoadError(

@@ -1,0 +1,84 @@
+"""The Core ML target: names, options and the export/load/check steps, each in its own module."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mobileclip_export.export.target import ArtifactInfo, EncoderExport, OptionSpec, Runner, Target
+
+from .options import COMPUTE_UNITS, DEPLOYMENT_TARGETS, parse_batch_sizes
+
+
+class CoreMLTarget(Target):
+    name = "coreml"
+    order = 10
+    aliases = ("mlpackage", "ios")
+    description = "Core ML ML Program (.mlpackage) via coremltools; runs on macOS/iOS"
+    extension = ".mlpackage"
+    extra = "coreml"
+    requires = ("coremltools",)
+    version_dists = ("coremltools", "torch")
+    precisions = ("fp16", "fp32")
+    default_precision = "fp16"
+    options = (
+        OptionSpec(
+            "minimum_deployment_target", "oldest OS the model must load on", "iOS17", DEPLOYMENT_TARGETS
+        ),
+        OptionSpec("compute_units", "Core ML compute units used to load/run it", "all", tuple(COMPUTE_UNITS)),
+        OptionSpec(
+            "batch_sizes",
+            "enumerated batch sizes, e.g. 1,4,8 (fixed batch 1 by default; an image encoder then takes a "
+            "float tensor in [0,1] instead of an ImageType, which carries one image)",
+            None,
+            None,
+            parse_batch_sizes,
+        ),
+    )
+
+    def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        opts = dict(options)
+        if opts.get("batch_sizes") is not None:
+            opts["batch_sizes"] = parse_batch_sizes(opts["batch_sizes"])
+        return super().validate(precision, opts)
+
+    def export(
+        self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path
+    ) -> ArtifactInfo:
+        from .convert import convert, input_plan, input_spec, output_spec
+        from .fp16_guard import fp16_guard
+
+        opts = self.validate(precision, options)
+        plan = input_plan(enc, opts["batch_sizes"])
+        notes = [plan.normalization] if plan.normalization else []
+        convert(enc, plan, precision, opts, set()).save(str(path))
+        details: dict[str, Any] = {
+            "minimum_deployment_target": opts["minimum_deployment_target"],
+            "compute_units": opts["compute_units"],
+            "batch_sizes": list(opts["batch_sizes"] or (1,)),
+            "image_input": plan.is_image,
+            "image_scale": plan.scale if plan.is_image else None,
+            "image_bias": list(plan.bias) if plan.is_image else None,
+        }
+        if precision == "fp16":
+            keep_fp32, guard_note = fp16_guard(enc, plan, opts, path)
+            notes.append(guard_note)
+            details["fp32_ops"] = sorted(keep_fp32)
+        return ArtifactInfo(
+            path=path,
+            inputs=(input_spec(enc, plan, opts),),
+            outputs=(output_spec(enc, opts),),
+            notes=notes,
+            details=details,
+        )
+
+    def load(self, path: Path, options: Mapping[str, Any]) -> Runner:
+        from .runners import load_runner
+
+        return load_runner(path, options.get("compute_units"))
+
+    def structural_checks(self, path: Path, enc: EncoderExport) -> dict[str, Any]:
+        from .structure import structural_checks
+
+        return structural_checks(path, enc)
