@@ -46,3 +46,10 @@ class ExportFailure(MobileClipExportError):
 
 class VerificationError(ExportFailure):
     """An artifact ran but its outputs disagree with the train-time model beyond tolerance."""
+
+
+class RegistryError(MobileClipExportError):
+    """Two extensions claim one name (target or alias, reparameterization rule, device runner), or one is
+    declared incompletely: a defect in the package or a plugin, never in the user's input."""
+
+    exit_code = 1

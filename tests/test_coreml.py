@@ -3,7 +3,6 @@ compare numerically through the coreml.mil NumPy executor (Core ML prediction it
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from functools import cache
@@ -14,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError
+from mobileclip_export.errors import ExportFailure, UsageError
 from mobileclip_export.export.backends._tolerances import tolerance_for
 from mobileclip_export.export.backends.coreml.convert import convert, input_plan
 from mobileclip_export.export.parity import compare
@@ -91,8 +90,6 @@ def test_names_aliases_and_defaults(target):
 @pytest.mark.parametrize(
     "precision, options, needle",
     [
-        ("int8", {}, "precision 'int8'"),
-        ("fp16", {"opset": 18}, "--opset"),
         ("fp16", {"compute_units": "gpu"}, "cpu_and_ne"),
         ("fp16", {"minimum_deployment_target": "iOS15"}, "iOS17"),
         ("fp16", {"batch_sizes": "0,4"}, "positive integers"),
@@ -103,15 +100,6 @@ def test_invalid_requests_are_usage_errors(target, precision, options, needle):
     with pytest.raises(UsageError) as err:
         target.validate(precision, options)
     assert needle in str(err.value)
-
-
-def test_missing_dependency_names_the_extra(target, monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda n, *a: None if n == "coremltools" else real(n, *a)
-    )
-    with pytest.raises(MissingDependencyError, match=r"pip install 'mobileclip-export\[coreml\]'"):
-        target.ensure_available()
 
 
 def test_load_without_mac_or_executor_is_runtime_unavailable(target, monkeypatch, tmp_path):

@@ -3,7 +3,6 @@ and compare with the train-time PyTorch encoder; delegate census, options, the C
 
 from __future__ import annotations
 
-import importlib.util
 from functools import cache
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from mobileclip_export.errors import MissingDependencyError, UsageError
+from mobileclip_export.errors import UsageError
 from mobileclip_export.export.backends._tolerances import tolerance_for
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.registry import get_target
@@ -96,7 +95,6 @@ def test_names_and_defaults(target):
 @pytest.mark.parametrize(
     "precision, options, needle",
     [
-        ("int8", {}, "precision 'int8'"),
         ("fp32", {"delegate": "vulkan"}, "xnnpack, coreml, portable"),
         ("fp32", {"num_threads": 0}, "positive integer"),
         ("fp16", {"delegate": "portable"}, "only fp32"),
@@ -107,13 +105,6 @@ def test_invalid_requests_are_usage_errors(target, precision, options, needle):
     with pytest.raises(UsageError) as err:
         target.validate(precision, options)
     assert needle in str(err.value)
-
-
-def test_missing_dependency_names_the_extra(target, monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "executorch" else real(n, *a))
-    with pytest.raises(MissingDependencyError, match=r"pip install 'mobileclip-export\[executorch\]'"):
-        target.ensure_available()
 
 
 # ------------------------------------------------------------------ every family, XNNPACK fp32
