@@ -38,6 +38,11 @@ class MissingDependencyError(UsageError):
     """An optional backend extra is not installed; the message carries the pip command."""
 
 
+def install_hint(extra: str) -> str:
+    """The one way to tell a user how to install an optional extra."""
+    return f"pip install 'mobileclip-export[{extra}]'"
+
+
 class ExportFailure(MobileClipExportError):
     """A conversion failed inside a converter."""
 

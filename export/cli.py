@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mobileclip_export.errors import UsageError
+from mobileclip_export.errors import UsageError, install_hint
 from mobileclip_export.export.progress import human_bytes
 from mobileclip_export.export.registry import all_targets
 from mobileclip_export.export.target import OptionSpec
@@ -104,7 +104,7 @@ def _list_targets() -> str:
     rows = []
     for name, t in all_targets().items():
         missing = t.missing_dependencies()
-        state = "installed" if not missing else f"NOT installed: pip install 'mobileclip-export[{t.extra}]'"
+        state = "installed" if not missing else f"NOT installed: {install_hint(t.extra)}"
         aliases = f" (aliases: {', '.join(t.aliases)})" if t.aliases else ""
         rows.append(f"{name}{aliases}: {t.description}")
         rows.append(

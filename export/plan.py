@@ -113,7 +113,7 @@ def plan_export(
                 f"{', '.join(t.precisions)}); choose targets explicitly or drop --precision"
             )
         opts = t.validate(prec, per[t.name])
-        multi = bool(opts.get("multifunction")) and callable(getattr(t, "export_multifunction", None))
+        multi = bool(opts.get("multifunction")) and t.supports_multifunction
         if opts.get("multifunction") and not multi:
             raise UsageError(f"target {t.name!r} does not support --multifunction")
         if multi and set(encs) != set(ENCODERS):

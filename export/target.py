@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mobileclip_export.errors import MissingDependencyError, UsageError
+from mobileclip_export.errors import MissingDependencyError, UsageError, install_hint
 
 if TYPE_CHECKING:  # keep `--help` and target listing free of torch/numpy imports
     import numpy as np
@@ -36,10 +36,8 @@ class OptionSpec:
     """A target-specific option (e.g. ``compute_units``); the CLI flag is ``--`` + name with dashes.
 
     ``type=bool`` makes a value-less switch (``--dynamic-batch``). Several targets may declare the same name
-    (one flag, each declaring target receives the value). A target may also define
-    ``export_multifunction(encs, precision, options, path) -> ArtifactInfo``; the pipeline calls it instead
-    of ``export`` (once, with both encoders) when the target declares a bool option ``multifunction`` and the
-    user sets it; its runner is then fed ``{"image": x}`` or ``{"text": ids}`` one encoder at a time.
+    (one flag, each declaring target receives the value). ``minimum``/``maximum`` make it an integer range
+    (inclusive) that ``Target.validate`` enforces, so no backend checks ranges by hand.
     """
 
     name: str
@@ -47,6 +45,28 @@ class OptionSpec:
     default: Any = None
     choices: tuple[Any, ...] | None = None
     type: Callable[[str], Any] = str
+    minimum: int | None = None
+    maximum: int | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is invalid (choices, integer range), or None when it is fine."""
+        if self.choices is not None and value not in self.choices:
+            return f"choices: {', '.join(map(str, self.choices))}"
+        if self.minimum is None and self.maximum is None:
+            return None
+        low, high = self.minimum, self.maximum
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if is_int and (low is None or value >= low) and (high is None or value <= high):
+            return None
+        if high is None:
+            return "expected a positive integer" if low == 1 else f"expected an integer >= {low}"
+        if low is None:
+            return f"expected an integer <= {high}"
+        return f"expected an integer in {low}..{high}"
 
 
 @dataclass(frozen=True)
@@ -115,6 +135,10 @@ class Target(ABC):
     description: ClassVar[str] = ""
     extension: ClassVar[str]  # ".mlpackage", ".onnx", ".pte", ".tflite", ".aimodel"
     extra: ClassVar[str]  # pip extra that installs it: pip install 'mobileclip-export[<extra>]'
+    # Capability: ``export_multifunction`` writes one artifact serving both encoders (the user asks with the
+    # bool option ``multifunction``, which such a target declares); its runner is then fed ``{"image": x}``
+    # or ``{"text": ids}`` one encoder at a time.
+    supports_multifunction: ClassVar[bool] = False
     requires: ClassVar[tuple[str, ...]] = ()  # import names that must be importable
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     default_precision: ClassVar[str] = "fp32"
@@ -130,7 +154,7 @@ class Target(ABC):
         if missing:
             raise MissingDependencyError(
                 f"target {self.name!r} needs {', '.join(missing)}, which is not installed; "
-                f"install it with: pip install 'mobileclip-export[{self.extra}]'"
+                f"install it with: {install_hint(self.extra)}"
             )
 
     def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,11 +173,9 @@ class Target(ABC):
                 flag = "--" + key.replace("_", "-")
                 raise UsageError(f"option {flag} is not supported by target {self.name!r}")
             spec = known[key]
-            if spec.choices is not None and value not in spec.choices:
-                raise UsageError(
-                    f"--{key.replace('_', '-')} {value!r} is not valid for target {self.name!r} "
-                    f"(choices: {', '.join(map(str, spec.choices))})"
-                )
+            problem = spec.problem(value)
+            if problem is not None:
+                raise UsageError(f"{spec.flag} {value!r} is not valid for target {self.name!r} ({problem})")
             out[key] = value
         for spec in self.options:
             out.setdefault(spec.name, spec.default)
@@ -165,6 +187,12 @@ class Target(ABC):
         self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path
     ) -> ArtifactInfo:
         """Convert ``enc`` and write the artifact to exactly ``path`` (a temp location the caller renames)."""
+
+    def export_multifunction(
+        self, encs: Sequence[EncoderExport], precision: str, options: Mapping[str, Any], path: Path
+    ) -> ArtifactInfo:
+        """One artifact serving every encoder in ``encs`` (only when ``supports_multifunction``)."""
+        raise UsageError(f"target {self.name!r} does not support --multifunction")
 
     @abstractmethod
     def load(self, path: Path, options: Mapping[str, Any]) -> Runner:

@@ -166,3 +166,58 @@ def test_a_new_backend_file_becomes_a_target(tmp_path, monkeypatch) -> None:
     found, table = build_registry([*TARGETS, *(m.TARGET() for m in modules)])
     assert list(found)[-1] == "toyrt" and table["toy"] == "toyrt"
     found["toyrt"].ensure_available()
+
+
+# ------------------------------------------------------------------ capabilities and option specs
+def capability_problems(targets: list[Target]) -> list[str]:
+    """A multi-function target implements it and offers the switch; a switch without the capability lies."""
+    problems = []
+    for t in targets:
+        switch = any(o.name == "multifunction" for o in t.options)
+        implemented = type(t).export_multifunction is not Target.export_multifunction
+        if t.supports_multifunction and not (switch and implemented):
+            problems.append(f"target {t.name!r} supports multifunction without the option or the method")
+        if not t.supports_multifunction and (switch or implemented):
+            problems.append(f"target {t.name!r} offers multifunction without supports_multifunction")
+    return problems
+
+
+def test_multifunction_is_a_declared_capability() -> None:
+    assert capability_problems(TARGETS) == []
+    assert any(t.supports_multifunction for t in TARGETS)
+    claims = _toy_target("claims")
+    type(claims).supports_multifunction = True
+    assert capability_problems([claims]) == [
+        "target 'claims' supports multifunction without the option or the method"
+    ]
+    hidden = _toy_target("hidden")
+    type(hidden).export_multifunction = lambda self, encs, precision, options, path: None
+    assert capability_problems([hidden]) == [
+        "target 'hidden' offers multifunction without supports_multifunction"
+    ]
+    with pytest.raises(UsageError, match="'plain' does not support --multifunction"):
+        _toy_target("plain").export_multifunction([], "fp32", {}, Path("x"))
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=IDS)
+def test_integer_options_reject_out_of_range_values(target: Target) -> None:
+    for spec in target.options:
+        if spec.minimum is None and spec.maximum is None:
+            continue
+        bad: list = ["3", True]
+        if spec.minimum is not None:
+            bad.append(spec.minimum - 1)
+        if spec.maximum is not None:
+            bad.append(spec.maximum + 1)
+        for value in bad:
+            with pytest.raises(UsageError, match=f"{spec.flag} {value!r} is not valid for target"):
+                target.validate(target.default_precision, {spec.name: value})
+
+
+def test_thread_options_reject_zero() -> None:
+    """Every target that takes a thread count needs at least one (onnx took 0 before ranges existed)."""
+    with_threads = [t for t in TARGETS if any(o.name == "num_threads" for o in t.options)]
+    assert with_threads
+    for t in with_threads:
+        with pytest.raises(UsageError, match="expected a positive integer"):
+            t.validate(t.default_precision, {"num_threads": 0})

@@ -197,6 +197,7 @@ class _MultiTarget(Target):
     extension = ".fake"
     extra = "fake"
     options = ()
+    supports_multifunction = True
     last: dict = {}
 
     def export(self, enc, precision, options, path):  # pragma: no cover - multifunction only

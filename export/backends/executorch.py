@@ -54,6 +54,7 @@ class ExecuTorchTarget(Target):
             "CPU threads of the ExecuTorch threadpool when running the artifact here (default: all cores)",
             default=None,
             type=int,
+            minimum=1,
         ),
     )
 
@@ -64,9 +65,6 @@ class ExecuTorchTarget(Target):
                 "target 'executorch' with --delegate portable supports only fp32 "
                 "(use --delegate xnnpack or coreml for fp16)"
             )
-        threads = opts.get("num_threads")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise UsageError(f"--num-threads must be a positive integer, got {threads!r}")
         return opts
 
     # ---------------------------------------------------------------- export
@@ -171,12 +169,11 @@ class ExecuTorchTarget(Target):
 def _require(module: str, what: str, extra: str) -> None:
     import importlib.util
 
-    from mobileclip_export.errors import MissingDependencyError
+    from mobileclip_export.errors import MissingDependencyError, install_hint
 
     if importlib.util.find_spec(module) is None:
         raise MissingDependencyError(
-            f"{what} needs {module}, which is not installed; "
-            f"install it with: pip install 'mobileclip-export[{extra}]'"
+            f"{what} needs {module}, which is not installed; install it with: {install_hint(extra)}"
         )
 
 

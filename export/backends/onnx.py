@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mobileclip_export.errors import ExportFailure, UsageError
+from mobileclip_export.errors import ExportFailure
 from mobileclip_export.export.target import (
     ArtifactInfo,
     EncoderExport,
@@ -144,7 +144,12 @@ class OnnxTarget(Target):
     default_precision = "fp32"
     options = (
         OptionSpec(
-            "opset", "ONNX opset for the onnx target (the dynamo exporter supports >= 18)", 18, None, int
+            "opset",
+            "ONNX opset for the onnx target (the dynamo exporter supports >= 18)",
+            18,
+            type=int,
+            minimum=18,
+            maximum=23,
         ),
         OptionSpec(
             "dynamic_batch",
@@ -153,17 +158,8 @@ class OnnxTarget(Target):
             None,
             bool,
         ),
-        OptionSpec("num_threads", "onnxruntime CPU threads when run here", None, None, int),
+        OptionSpec("num_threads", "onnxruntime CPU threads when run here", None, type=int, minimum=1),
     )
-
-    def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
-        out = super().validate(precision, options)
-        opset = out["opset"]
-        if not isinstance(opset, int) or not 18 <= opset <= 23:
-            raise UsageError(
-                f"--opset {opset!r} is not supported by target 'onnx' (choose 18..23; default 18)"
-            )
-        return out
 
     def export(
         self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError
+from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError, install_hint
 from mobileclip_export.export.target import (
     ArtifactInfo,
     EncoderExport,
@@ -42,7 +42,7 @@ from mobileclip_export.export.target import (
 log = logging.getLogger(__name__)
 
 METADATA_NAME = "mobileclip_export"
-_PIP_HINT = "pip install 'mobileclip-export[tflite]'"
+_PIP_HINT = install_hint("tflite")
 _EXPECTED_INPUT_DTYPES = {"int32": np.int32, "float32": np.float32, "image": np.float32}
 
 
@@ -249,14 +249,12 @@ class TFLiteTarget(Target):
             "CPU threads of the LiteRT interpreter when running the artifact here (default: all cores)",
             default=None,
             type=int,
+            minimum=1,
         ),
     )
 
     def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
         out = super().validate(precision, options)
-        threads = out.get("num_threads")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise UsageError(f"--num-threads must be a positive integer, got {threads!r}")
         if precision in ("fp16", "int8") and importlib.util.find_spec("ai_edge_quantizer") is None:
             raise MissingDependencyError(
                 f"tflite precision {precision} needs ai-edge-quantizer; install it with: {_PIP_HINT}"

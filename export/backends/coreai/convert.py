@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mobileclip_export.errors import ExportFailure, MissingDependencyError
+from mobileclip_export.errors import ExportFailure, MissingDependencyError, install_hint
 from mobileclip_export.export.target import EncoderExport, TensorSpec
 
 from .hazards import find_coreai_hazards
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
 
 MAIN_ENTRYPOINT = "main"
-PIP_HINT = "pip install 'mobileclip-export[coreai]'"
+PIP_HINT = install_hint("coreai")
 
 
 def function_name(encoder: str) -> str:

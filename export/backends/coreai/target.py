@@ -40,6 +40,7 @@ class CoreAITarget(Target):
     version_dists = ("coreai-core", "coreai-torch")
     precisions = ("fp16", "fp32")
     default_precision = "fp16"
+    supports_multifunction = True
     options = (
         OptionSpec(
             "multifunction",
