@@ -4,7 +4,10 @@ reuse of every cell on re-run, and a new target running only its new cells."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -15,8 +18,8 @@ from mobileclip_export.matrix.estimate import estimate
 from mobileclip_export.matrix.jobs import Job, cell_key
 from mobileclip_export.matrix.local import LocalPool, death_reason
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from _matrix_helpers import KillFirstConversion, assert_bundles_consistent  # noqa: E402
+sys.path.insert(0, os.path.dirname(__file__))
+from _matrix_helpers import KillFirstConversion, artifact_hashes, assert_bundles_consistent  # noqa: E402
 
 TARGETS = ["onnx", "tflite"]  # the cheapest verified conversions here (reduced S0, fp16)
 REQ = MatrixRequest(models=("mobileclip_s0",), targets=(TARGETS[0],), precisions=("fp16",), reduced=True)
@@ -108,3 +111,58 @@ def test_rerun_reuses_every_cell_and_a_new_target_runs_only_its_cells(pool_run) 
     assert [(r["target"], r["reused"], r["status"]) for r in grown.rows] == [
         (TARGETS[0], True, "verified"), (TARGETS[1], False, "verified")]
     assert assert_bundles_consistent(out) == 2  # the bundle lists this run's cells
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real Ray head on 127.0.0.1 with 2 CPUs, started and stopped here; it reaches no other address."""
+    # Ray turns 127.0.0.1 into the host's routable IP unless it runs "without cluster support" (its loopback
+    # mode for laptops); usage stats off: the test sends nothing anywhere.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    import ray  # the `test` extra installs it
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
+    temp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must stay under 107 bytes
+    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False,
+             log_to_driver=False, object_store_memory=200 * 2**20, _temp_dir=temp)
+    try:
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_cluster_matches_the_local_pool_byte_for_byte(ray_cluster, pool_run, tmp_path) -> None:
+    """REQ as Ray tasks, with the Ray worker converting the image cell SIGKILLed once: Ray retries it."""
+    killer = KillFirstConversion(tmp_path, f"mobileclip_s0-{TARGETS[0]}-fp16-image-")
+    killer.start()
+    outcome = run_matrix(REQ, tmp_path, ray_address="initialized")
+    killer.stop.set()
+    assert killer.killed is not None, "the Ray worker was never seen converting"
+    assert [r["status"] for r in outcome.rows] == ["verified", "verified"], outcome.rows
+    assert all(r["node"].split("/")[1] for r in outcome.rows)  # host/node id reported by Ray
+    assert outcome.summary["runner"].startswith("Ray")
+    assert assert_bundles_consistent(tmp_path) == 2
+    pool_out = pool_run[0]
+    assert artifact_hashes(tmp_path) == artifact_hashes(pool_out)
+
+
+# 3 block families (MCi + MCt text, ViT + base text, 5-stage MCi + base-768 text) x 3 targets x 2 precisions x
+# both encoders = 36 cells, on Ray and on the local pool: every cell verified, identical bytes.
+FULL = MatrixRequest(models=("mobileclip_s0", "mobileclip_b", "mobileclip2_s4"),
+                     targets=("onnx", "executorch", "tflite"), precisions=("fp32", "fp16"), reduced=True)
+
+
+@pytest.mark.slow
+def test_reduced_matrix_on_ray_and_pool(ray_cluster, tmp_path) -> None:
+    on_ray = run_matrix(FULL, tmp_path / "ray", ray_address="initialized")
+    on_pool = run_matrix(FULL, tmp_path / "pool", workers=2)
+    for outcome in (on_ray, on_pool):
+        assert len(outcome.rows) == 36
+        assert [r["cell"] for r in outcome.rows if r["status"] != "verified"] == []
+    assert assert_bundles_consistent(tmp_path / "ray") == 36
+    assert artifact_hashes(tmp_path / "ray") == artifact_hashes(tmp_path / "pool")
+    print(f"\nwall: Ray {on_ray.summary['wall_s']:.0f} s, local pool {on_pool.summary['wall_s']:.0f} s")
