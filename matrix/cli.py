@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a target option (as the export command's --NAME flag), repeatable")
     p.add_argument("--reduced", action="store_true", help="reduced-size models (tests / smoke runs)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (default: 0)")
-    p.add_argument("--merge", type=Path, action="append", metavar="DIR",
+    p.add_argument("--merge", type=Path, action="extend", nargs="+", metavar="DIR",
                    help="merge these matrix output folders (e.g. one per CI job) instead of running")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 

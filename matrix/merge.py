@@ -89,12 +89,14 @@ def merge_outputs(sources: Iterable[Path], output: Path) -> list[dict[str, Any]]
 
     Returns the rows of the sources' matrix.json (failed cells have no store folder but keep their row).
     """
-    rows: list[dict[str, Any]] = []
+    rows: dict[str, dict[str, Any]] = {}  # by cell key: a cell in two sources is one row, verified wins
     for src in map(Path, sources):
         report = src / "matrix.json"
         if not report.is_file():
             raise UsageError(f"--merge {str(src)!r}: no matrix.json there (not a matrix output folder)")
-        rows.extend(json.loads(report.read_text("utf-8"))["rows"])
+        for row in json.loads(report.read_text("utf-8"))["rows"]:
+            if row["key"] not in rows or rows[row["key"]]["status"] != "verified":
+                rows[row["key"]] = row
         for folder in sorted((src / CELLS).glob("*")):
             dest = output / CELLS / folder.name
             if dest.exists() or read_cell(folder) is None:
@@ -103,4 +105,4 @@ def merge_outputs(sources: Iterable[Path], output: Path) -> list[dict[str, Any]]
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(folder, tmp)
             os.replace(tmp, dest)
-    return rows
+    return list(rows.values())

@@ -98,8 +98,9 @@ def test_killed_worker_is_retried_and_manifests_stay_consistent(pool_run) -> Non
     assert not list((out / ".staging").glob("*"))
 
 
-def test_rerun_reuses_every_cell_and_a_new_target_runs_only_its_cells(pool_run) -> None:
-    out, first, _ = pool_run
+def test_rerun_reuses_every_cell_and_a_new_target_runs_only_its_cells(pool_run, tmp_path) -> None:
+    out, first = tmp_path / "copy", pool_run[1]
+    shutil.copytree(pool_run[0], out)  # a moved store still works; the original stays for the other tests
     again = run_matrix(REQ, out, workers=2)
     assert again.summary["conversions"] == 0 and again.summary["reused"] == 2
     assert [r["run_s"] for r in again.rows] == [0.0, 0.0]
@@ -111,6 +112,25 @@ def test_rerun_reuses_every_cell_and_a_new_target_runs_only_its_cells(pool_run) 
     assert [(r["target"], r["reused"], r["status"]) for r in grown.rows] == [
         (TARGETS[0], True, "verified"), (TARGETS[1], False, "verified")]
     assert assert_bundles_consistent(out) == 2  # the bundle lists this run's cells
+
+
+def test_merge_of_job_outputs_and_bench_reads_the_bundles(pool_run, tmp_path, capsys) -> None:
+    """The CI path: per-model outputs merged into one store and report; bench reads the merged bundle."""
+    from mobileclip_export.benchmarks.artifacts import read_bundle
+    from mobileclip_export.cli import main
+
+    out = pool_run[0]
+    assert main(["matrix", "--merge", str(out), str(out), "--output-dir", str(tmp_path / "m"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] and doc["summary"]["verified"] == len(doc["rows"]) >= 2
+    assert assert_bundles_consistent(tmp_path / "m") == 2
+    assert artifact_hashes(tmp_path / "m") == artifact_hashes(out)
+    bundle = read_bundle(tmp_path / "m" / "bundles", "mobileclip_s0")
+    cells = {(a["target"], a["encoder"]) for a in bundle.artifacts}
+    assert cells >= {(TARGETS[0], "image"), (TARGETS[0], "text")}
+    assert bundle.export_args["reduced"] is True
+    (tmp_path / "broken").mkdir()
+    assert main(["matrix", "--merge", str(tmp_path / "broken"), "--output-dir", str(tmp_path / "x")]) == 2
 
 
 @pytest.fixture(scope="module")
