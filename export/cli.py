@@ -157,21 +157,23 @@ def run(args: argparse.Namespace) -> int:
 
     from mobileclip_export.export.api import export_model
     from mobileclip_export.export.progress import StderrProgress
+    from mobileclip_export.stdio import stdout_to_stderr
 
-    result = export_model(
-        args.model,
-        args.target or "all",
-        checkpoint=args.checkpoint,
-        encoders=args.encoder,
-        precision=args.precision,
-        output_dir=args.output_dir,
-        force=args.force,
-        verify=args.verify,
-        options=_options_from_args(args),
-        reduced=args.reduced,
-        seed=args.seed,
-        progress=StderrProgress() if args.verbosity >= 0 else None,
-    )
+    with stdout_to_stderr():  # converters print to stdout, even from C++; stdout is kept for --json
+        result = export_model(
+            args.model,
+            args.target or "all",
+            checkpoint=args.checkpoint,
+            encoders=args.encoder,
+            precision=args.precision,
+            output_dir=args.output_dir,
+            force=args.force,
+            verify=args.verify,
+            options=_options_from_args(args),
+            reduced=args.reduced,
+            seed=args.seed,
+            progress=StderrProgress() if args.verbosity >= 0 else None,
+        )
     _print_summary(result, args)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
