@@ -70,6 +70,7 @@ def export_bundle(
     reduced: bool,
     seed: int,
     checkpoint: str | None,
+    progress: Any = None,
 ) -> Bundle:
     """Export with ``verify=False``: the benchmark measures parity itself, same run, on its own inputs."""
     from mobileclip_export.export import export_model
@@ -85,6 +86,7 @@ def export_bundle(
         verify=False,
         reduced=reduced,
         seed=seed,
+        progress=progress,
     )
     arts = [a.to_dict() for a in result.artifacts]
     if result.bundle_dir is None:

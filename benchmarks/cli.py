@@ -1,6 +1,11 @@
 """``mobileclip-export bench``: export (or reuse) a bundle, time every artifact that runs here, report.
 
-Exit codes: 0 ok (a warning when no artifact could be timed here), 1 regression gate failed, 2 usage error.
+A run is a list of stages (``_bench``): resolve the bundle, build the PyTorch baselines, collect candidates,
+time them interleaved (with the GEMM peak), turn measurements into report rows, add device rows and
+estimates, write the report. The flags become a frozen ``BenchConfig`` first; every row is a ``ReportRow``.
+
+Exit codes: 0 ok (a warning when no artifact could be timed here), 1 regression gate failed, 2 usage error,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,22 +15,19 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from mobileclip_export.benchmarks import estimate as E
 from mobileclip_export.benchmarks import harness as H
 from mobileclip_export.benchmarks import regression, report
 from mobileclip_export.benchmarks.artifacts import Bundle, export_bundle, read_bundle
+from mobileclip_export.benchmarks.config import BenchConfig, config_from_args
+from mobileclip_export.benchmarks.rows import ReportRow
 from mobileclip_export.errors import UsageError
 
 log = logging.getLogger(__name__)
 PROG = "mobileclip-export bench"
-ENCODERS = ("image", "text")
-THREAD_OPTION_NAMES = ("threads", "num_threads", "intra_op_num_threads")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "default: 1)",
     )
     p.add_argument("--fast", action="store_true", help="short run for CI: --runs 10 --warmup 2")
+    _add_output_arguments(p)
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", type=Path, default=Path("bench-out"), help="where reports go")
     p.add_argument(
         "--bundle-dir",
@@ -103,165 +109,161 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    if args.fast:
-        args.runs, args.warmup = 10, 2
-    if args.runs < 1:
-        raise UsageError(f"--runs must be >= 1, got {args.runs}")
-    if args.warmup < 0:
-        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
-    if args.reference_runs < 1:
-        raise UsageError(f"--reference-runs must be >= 1, got {args.reference_runs}")
-    if args.threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    if args.fail_on_regression is not None and args.baseline is None:
-        raise UsageError("--fail-on-regression needs --baseline FILE")
-    if args.baseline is not None and args.fail_on_regression is None:
-        args.fail_on_regression = 10.0
+@dataclass
+class _Outcome:
+    doc: dict[str, Any]
+    markdown: str
+    written: list[Path]
+    gate: regression.GateResult | None
 
 
-def _encoders(arg: str) -> tuple[str, ...]:
-    names = [n.strip().lower() for n in arg.split(",") if n.strip()]
-    out: set[str] = set()
-    for n in names:
-        if n in ("both", "all"):
-            out.update(ENCODERS)
-        elif n in ENCODERS:
-            out.add(n)
-        else:
-            from mobileclip_export.errors import UnknownNameError
+@dataclass
+class _TorchSide:
+    """The PyTorch eager baselines and what the rows need from the model."""
 
-            raise UnknownNameError("encoder", n, [*ENCODERS, "both"])
-    if not out:
-        raise UsageError("no encoder selected; choose image, text or both")
-    return tuple(e for e in ENCODERS if e in out)
+    random_init: bool
+    data: dict[str, Any]  # encoder -> input array
+    macs: dict[str, Any]  # encoder -> macs.MacReport of the reparameterized encoder
+    candidates: list[H.Candidate]
 
 
-def _target_names(arg: list[str] | None) -> list[str]:
-    from mobileclip_export.export.registry import all_targets, get_target
+def run(args: argparse.Namespace) -> int:
+    from mobileclip_export.benchmarks.machine import describe_host
+    from mobileclip_export.stdio import stdout_to_stderr
 
-    names = [n.strip() for item in (arg or ["all"]) for n in item.split(",") if n.strip()]
-    if not names or any(n.lower() == "all" for n in names):
-        return list(all_targets())
-    return list(dict.fromkeys(get_target(n).name for n in names))  # UnknownNameError lists the choices
-
-
-def _inputs(model: Any, seed: int) -> dict[str, np.ndarray]:
-    """One image (seeded uniform RGB in [0,1]) and one tokenized caption, batch 1."""
-    from mobileclip_export.models.tokenizer import tokenize
-
-    rng = np.random.default_rng(seed)
-    size = int(model.image_size)
-    image = rng.random((1, 3, size, size), dtype=np.float32)
-    caption = ["a photo of a dog playing on the beach"]
-    ids = np.asarray(tokenize(caption, context_length=int(model.context_length)), dtype=np.int32)
-    return {"image": image, "text": ids}
+    config = config_from_args(args)
+    host = describe_host(config.threads)  # before pinning: the machine's cores, not the pinned subset
+    before, cores = pin_cores(config.threads)
+    try:
+        with stdout_to_stderr():  # converters and runtimes print to stdout; it is kept for the report
+            outcome = _bench(config, host.to_dict(), cores)
+    finally:
+        if before is not None:
+            _set_affinity(before)
+    return _emit(config, outcome)
 
 
-def _cast(data: np.ndarray, dtype: str | None) -> np.ndarray:
-    if dtype in ("int32", "int64", "float16", "float32"):
-        return data.astype(dtype)
-    return data  # "image" and unknown: the Runner contract is float32 NCHW in [0,1] / int32 ids
-
-
-def _torch_candidate(target: str, encoder: str, module: Any, data: np.ndarray, size: int) -> H.Candidate:
+def _bench(config: BenchConfig, device: dict[str, Any], cores: list[int]) -> _Outcome:
+    """The stages of one benchmark run."""
     import torch
 
-    def load() -> tuple[H.RunFn, str, bool]:
-        def run(feeds: Mapping[str, np.ndarray]) -> Any:
-            with torch.inference_mode():
-                return module(torch.from_numpy(feeds["x"]))
+    from mobileclip_export.benchmarks.candidates import artifact_candidates
+    from mobileclip_export.benchmarks.peak import gemm_candidates, peak_from
+    from mobileclip_export.benchmarks.rows import host_rows
 
-        return run, f"torch {torch.__version__} eager", True
-
-    return H.Candidate(
-        target=target,
-        encoder=encoder,
-        precision="fp32",
-        load=load,
-        feeds={"x": data},
-        kind=H.BASELINE,
-        size_bytes=size,
+    baseline = regression.load_baseline(config.baseline) if config.baseline else None  # fail fast
+    torch.set_num_threads(config.threads)
+    make_output_dir(config.output_dir)
+    progress = _progress(config)
+    device_runner = _device_runner(config)  # fail fast: no device attached means no heavy work
+    bundle, config = _resolve_bundle(config, progress)
+    side = _torch_side(config)
+    candidates, failed = artifact_candidates(bundle, config, side.data)
+    results = H.measure(
+        [*side.candidates, *candidates, *gemm_candidates(config.threads)],
+        runs=config.runs,
+        warmup=config.warmup,
+        reference_runs=config.reference_runs,
+        progress=progress,
     )
-
-
-def _artifact_candidate(
-    rec: Mapping[str, Any], bundle_dir: Path, data: np.ndarray, threads: int
-) -> H.Candidate:
-    from mobileclip_export.export.registry import get_target
-
-    target = get_target(rec["target"])
-    options = dict(rec.get("options") or {})
-    notes = []
-    thread_opts = [o.name for o in target.options if o.name in THREAD_OPTION_NAMES]
-    for name in thread_opts:
-        options[name] = threads
-    if not thread_opts:
-        notes.append(
-            "thread count not settable through the target's options: the runtime picks its own, "
-            "confined to the pinned cores"
-        )
-    path = bundle_dir / rec["path"]
-    specs = rec.get("inputs") or []
-    name = specs[0]["name"] if specs else rec["encoder"]
-    feeds = {name: _cast(data, specs[0].get("dtype") if specs else None)}
-    runner_box: list[Any] = []
-
-    def load() -> tuple[H.RunFn, str, bool]:
-        runner = target.load(path, options)
-        runner_box.append(runner)
-        return runner.run, runner.label or target.name, bool(runner.is_deployment_runtime)
-
-    def close() -> None:
-        for r in runner_box:
-            r.close()
-
-    return H.Candidate(
-        target=target.name,
-        encoder=rec["encoder"],
-        precision=rec["precision"],
-        load=load,
-        feeds=feeds,
-        size_bytes=rec.get("bytes"),
-        artifact=str(path),
-        close=close,
-        notes=notes,
+    peak = peak_from(results)
+    rows = host_rows(results, side.macs, peak.gflops) + failed
+    H.release(results)
+    if device_runner is not None:
+        rows += _device_rows(device_runner, bundle, config)
+    estimates = _estimates(config, rows, side.macs, peak.gflops) if config.estimates else []
+    model = {"name": config.model, "random_init": side.random_init, "reduced": config.reduced}
+    settings = {**_settings(config, cores, bundle), **peak.to_settings()}
+    doc = report.build_document(
+        model={**model, "seed": config.seed},
+        device=device,
+        settings=settings,
+        rows=[r.to_dict() for r in rows],
+        estimates=estimates,
     )
+    markdown, written = _write_report(config, doc)
+    gate = regression.compare(baseline, doc, config.fail_on_regression) if baseline is not None else None
+    return _Outcome(doc, markdown, written, gate)
 
 
-def _failed_row(rec: Mapping[str, Any], why: str) -> dict[str, Any]:
-    return {
-        "target": rec["target"],
-        "encoder": rec["encoder"],
-        "precision": rec["precision"],
-        "kind": H.DEPLOYMENT,
-        "status": why,
-        "runtime": "",
-        "artifact": rec.get("path"),
-        "size_mb": (rec.get("bytes") or 0) / 1e6 or None,
-        "latency": None,
-    }
+def make_output_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create the output directory {str(path)!r}: {err.strerror or err}") from err
 
 
-def _device_runner(args: argparse.Namespace) -> Any:
-    if args.device == "host":
+def _progress(config: BenchConfig) -> Any:
+    from mobileclip_export.export.progress import StderrProgress
+
+    return StderrProgress() if config.verbosity >= 0 else None
+
+
+def _device_runner(config: BenchConfig) -> Any:
+    if config.device == "host":
         return None
     from mobileclip_export.benchmarks.devices import get_runner
 
-    runner = get_runner(args.device, serial=args.serial)
+    runner = get_runner(config.device, serial=config.serial)
     info = runner.check()  # raises DeviceUnavailable with the reason
     log.info("device: %s", info)
     return runner
 
 
-def _device_rows(
-    runner: Any, bundle: Bundle, targets: list[str], encoders: tuple[str, ...], args: argparse.Namespace
-) -> list[dict[str, Any]]:
+def _resolve_bundle(config: BenchConfig, progress: Any) -> tuple[Bundle, BenchConfig]:
+    """The bundle to time, and the config updated with how it was exported (size, seed, checkpoint)."""
+    if config.bundle_dir is not None:
+        bundle = read_bundle(config.bundle_dir, config.model)
+        exported = bool(bundle.export_args.get("reduced", False))
+        if config.reduced and not exported:
+            raise UsageError(f"--reduced given, but the bundle in {bundle.bundle_dir} was exported full size")
+        return bundle, config.replace(
+            reduced=exported,
+            seed=int(bundle.export_args.get("seed", config.seed)),
+            checkpoint=config.checkpoint or bundle.export_args.get("checkpoint"),
+        )
+    bundle = export_bundle(
+        config.model,
+        list(config.targets),
+        config.encoders,
+        config.precision,
+        config.output_dir / "exports",
+        reduced=config.reduced,
+        seed=config.seed,
+        checkpoint=config.checkpoint,
+        progress=progress,
+    )
+    return bundle, config
+
+
+def _torch_side(config: BenchConfig) -> _TorchSide:
+    import torch
+
+    from mobileclip_export.benchmarks.candidates import REPARAM, TRAIN, bench_inputs, torch_candidate
+    from mobileclip_export.benchmarks.macs import count_macs, weight_bytes
+    from mobileclip_export.models import create_model
+    from mobileclip_export.reparam import reparameterize_model
+
+    model = create_model(config.model, config.checkpoint, seed=config.seed, reduced=config.reduced).eval()
+    reparam = reparameterize_model(model).eval()
+    data = bench_inputs(model, config.seed)
+    side = _TorchSide(bool(getattr(model, "random_init", True)), data, {}, [])
+    for enc in config.encoders:
+        train_enc, rep_enc = getattr(model, f"{enc}_encoder"), getattr(reparam, f"{enc}_encoder")
+        side.macs[enc] = count_macs(rep_enc, (torch.from_numpy(data[enc]),))
+        train_bytes = weight_bytes(train_enc)[0]
+        side.candidates.append(torch_candidate(TRAIN, enc, train_enc, data[enc], train_bytes))
+        side.candidates.append(torch_candidate(REPARAM, enc, rep_enc, data[enc], side.macs[enc].param_bytes))
+    return side
+
+
+def _device_rows(runner: Any, bundle: Bundle, config: BenchConfig) -> list[ReportRow]:
+    from mobileclip_export.benchmarks.candidates import select
     from mobileclip_export.benchmarks.devices import DeviceJob, tool_for
 
-    tools = {p.name: p for p in (args.device_tool or [])}
+    tools = {p.name: p for p in config.device_tools}
     rows = []
-    for rec in _select(bundle, targets, encoders, args.precision):
+    for rec in select(bundle, config.targets, config.encoders, config.precision):
         if rec.get("status") == "failed" or not rec.get("path"):
             continue
         path = bundle.bundle_dir / rec["path"]
@@ -273,47 +275,80 @@ def _device_rows(
             target=rec["target"],
             encoder=rec["encoder"],
             precision=rec["precision"],
-            runs=args.runs,
-            warmup=args.warmup,
-            threads=args.threads,
+            runs=config.runs,
+            warmup=config.warmup,
+            threads=config.threads,
             tool=tools.get(tool_name),
         )
         rows.append(runner.run(job).as_row())
     return rows
 
 
-def _resolve_bundle(args: argparse.Namespace, targets: list[str], encoders: tuple[str, ...]) -> Bundle:
-    if args.bundle_dir is not None:
-        bundle = read_bundle(args.bundle_dir, args.model)
-        exported = bool(bundle.export_args.get("reduced", False))
-        if args.reduced and not exported:
-            raise UsageError(f"--reduced given, but the bundle in {bundle.bundle_dir} was exported full size")
-        args.reduced = exported
-        args.seed = int(bundle.export_args.get("seed", args.seed))
-        args.checkpoint = args.checkpoint or bundle.export_args.get("checkpoint")
-        return bundle
-    return export_bundle(
-        args.model,
-        targets,
-        encoders,
-        args.precision,
-        args.output_dir / "exports",
-        reduced=args.reduced,
-        seed=args.seed,
-        checkpoint=args.checkpoint,
-    )
-
-
-def _select(
-    bundle: Bundle, targets: list[str], encoders: tuple[str, ...], precision: str | None
+def _estimates(
+    config: BenchConfig, rows: list[ReportRow], macs: dict[str, Any], peak: float
 ) -> list[dict[str, Any]]:
-    return [
-        a
-        for a in bundle.artifacts
-        if a.get("target") in targets
-        and a.get("encoder") in encoders
-        and (precision is None or a.get("precision") == precision)
-    ]
+    from mobileclip_export.benchmarks import estimate as E
+
+    out: list[dict[str, Any]] = []
+    ane = E.AneModel()
+    for enc in config.encoders:
+        mr = macs[enc]
+        conv = sum(v for k, v in mr.by_op.items() if "conv" in k)
+        matmul_share = 1 - conv / mr.macs if mr.macs else 0.0
+        out.append(vars(E.estimate_ane(enc, mr.gmacs, matmul_share, mr.streamed_param_bytes / 4 / 1e6, ane)))
+        deployed = [r for r in rows if r.encoder == enc and r.kind == H.DEPLOYMENT and r.median_ms]
+        if not deployed:
+            continue
+        # The phone runs XNNPACK: prefer host runtimes whose label says they use it, else the fastest.
+        xnn = [r for r in deployed if "xnnpack" in r.runtime.lower()]
+        best = min(xnn or deployed, key=lambda r: r.median_ms or 0.0)
+        est = vars(E.estimate_android(enc, best.median_ms or 0.0, peak))
+        est["method"] += f"; host runtime: {best.target} {best.precision}, {config.threads} thread(s)"
+        out.append(est)
+    return out
+
+
+def _settings(config: BenchConfig, cores: list[int], bundle: Bundle) -> dict[str, Any]:
+    return {
+        "runs": config.runs,
+        "warmup": config.warmup,
+        "threads": config.threads,
+        "interleaved": True,
+        "reference_runs": min(config.runs, config.reference_runs),
+        "pinned_cores": cores,
+        "bundle_dir": str(bundle.bundle_dir),
+    }
+
+
+def _write_report(config: BenchConfig, doc: dict[str, Any]) -> tuple[str, list[Path]]:
+    out = config.output_dir
+    report.write_json(out / "report.json", doc)
+    md = report.markdown(doc)
+    (out / "report.md").write_text(md, encoding="utf-8")
+    report.append_history(config.history, doc)
+    written = [out / "report.json", out / "report.md"]
+    if config.plots:
+        try:
+            written += report.plots(doc, out)
+        except ImportError as err:
+            log.warning("plots skipped: %s (pip install 'mobileclip-export[bench]')", err)
+    return md, written
+
+
+def _emit(config: BenchConfig, outcome: _Outcome) -> int:
+    """Markdown (and the gate) for people; with --json, stdout holds only the JSON document."""
+    human = sys.stderr if config.json or config.verbosity < 0 else sys.stdout
+    print(outcome.markdown, file=human)
+    print("wrote: " + ", ".join(str(p) for p in outcome.written), file=human)
+    doc, gate = outcome.doc, outcome.gate
+    if not any(r["latency"] for r in doc["rows"] if r["kind"] != H.BASELINE):
+        print("warning: no artifact could be timed on this machine", file=sys.stderr)
+    if gate is not None:
+        print("\n".join(gate.lines()), file=human)
+        doc = {**doc, "regression": {"passed": gate.passed, "lines": gate.lines()}}
+    if config.json:
+        print(json.dumps(doc, indent=2, default=str))
+    return 1 if gate is not None and not gate.passed else 0
 
 
 def _set_affinity(cores: set[int]) -> None:
@@ -339,188 +374,6 @@ def pin_cores(threads: int) -> tuple[set[int] | None, list[int]]:
     cores = sorted(before)[:threads]
     _set_affinity(set(cores))
     return before, cores
-
-
-def run(args: argparse.Namespace) -> int:
-    from mobileclip_export.benchmarks.machine import describe_host
-
-    _check_args(args)
-    args.host = describe_host(args.threads)  # before pinning: the machine's cores, not the pinned subset
-    before, cores = pin_cores(args.threads)
-    args.pinned_cores = cores
-    try:
-        return _run(args)
-    finally:
-        if before is not None:
-            _set_affinity(before)
-
-
-def _run(args: argparse.Namespace) -> int:
-    import torch
-
-    from mobileclip_export.benchmarks.machine import matmul_peak_gflops
-    from mobileclip_export.benchmarks.macs import count_macs, weight_bytes
-    from mobileclip_export.export.parity import compare
-    from mobileclip_export.models import create_model
-    from mobileclip_export.reparam import reparameterize_model
-
-    baseline = regression.load_baseline(args.baseline) if args.baseline else None  # fail fast on a bad file
-    encoders = _encoders(args.encoder)
-    targets = _target_names(args.target)
-    torch.set_num_threads(args.threads)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-
-    device_runner = _device_runner(args)  # fail fast: no device attached means no heavy work
-    bundle = _resolve_bundle(args, targets, encoders)
-    model = create_model(args.model, args.checkpoint, seed=args.seed, reduced=args.reduced).eval()
-    reparam = reparameterize_model(model).eval()
-    data = _inputs(model, args.seed)
-
-    candidates: list[H.Candidate] = []
-    macs: dict[str, Any] = {}
-    for enc in encoders:
-        train_enc, rep_enc = getattr(model, f"{enc}_encoder"), getattr(reparam, f"{enc}_encoder")
-        macs[enc] = count_macs(rep_enc, (torch.from_numpy(data[enc]),))
-        train_bytes = weight_bytes(train_enc)[0]
-        candidates.append(_torch_candidate("pytorch-train", enc, train_enc, data[enc], train_bytes))
-        candidates.append(_torch_candidate("pytorch-reparam", enc, rep_enc, data[enc], macs[enc].param_bytes))
-
-    extra_rows: list[dict[str, Any]] = []
-    for rec in _select(bundle, targets, encoders, args.precision):
-        if rec.get("status") == "failed" or not rec.get("path"):
-            extra_rows.append(_failed_row(rec, f"failed: {rec.get('error') or 'export failed'}"))
-        else:
-            candidates.append(_artifact_candidate(rec, bundle.bundle_dir, data[rec["encoder"]], args.threads))
-
-    peak_before = matmul_peak_gflops(args.threads)
-    results = H.measure(candidates, runs=args.runs, warmup=args.warmup, reference_runs=args.reference_runs)
-    peak_after = matmul_peak_gflops(args.threads)
-    peak = max(peak_before, peak_after)
-
-    reference = {
-        m.candidate.encoder: m.output
-        for m in results
-        if m.candidate.target == "pytorch-train" and m.output is not None
-    }
-    reparam_median = {
-        m.candidate.encoder: m.stats.median
-        for m in results
-        if m.candidate.target == "pytorch-reparam" and m.stats is not None
-    }
-    rows: list[dict[str, Any]] = []
-    for m in results:
-        c = m.candidate
-        lat = m.stats.to_dict() if m.stats else None
-        row: dict[str, Any] = {
-            "target": c.target,
-            "encoder": c.encoder,
-            "precision": c.precision,
-            "kind": c.kind,
-            "status": m.status,
-            "runtime": m.runtime,
-            "artifact": c.artifact,
-            "size_mb": c.size_bytes / 1e6 if c.size_bytes else None,
-            "parity_cosine": None,
-            "load_ms": m.load_ms if c.kind != H.BASELINE else None,
-            "first_ms": m.first_ms,
-            "rss_delta_mb": m.rss_delta_mb,
-            "latency": lat,
-            "gmacs": macs[c.encoder].gmacs,
-            "gflops_per_s": None,
-            "fraction_of_peak": None,
-            "speedup_vs_reparam": None,
-            "notes": list(c.notes),
-        }
-        ref = reference.get(c.encoder)
-        if m.output is not None and ref is not None and c.target != "pytorch-train":
-            try:
-                row["parity_cosine"] = compare(ref, m.output.reshape(ref.shape)).cosine
-            except ValueError as err:
-                row["status"] = f"failed: output shape {m.output.shape} vs reference {ref.shape} ({err})"
-        if lat:
-            row["gflops_per_s"] = 2 * macs[c.encoder].macs / 1e9 / (lat["median"] / 1e3)
-            row["fraction_of_peak"] = row["gflops_per_s"] / peak
-            if c.kind != H.REFERENCE and c.encoder in reparam_median:
-                row["speedup_vs_reparam"] = reparam_median[c.encoder] / lat["median"]
-        rows.append(row)
-    rows.extend(extra_rows)
-    H.release(results)
-    if device_runner is not None:
-        rows.extend(_device_rows(device_runner, bundle, targets, encoders, args))
-
-    estimates: list[dict[str, Any]] = []
-    if not args.no_estimates:
-        ane = E.AneModel()
-        for enc in encoders:
-            mr = macs[enc]
-            conv = sum(v for k, v in mr.by_op.items() if "conv" in k)
-            est = E.estimate_ane(
-                enc, mr.gmacs, 1 - conv / mr.macs if mr.macs else 0.0, mr.streamed_param_bytes / 4 / 1e6, ane
-            )
-            estimates.append(vars(est))
-            deployed = [r for r in rows if r["encoder"] == enc and r["kind"] == H.DEPLOYMENT and r["latency"]]
-            # The phone runs XNNPACK: prefer host runtimes whose label says they use it, else the fastest.
-            xnn = [r for r in deployed if "xnnpack" in (r.get("runtime") or "").lower()]
-            if deployed:
-                best = min(xnn or deployed, key=lambda r: r["latency"]["median"])
-                est = E.estimate_android(enc, best["latency"]["median"], peak)
-                est_d = vars(est)
-                est_d["method"] += (
-                    f"; host runtime: {best['target']} {best['precision']}, {args.threads} thread(s)"
-                )
-                estimates.append(est_d)
-
-    device = args.host.to_dict()
-    doc = report.build_document(
-        model={
-            "name": args.model,
-            "random_init": bool(getattr(model, "random_init", True)),
-            "reduced": bool(args.reduced),
-            "seed": args.seed,
-        },
-        device=device,
-        settings={
-            "runs": args.runs,
-            "warmup": args.warmup,
-            "threads": args.threads,
-            "interleaved": True,
-            "reference_runs": min(args.runs, args.reference_runs),
-            "peak_matmul_gflops": peak,
-            "peak_matmul_gflops_before": peak_before,
-            "peak_matmul_gflops_after": peak_after,
-            "pinned_cores": args.pinned_cores,
-            "bundle_dir": str(bundle.bundle_dir),
-        },
-        rows=rows,
-        estimates=estimates,
-    )
-    out = args.output_dir
-    report.write_json(out / "report.json", doc)
-    md = report.markdown(doc)
-    (out / "report.md").write_text(md, encoding="utf-8")
-    report.append_history(args.history or out / "history.jsonl", doc)
-    written = [out / "report.json", out / "report.md"]
-    if not args.no_plots:
-        try:
-            written += report.plots(doc, out)
-        except ImportError as err:
-            log.warning("plots skipped: %s (pip install 'mobileclip-export[bench]')", err)
-    human = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON document
-    print(md, file=human)
-    print("wrote: " + ", ".join(str(p) for p in written), file=human)
-
-    code = 0
-    if not any(r["latency"] for r in rows if r["kind"] != H.BASELINE):
-        print("warning: no artifact could be timed on this machine", file=sys.stderr)
-    if baseline is not None:
-        gate = regression.compare(baseline, doc, args.fail_on_regression)
-        print("\n".join(gate.lines()), file=human)
-        doc = {**doc, "regression": {"passed": gate.passed, "lines": gate.lines()}}
-        if not gate.passed:
-            code = 1
-    if args.json:
-        print(json.dumps(doc, indent=2, default=str))
-    return code
 
 
 def main(argv: list[str] | None = None) -> int:

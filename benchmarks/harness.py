@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mobileclip_export.benchmarks.stats import LatencyStats, summarize
+from mobileclip_export.export.progress import ProgressCallback, ProgressEvent
 from mobileclip_export.export.target import RuntimeUnavailable
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,9 @@ log = logging.getLogger(__name__)
 RunFn = Callable[[Mapping[str, np.ndarray]], Any]
 
 # Candidate kinds. "deployment": the artifact in its own runtime; "reference": an emulating/reference runtime
-# (size + load listed, latency labelled, kept out of ratios); "baseline": PyTorch eager.
-DEPLOYMENT, REFERENCE, BASELINE = "deployment", "reference", "baseline"
+# (size + load listed, latency labelled, kept out of ratios); "baseline": PyTorch eager; "peak": a plain GEMM
+# timed alongside to measure this machine's ceiling (see peak.py), never a report row.
+DEPLOYMENT, REFERENCE, BASELINE, PEAK = "deployment", "reference", "baseline", "peak"
 
 
 @dataclass
@@ -145,8 +147,24 @@ def load_candidate(cand: Candidate) -> Measurement:
     return m
 
 
+def _load_with_progress(cand: Candidate, say: ProgressCallback) -> Measurement:
+    say(ProgressEvent("stage-start", "load", target=cand.target, encoder=cand.encoder))
+    t0 = time.perf_counter()
+    m = load_candidate(cand)
+    say(
+        ProgressEvent(
+            "stage-end", "load", cand.target, cand.encoder, time.perf_counter() - t0, status=m.status
+        )
+    )
+    return m
+
+
 def measure(
-    candidates: list[Candidate], runs: int, warmup: int, reference_runs: int = 3
+    candidates: list[Candidate],
+    runs: int,
+    warmup: int,
+    reference_runs: int = 3,
+    progress: ProgressCallback | None = None,
 ) -> list[Measurement]:
     """Load every candidate, then warm up and time them round-robin. Order of results = order of input.
 
@@ -156,9 +174,12 @@ def measure(
     """
     if runs < 1:
         raise ValueError("runs must be >= 1")
-    results = [load_candidate(c) for c in candidates]
+    say = progress or (lambda ev: None)
+    results = [_load_with_progress(c, say) for c in candidates]
     live = [m for m in results if m.ok]
     ref_rounds = min(runs, max(reference_runs, 1))
+    say(ProgressEvent("stage-start", "timing", message=f"{len(live)} candidates x {warmup}+{runs} rounds"))
+    t0 = time.perf_counter()
     for round_index in range(warmup + runs):
         shift = round_index % max(len(live), 1)
         timed = round_index >= warmup
@@ -177,6 +198,7 @@ def measure(
                 continue
             if timed:
                 m.samples_ms.append(dt)
+    say(ProgressEvent("stage-end", "timing", seconds=time.perf_counter() - t0))
     for m in results:
         if m.ok and m.samples_ms:
             m.stats = summarize(m.samples_ms)

@@ -115,7 +115,11 @@ def test_tflite_run_pushes_pins_and_parses(fake_adb, tmp_path):
         "threads": None,
         "kind": "device",
     }
-    row = runner.run(DeviceJob(art, "t", "image", "fp32", runs=50, warmup=5, threads=2, tool=tool)).as_row()
+    row = (
+        runner.run(DeviceJob(art, "t", "image", "fp32", runs=50, warmup=5, threads=2, tool=tool))
+        .as_row()
+        .to_dict()
+    )
     assert row["status"] == "ok" and row["record_kind"] == "device"
     assert row["load_ms"] == pytest.approx(78.123) and row["first_ms"] == pytest.approx(40.512)
     assert row["latency"]["median"] == pytest.approx(35.603)
@@ -138,7 +142,7 @@ def test_pte_run_without_tool_on_device_is_clear(fake_adb, tmp_path):
     runner = get_runner("android")
     with pytest.raises(DeviceUnavailable, match="executor_runner is not on the device"):
         runner.run(DeviceJob(art, "t", "text", "fp32", runs=6, warmup=2))
-    row = runner.run(DeviceJob(art, "t", "text", "fp32", runs=6, warmup=2, tool=art)).as_row()
+    row = runner.run(DeviceJob(art, "t", "text", "fp32", runs=6, warmup=2, tool=art)).as_row().to_dict()
     assert row["load_ms"] == pytest.approx(58.742)
     assert row["latency"]["n"] == 6
     assert row["latency"]["median"] == pytest.approx((36.250 + 36.347) / 2)
@@ -157,5 +161,5 @@ def test_device_row_sizes_directory_artifacts(tmp_path):
     (pkg / "Data").mkdir(parents=True)
     (pkg / "Manifest.json").write_bytes(b"x" * 300)
     (pkg / "Data" / "weight.bin").write_bytes(b"x" * 1700)
-    row = DeviceRow(DeviceJob(pkg, "coreml", "image", "fp16"), device={}, runtime="r").as_row()
+    row = DeviceRow(DeviceJob(pkg, "coreml", "image", "fp16"), device={}, runtime="r").as_row().to_dict()
     assert row["size_mb"] == pytest.approx(0.002)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mobileclip_export.benchmarks.cli import main
-from mobileclip_export.export import registry
+from mobileclip_export.export import plan, registry
 from mobileclip_export.export.target import OptionSpec, Runner, RuntimeUnavailable, Target
 
 SEEN_OPTIONS: list[dict] = []
@@ -63,8 +63,13 @@ class _ToyBad(_Toy):
 
 @pytest.fixture
 def bundle(tmp_path, monkeypatch):
+    from mobileclip_export.benchmarks import peak
+
+    # the cheap GEMM peak only (XNNPACK's needs a 30 s lowering; it has its own slow test)
+    monkeypatch.setattr(peak, "PROVIDERS", {k: v for k, v in peak.PROVIDERS.items() if k == "torch.mm"})
     targets = {t.name: t for t in (_Toy(), _ToyRef(), _ToyMac(), _ToyBad())}
-    monkeypatch.setattr(registry, "all_targets", lambda: dict(targets))
+    for module in (registry, plan):  # plan binds the name at import
+        monkeypatch.setattr(module, "all_targets", lambda: dict(targets))
     root = tmp_path / "exports" / "mobileclip_s0"
     root.mkdir(parents=True)
     arts = []
@@ -135,9 +140,11 @@ def test_bench_end_to_end_and_gate(bundle, tmp_path, capsys):
     assert toy["parity_cosine"] > 0.99999  # reparameterized vs train-time, same inputs
     assert toy["speedup_vs_reparam"] > 0 and toy["size_mb"] == pytest.approx(1.234567)
     assert toy["gflops_per_s"] == pytest.approx(2 * toy["gmacs"] / (toy["latency"]["median"] / 1e3))
-    assert toy["fraction_of_peak"] == pytest.approx(
-        toy["gflops_per_s"] / doc["settings"]["peak_matmul_gflops"]
-    )
+    settings = doc["settings"]
+    assert toy["fraction_of_peak"] == pytest.approx(toy["gflops_per_s"] / settings["peak_matmul_gflops"])
+    assert settings["peak_source"].endswith("torch.mm") and settings["peak_gemm_n"] == 1024
+    assert settings["peak_providers_gflops"] == {settings["peak_source"]: settings["peak_matmul_gflops"]}
+    assert "gemm" not in {e for _, e in rows}  # peak GEMMs are timed with the rows, never reported as rows
     assert {"threads": 1} in SEEN_OPTIONS  # the thread count reaches targets that declare a threads option
     ref = rows[("toyref", "text")]
     assert ref["kind"] == "reference" and ref["speedup_vs_reparam"] is None and ref["load_ms"] > 0
@@ -149,6 +156,7 @@ def test_bench_end_to_end_and_gate(bundle, tmp_path, capsys):
     assert rows[("pytorch-reparam", "image")]["speedup_vs_reparam"] == pytest.approx(1.0)
     assert doc["model"] == {"name": "mobileclip_s0", "random_init": True, "reduced": True, "seed": 0}
     assert [e["encoder"] for e in doc["estimates"] if "Neural Engine" in e["device"]] == ["image", "text"]
+    assert "peak" in printed and settings["peak_source"] in printed
     assert "LOO MAPE" in printed and "(reference runtime)" in printed and "needs macOS" in printed
     assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG" and (out / "report.md").is_file()
     assert len((out / "history.jsonl").read_text().splitlines()) == 1
@@ -191,3 +199,23 @@ def test_usage_errors(bundle, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--runs must be >= 1" in err and "needs --baseline" in err and "unknown target 'nope'" in err
     assert "no manifest.json" in err and "does not exist" in err
+
+
+def test_bench_json_stdout_is_one_document(bundle, tmp_path, capfd):
+    """With fd-level capture: stdout holds only the report (Markdown, progress, runtime chatter: stderr)."""
+    code = _bench(
+        bundle, tmp_path / "j", 2, 0, "--no-plots", "--target", "toy", "--json", "--encoder", "text"
+    )
+    out, err = capfd.readouterr()
+    doc = json.loads(out)
+    assert code == 0, err
+    assert doc["schema"] and {r["target"] for r in doc["rows"]} == {"pytorch-train", "pytorch-reparam", "toy"}
+    assert "| target |" in err and "load [toy text] done" in err and "timing done" in err
+
+
+def test_bench_unknown_model_and_uncreatable_output_dir(tmp_path, capsys):
+    assert main(["--model", "mobileclip_s9"]) == 2
+    assert main(["--model", "mobileclip_s0", "--output-dir", "/proc/x"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'mobileclip_s9'" in err and "mobileclip_s0" in err and "export first" not in err
+    assert "cannot create the output directory '/proc/x'" in err

@@ -1,5 +1,5 @@
-"""One interface for on-device runners; each returns rows shaped like the host rows (``record_kind: device``)
-so ``report.records_from_rows`` turns them into the same JSON records as host measurements."""
+"""One interface for on-device runners; each measurement becomes a ``ReportRow`` like the host rows
+(``record_kind: device``), so ``report.records_from_rows`` turns them into the same JSON records."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mobileclip_export.benchmarks.rows import ReportRow
 from mobileclip_export.errors import UsageError
 from mobileclip_export.export.bundle import path_bytes
 
@@ -34,7 +35,7 @@ class DeviceJob:
 
 @dataclass
 class DeviceRow:
-    """A measured row; ``as_row()`` matches the host rows of the report."""
+    """What a device runner measured; ``as_row()`` is its report row."""
 
     job: DeviceJob
     device: dict[str, Any]
@@ -46,26 +47,24 @@ class DeviceRow:
     latency: dict[str, float] | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
-    def as_row(self) -> dict[str, Any]:
+    def as_row(self) -> ReportRow:
         j = self.job
         size = path_bytes(j.artifact) if j.artifact.exists() else None  # .mlpackage is a directory
-        return {
-            "target": j.target,
-            "encoder": j.encoder,
-            "precision": j.precision,
-            "kind": "deployment",
-            "record_kind": "device",
-            "status": self.status,
-            "runtime": self.runtime,
-            "artifact": str(j.artifact),
-            "size_mb": size / 1e6 if size else None,
-            "parity_cosine": None,
-            "load_ms": self.load_ms,
-            "first_ms": self.first_ms,
-            "rss_delta_mb": self.memory_mb,
-            "latency": self.latency,
-            "device": self.device,
-        }
+        return ReportRow(
+            target=j.target,
+            encoder=j.encoder,
+            precision=j.precision,
+            record_kind="device",
+            status=self.status,
+            runtime=self.runtime,
+            artifact=str(j.artifact),
+            size_mb=size / 1e6 if size else None,
+            load_ms=self.load_ms,
+            first_ms=self.first_ms,
+            rss_delta_mb=self.memory_mb,
+            latency=self.latency,
+            device=self.device,
+        )
 
 
 class DeviceRunner(ABC):

@@ -1,0 +1,138 @@
+"""What a benchmark run times: PyTorch eager (train-time and reparameterized) and every bundle artifact."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobileclip_export.benchmarks import harness as H
+from mobileclip_export.benchmarks.artifacts import Bundle
+from mobileclip_export.benchmarks.rows import ReportRow
+
+THREAD_OPTION_NAMES = ("threads", "num_threads", "intra_op_num_threads")
+TRAIN, REPARAM = "pytorch-train", "pytorch-reparam"  # the two PyTorch eager baselines
+
+
+def bench_inputs(model: Any, seed: int) -> dict[str, np.ndarray]:
+    """One image (seeded uniform RGB in [0,1]) and one tokenized caption, batch 1."""
+    from mobileclip_export.models.tokenizer import tokenize
+
+    rng = np.random.default_rng(seed)
+    size = int(model.image_size)
+    image = rng.random((1, 3, size, size), dtype=np.float32)
+    caption = ["a photo of a dog playing on the beach"]
+    ids = np.asarray(tokenize(caption, context_length=int(model.context_length)), dtype=np.int32)
+    return {"image": image, "text": ids}
+
+
+def _cast(data: np.ndarray, dtype: str | None) -> np.ndarray:
+    if dtype in ("int32", "int64", "float16", "float32"):
+        return data.astype(dtype)
+    return data  # "image" and unknown: the Runner contract is float32 NCHW in [0,1] / int32 ids
+
+
+def torch_candidate(target: str, encoder: str, module: Any, data: np.ndarray, size: int) -> H.Candidate:
+    import torch
+
+    def load() -> tuple[H.RunFn, str, bool]:
+        def run(feeds: Mapping[str, np.ndarray]) -> Any:
+            with torch.inference_mode():
+                return module(torch.from_numpy(feeds["x"]))
+
+        return run, f"torch {torch.__version__} eager", True
+
+    return H.Candidate(
+        target=target,
+        encoder=encoder,
+        precision="fp32",
+        load=load,
+        feeds={"x": data},
+        kind=H.BASELINE,
+        size_bytes=size,
+    )
+
+
+def artifact_candidate(
+    rec: Mapping[str, Any], bundle_dir: Path, data: np.ndarray, threads: int
+) -> H.Candidate:
+    from mobileclip_export.export.registry import get_target
+
+    target = get_target(rec["target"])
+    options = dict(rec.get("options") or {})
+    notes = []
+    thread_opts = [o.name for o in target.options if o.name in THREAD_OPTION_NAMES]
+    for name in thread_opts:
+        options[name] = threads
+    if not thread_opts:
+        notes.append(
+            "thread count not settable through the target's options: the runtime picks its own, "
+            "confined to the pinned cores"
+        )
+    path = bundle_dir / rec["path"]
+    specs = rec.get("inputs") or []
+    name = specs[0]["name"] if specs else rec["encoder"]
+    feeds = {name: _cast(data, specs[0].get("dtype") if specs else None)}
+    runner_box: list[Any] = []
+
+    def load() -> tuple[H.RunFn, str, bool]:
+        runner = target.load(path, options)
+        runner_box.append(runner)
+        return runner.run, runner.label or target.name, bool(runner.is_deployment_runtime)
+
+    def close() -> None:
+        for r in runner_box:
+            r.close()
+
+    return H.Candidate(
+        target=target.name,
+        encoder=rec["encoder"],
+        precision=rec["precision"],
+        load=load,
+        feeds=feeds,
+        size_bytes=rec.get("bytes"),
+        artifact=str(path),
+        close=close,
+        notes=notes,
+    )
+
+
+def failed_row(rec: Mapping[str, Any]) -> ReportRow:
+    """The row of an artifact whose export failed: listed with the reason, never timed."""
+    return ReportRow(
+        target=rec["target"],
+        encoder=rec["encoder"],
+        precision=rec["precision"],
+        status=f"failed: {rec.get('error') or 'export failed'}",
+        artifact=rec.get("path"),
+        size_mb=(rec.get("bytes") or 0) / 1e6 or None,
+    )
+
+
+def select(
+    bundle: Bundle, targets: tuple[str, ...], encoders: tuple[str, ...], precision: str | None
+) -> list[dict[str, Any]]:
+    """The bundle's records for the chosen targets, encoders and precision."""
+    return [
+        a
+        for a in bundle.artifacts
+        if a.get("target") in targets
+        and a.get("encoder") in encoders
+        and (precision is None or a.get("precision") == precision)
+    ]
+
+
+def artifact_candidates(
+    bundle: Bundle, config: Any, data: Mapping[str, np.ndarray]
+) -> tuple[list[H.Candidate], list[ReportRow]]:
+    """Candidates for the selected artifacts, and rows for those whose export failed."""
+    candidates, failed = [], []
+    for rec in select(bundle, config.targets, config.encoders, config.precision):
+        if rec.get("status") == "failed" or not rec.get("path"):
+            failed.append(failed_row(rec))
+        else:
+            enc_data = data[rec["encoder"]]
+            candidates.append(artifact_candidate(rec, bundle.bundle_dir, enc_data, config.threads))
+    return candidates, failed

@@ -1,0 +1,99 @@
+"""One typed row of a benchmark report, for host measurements, failed exports and on-device measurements.
+
+``to_dict()`` is the row as stored in ``report.json`` (``rows``); ``report.records_from_rows`` turns rows into
+the flat metric records. Estimates for unreachable devices are modelled, not measured, and live apart
+(``estimate.Estimate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+DEPLOYMENT = "deployment"
+
+
+@dataclass
+class ReportRow:
+    target: str
+    encoder: str
+    precision: str
+    kind: str = DEPLOYMENT  # "deployment" | "reference" | "baseline" (see harness)
+    status: str = "ok"  # "ok" | "skipped: <why>" | "failed: <why>"
+    runtime: str = ""
+    artifact: str | None = None
+    size_mb: float | None = None
+    parity_cosine: float | None = None
+    load_ms: float | None = None
+    first_ms: float | None = None
+    rss_delta_mb: float | None = None
+    latency: dict[str, float] | None = None  # stats.LatencyStats.to_dict()
+    gmacs: float | None = None
+    gflops_per_s: float | None = None
+    fraction_of_peak: float | None = None
+    speedup_vs_reparam: float | None = None
+    notes: list[str] = field(default_factory=list)
+    record_kind: str = "host"  # "host" | "device"
+    device: dict[str, Any] | None = None  # set for device rows; host rows use the report's device
+
+    @property
+    def median_ms(self) -> float | None:
+        return self.latency["median"] if self.latency else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _speedups(results: Sequence[Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    """Per encoder: the train-time PyTorch output (parity reference) and the reparameterized median."""
+    from mobileclip_export.benchmarks.candidates import REPARAM, TRAIN
+
+    reference = {m.candidate.encoder: m.output for m in results if m.candidate.target == TRAIN}
+    reparam = {
+        m.candidate.encoder: m.stats.median for m in results if m.candidate.target == REPARAM and m.stats
+    }
+    return {k: v for k, v in reference.items() if v is not None}, reparam
+
+
+def host_rows(results: Sequence[Any], macs: Mapping[str, Any], peak_gflops: float) -> list[ReportRow]:
+    """Rows for the timed host candidates (``harness.Measurement``), peak GEMMs left out."""
+    from mobileclip_export.benchmarks import harness as H
+    from mobileclip_export.benchmarks.candidates import TRAIN
+    from mobileclip_export.export.parity import compare
+
+    reference, reparam_median = _speedups(results)
+    rows = []
+    for m in results:
+        c = m.candidate
+        if c.kind == H.PEAK:
+            continue
+        row = ReportRow(
+            target=c.target,
+            encoder=c.encoder,
+            precision=c.precision,
+            kind=c.kind,
+            status=m.status,
+            runtime=m.runtime,
+            artifact=c.artifact,
+            size_mb=c.size_bytes / 1e6 if c.size_bytes else None,
+            load_ms=m.load_ms if c.kind != H.BASELINE else None,
+            first_ms=m.first_ms,
+            rss_delta_mb=m.rss_delta_mb,
+            latency=m.stats.to_dict() if m.stats else None,
+            gmacs=macs[c.encoder].gmacs,
+            notes=list(c.notes),
+        )
+        ref = reference.get(c.encoder)
+        if m.output is not None and ref is not None and c.target != TRAIN:
+            try:
+                row.parity_cosine = compare(ref, m.output.reshape(ref.shape)).cosine
+            except ValueError as err:
+                row.status = f"failed: output shape {m.output.shape} vs reference {ref.shape} ({err})"
+        if row.median_ms:
+            row.gflops_per_s = 2 * macs[c.encoder].macs / 1e9 / (row.median_ms / 1e3)
+            row.fraction_of_peak = row.gflops_per_s / peak_gflops
+            if c.kind != H.REFERENCE and c.encoder in reparam_median:
+                row.speedup_vs_reparam = reparam_median[c.encoder] / row.median_ms
+        rows.append(row)
+    return rows
