@@ -10,9 +10,6 @@ from torch import Tensor, nn
 
 from mobileclip_export.models.spec import ModelSpec
 
-# Importing the rule module registers the ViT stem fold with the reparameterization pass.
-from mobileclip_export.reparam import rules_vit  # noqa: F401
-
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = 100.0
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobileclip_export.errors import VerificationError
-from mobileclip_export.models.blocks.attention import AttentionBlock, FusedAttentionBlock, LayerNorm2d
+from mobileclip_export.errors import RegistryError, VerificationError
+from mobileclip_export.models import blocks
+from mobileclip_export.models.blocks.attention import MHSA, AttentionBlock, FusedAttentionBlock, LayerNorm2d
 from mobileclip_export.models.blocks.convffn import ConvFFN, FusedConvFFN
+from mobileclip_export.models.blocks.heads import GlobalPool2D, LinearPoolHead
 from mobileclip_export.models.blocks.large_kernel import (
     FusedLargeKernelConv,
     PatchEmbed,
@@ -25,7 +31,10 @@ from mobileclip_export.models.blocks.repmixer import (
     RepMixer,
     RepMixerBlock,
 )
+from mobileclip_export.models.blocks.squeeze_excite import SEBlock, SqueezeExcite
+from mobileclip_export.models.vit import ConvAct, ConvNormAct
 from mobileclip_export.reparam import fuse, register_rule, registered_rules, reparameterize_model
+from mobileclip_export.reparam import registry as reparam_registry
 from mobileclip_export.reparam.verify import (
     assert_inference_form,
     randomize_bn_and_layer_scales,
@@ -44,6 +53,7 @@ FUSED_TYPE: dict[type[nn.Module], type[nn.Module]] = {
     ReparamLargeKernelConv: FusedLargeKernelConv,
     RepCPE: FusedRepCPE,
     AttentionBlock: FusedAttentionBlock,
+    ConvNormAct: ConvAct,
 }
 
 # (id, factory, input shape)
@@ -69,6 +79,8 @@ CASES: list[tuple[str, Callable[[], nn.Module], tuple[int, ...]]] = [
     ("repcpe", lambda: RepCPE(32), (2, 32, 8, 8)),
     ("attention-bn", lambda: AttentionBlock(64, 3.0, norm="batchnorm"), (2, 64, 4, 4)),
     ("attention-ln", lambda: AttentionBlock(64, 4.0, norm="layernorm"), (2, 64, 4, 4)),
+    ("vit-stem-conv-bn-act", lambda: ConvNormAct(3, 16, 3, 2, padding=1), (2, 3, 16, 16)),
+    ("vit-stem-conv-act", lambda: ConvNormAct(16, 16, 1, 1, padding=0, use_norm=False), (2, 16, 8, 8)),
 ]
 
 
@@ -182,8 +194,68 @@ def test_layernorm_stays_and_batchnorm_goes() -> None:
 
 
 def test_duplicate_rule_registration_raises() -> None:
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(RegistryError, match="MobileOneBlock is already registered .*fuse_mobileone"):
         register_rule(MobileOneBlock)(lambda m: m)
+
+
+# ---- contracts: every rule has a numeric case, every block is classified, every rule module is listed ----
+# Blocks in models/blocks/ that need no rule of their own (no BatchNorm, no branches; or a container whose
+# children have rules). A new block class must be added to a rule (and CASES), FUSED_TYPE, or here.
+NO_RULE_NEEDED = {LayerNorm2d, MHSA, GlobalPool2D, LinearPoolHead, PatchEmbed, SEBlock, SqueezeExcite}
+
+
+def rules_without_case(rule_types: Iterable[type[nn.Module]]) -> list[str]:
+    """Rule types that no numeric case in CASES instantiates (directly or as a child)."""
+    covered = {type(m) for _, factory, _ in CASES for m in factory().modules()}
+    return sorted(t.__name__ for t in rule_types if t not in covered)
+
+
+def unclassified_blocks(classes: Iterable[type[nn.Module]]) -> list[str]:
+    known = set(registered_rules()) | set(FUSED_TYPE.values()) | {ConvAct} | NO_RULE_NEEDED
+    return sorted(c.__name__ for c in classes if c not in known)
+
+
+def _block_classes() -> list[type[nn.Module]]:
+    out = []
+    for info in pkgutil.iter_modules(blocks.__path__):
+        module = importlib.import_module(f"{blocks.__name__}.{info.name}")
+        out += [
+            c
+            for c in vars(module).values()
+            if inspect.isclass(c) and issubclass(c, nn.Module) and c.__module__ == module.__name__
+        ]
+    return out
+
+
+def test_every_rule_has_a_numeric_case() -> None:
+    assert rules_without_case(registered_rules()) == []
+
+
+def test_rule_case_contract_catches_a_rule_without_case(monkeypatch) -> None:
+    class ToyBlock(nn.Module):
+        pass
+
+    monkeypatch.setitem(reparam_registry._RULES, ToyBlock, lambda m: m)
+    assert rules_without_case(registered_rules()) == ["ToyBlock"]
+
+
+def test_every_block_has_a_rule_or_needs_none() -> None:
+    classes = _block_classes()
+    assert MobileOneBlock in classes and SEBlock in classes
+    assert unclassified_blocks(classes) == []
+
+    class NewBlock(nn.Module):  # a new train-time block without a rule is caught
+        pass
+
+    assert unclassified_blocks([*classes, NewBlock]) == ["NewBlock"]
+
+
+def test_every_module_registering_rules_is_listed() -> None:
+    folder = Path(reparam_registry.__file__).parent
+    registering = sorted(
+        p.stem for p in folder.glob("*.py") if "@register_rule(" in p.read_text(encoding="utf-8")
+    )
+    assert registering == sorted(reparam_registry.RULE_MODULES)
 
 
 # ---- fuse.py unit tests -------------------------------------------------------------------------------
