@@ -12,9 +12,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from mobileclip_export.errors import ExportFailure, UsageError
 from mobileclip_export.export.backends.xnnpack_census import undelegated_census
@@ -27,6 +25,9 @@ from mobileclip_export.export.target import (
     Target,
     TensorSpec,
 )
+
+if TYPE_CHECKING:  # numpy stays out of module import: --help must not load it
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +331,7 @@ class _ETRunner(Runner):
         self.label = f"ExecuTorch {executorch.version.__version__} runtime ({used}, {threads} thread{plural})"
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        import numpy as np
         import torch
 
         x = next(iter(inputs.values()))
