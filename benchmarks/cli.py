@@ -23,6 +23,7 @@ from mobileclip_export.benchmarks import harness as H
 from mobileclip_export.benchmarks import regression, report
 from mobileclip_export.benchmarks.artifacts import Bundle, export_bundle, read_bundle
 from mobileclip_export.benchmarks.config import BenchConfig, config_from_args
+from mobileclip_export.benchmarks.devices import runner_names
 from mobileclip_export.benchmarks.rows import ReportRow
 from mobileclip_export.errors import UsageError
 
@@ -92,7 +93,7 @@ def _add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-estimates", action="store_true", help="skip the device estimates")
     p.add_argument(
         "--device",
-        choices=("host", "android", "ios"),
+        choices=("host", *runner_names()),
         default="host",
         help="also time the artifacts on an attached device (android: adb; ios: from a Mac)",
     )
@@ -259,7 +260,7 @@ def _torch_side(config: BenchConfig) -> _TorchSide:
 
 def _device_rows(runner: Any, bundle: Bundle, config: BenchConfig) -> list[ReportRow]:
     from mobileclip_export.benchmarks.candidates import select
-    from mobileclip_export.benchmarks.devices import DeviceJob, tool_for
+    from mobileclip_export.benchmarks.devices import DeviceJob
 
     tools = {p.name: p for p in config.device_tools}
     rows = []
@@ -267,7 +268,7 @@ def _device_rows(runner: Any, bundle: Bundle, config: BenchConfig) -> list[Repor
         if rec.get("status") == "failed" or not rec.get("path"):
             continue
         path = bundle.bundle_dir / rec["path"]
-        tool_name = tool_for(runner, path)
+        tool_name = runner.tool_for(path)
         if tool_name is None:
             continue
         job = DeviceJob(

@@ -39,7 +39,7 @@ class ReportRow:
 
     @property
     def median_ms(self) -> float | None:
-        return self.latency["median"] if self.latency else None
+        return self.latency.get("median") if self.latency else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -163,3 +163,19 @@ def test_device_row_sizes_directory_artifacts(tmp_path):
     (pkg / "Data" / "weight.bin").write_bytes(b"x" * 1700)
     row = DeviceRow(DeviceJob(pkg, "coreml", "image", "fp16"), device={}, runtime="r").as_row().to_dict()
     assert row["size_mb"] == pytest.approx(0.002)
+
+
+def test_pte_run_without_iteration_lines_reports_only_the_mean(fake_adb, tmp_path):
+    """An executor_runner that prints only the total gives a mean; no median or trimmed mean is invented."""
+    state = fake_adb([["R58M", "device"]])
+    lines = (SAMPLES / "executor_runner_xnnpack.txt").read_text().splitlines()
+    short = tmp_path / "executor_runner_total_only.txt"
+    short.write_text("\n".join(line for line in lines if "Iteration" not in line) + "\n")
+    config = json.loads((state / "config.json").read_text())
+    config["outputs"]["executor_runner"] = str(short)
+    (state / "config.json").write_text(json.dumps(config))
+    art = tmp_path / "m-text-fp32.pte"
+    art.write_bytes(b"PTE")
+    row = get_runner("android").run(DeviceJob(art, "t", "text", "fp32", runs=8, tool=art)).as_row()
+    assert row.latency == {"n": 8, "mean": pytest.approx(298.810 / 8)}
+    assert row.median_ms is None

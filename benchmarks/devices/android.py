@@ -55,6 +55,13 @@ class AndroidRunner(DeviceRunner):
         self._info: dict[str, Any] | None = None
         self._freqs: dict[int, int] = {}
 
+    @classmethod
+    def from_options(cls, *, serial: str | None = None) -> AndroidRunner:
+        return cls(serial=serial)
+
+    def tool_for(self, artifact: Path) -> str | None:
+        return TOOLS.get(artifact.suffix)
+
     def check(self) -> dict[str, Any]:
         serial = self.adb.select()
         model = self.adb.getprop("ro.product.model")
@@ -124,12 +131,8 @@ class AndroidRunner(DeviceRunner):
             else:
                 p = parsers.parse_executor_runner(text, warmup=job.warmup)
                 row.load_ms, row.first_ms = p.get("load_ms"), p.get("first_ms")
-                row.latency = p.get("stats") or {
-                    "n": p["executions"],
-                    "mean": p["avg_ms"],
-                    "median": p["avg_ms"],
-                    "trimmed_mean": p["avg_ms"],
-                }
+                # Without per-iteration lines only the mean is known: no median or trimmed mean is invented.
+                row.latency = p.get("stats") or {"n": p["executions"], "mean": p["avg_ms"]}
             row.raw = p
         except parsers.ParseError as err:
             row.status = f"failed: {err}"

@@ -68,7 +68,16 @@ class DeviceRow:
 
 
 class DeviceRunner(ABC):
-    name: str = ""
+    name: str = ""  # the key it is registered under in ``devices.RUNNERS``
+
+    @classmethod
+    def from_options(cls, *, serial: str | None = None) -> DeviceRunner:
+        """Build from the bench options; a runner that selects among attached devices uses ``serial``."""
+        return cls()
+
+    @abstractmethod
+    def tool_for(self, artifact: Path) -> str | None:
+        """Name of the on-device tool that runs ``artifact`` (None: this runner cannot run it)."""
 
     @abstractmethod
     def check(self) -> dict[str, Any]:

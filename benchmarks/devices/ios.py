@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import platform
+from pathlib import Path
 from typing import Any
 
 from mobileclip_export.benchmarks.devices.base import DeviceJob, DeviceRow, DeviceRunner, DeviceUnavailable
+
+_SUFFIXES = (".mlpackage", ".mlmodel", ".mlmodelc")
 
 
 class IosRunner(DeviceRunner):
@@ -17,6 +20,9 @@ class IosRunner(DeviceRunner):
 
     def __init__(self) -> None:
         self._device: Any = None
+
+    def tool_for(self, artifact: Path) -> str | None:
+        return "MLModelBenchmarker" if artifact.suffix in _SUFFIXES else None
 
     def check(self) -> dict[str, Any]:
         if platform.system() != "Darwin":
