@@ -139,7 +139,6 @@ def test_missing_checkpoint_file(capsys, tmp_path) -> None:
 
 
 def test_checkpoint_of_another_variant(capsys, tmp_path) -> None:
-    pytest.importorskip("mobileclip_export.models.checkpoint")
     import torch
 
     from mobileclip_export.models import create_model

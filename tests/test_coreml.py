@@ -15,6 +15,7 @@ from torch import nn
 
 from mobileclip_export.errors import ExportFailure, UsageError
 from mobileclip_export.export.backends._tolerances import tolerance_for
+from mobileclip_export.export.backends.coreml import fp16_guard
 from mobileclip_export.export.backends.coreml.convert import convert, input_plan
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.registry import get_target
@@ -22,17 +23,6 @@ from mobileclip_export.export.target import EncoderExport, RuntimeUnavailable, T
 from mobileclip_export.export.testing import reduced_encoder_export
 
 ct = pytest.importorskip("coremltools")
-
-
-def _has_executor() -> bool:
-    try:
-        from mobileclip_export.export.backends.coreml.mil import find_fp16_overflows, load_program  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_executor = pytest.mark.skipif(not _has_executor(), reason="coreml.mil executor not available")
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +92,11 @@ def test_invalid_requests_are_usage_errors(target, precision, options, needle):
     assert needle in str(err.value)
 
 
-def test_load_without_mac_or_executor_is_runtime_unavailable(target, monkeypatch, tmp_path):
+def test_a_broken_executor_import_is_an_error_not_a_skip(target, monkeypatch, tmp_path):
+    """Our own executor failing to import is a bug: load raises instead of calling the runtime unavailable."""
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setitem(sys.modules, "mobileclip_export.export.backends.coreml.mil", None)  # import fails
-    with pytest.raises(RuntimeUnavailable, match="needs macOS"):
+    with pytest.raises(ImportError):
         target.load(tmp_path / "x.mlpackage", {})
 
 
@@ -152,8 +143,6 @@ def test_fp32_export_structure_metadata_parity(target, tmp_path, model_name, enc
         assert json.loads(meta["tokenizer"]) == json.loads(enc.metadata["tokenizer"])
         assert "token ids" in model.input_description["text"]
 
-    if not _has_executor():
-        pytest.skip("coreml.mil executor not available: structure checked, numerics not")
     x = _verify_inputs(enc)
     runner = target.load(path, {})
     assert runner.is_deployment_runtime is False and "not Apple's runtime" in runner.label
@@ -162,7 +151,6 @@ def test_fp32_export_structure_metadata_parity(target, tmp_path, model_name, enc
     assert stats.violations(tolerance_for("coreml", "fp32")) == [], stats
 
 
-@needs_executor
 @pytest.mark.parametrize("model_name, encoder", [("mobileclip_s0", "image"), ("mobileclip_s0", "text")])
 def test_fp16_export_parity_and_typing(target, tmp_path, model_name, encoder):
     enc, train = _reduced(model_name, encoder)
@@ -229,15 +217,14 @@ def test_normalization_folded_when_std_is_shared(target, tmp_path, mean, std, sc
     assert ("folded" in info.notes[0]) is folded
     census = target.structural_checks(path, enc)["op_census"]
     assert ("sub" in census) is not folded  # in-graph normalization leaves its sub op
-    if _has_executor():
-        x = np.concatenate(
-            [
-                np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32),
-                np.full((1, 3, 32, 32), 0.5, np.float32),
-            ]
-        )
-        stats = compare(_reference(enc.module, x), target.load(path, {}).run({"image": x}))
-        assert stats.cosine >= 0.99999 and stats.max_abs_diff <= 1e-5 * max(1.0, stats.ref_max_abs), stats
+    x = np.concatenate(
+        [
+            np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32),
+            np.full((1, 3, 32, 32), 0.5, np.float32),
+        ]
+    )
+    stats = compare(_reference(enc.module, x), target.load(path, {}).run({"image": x}))
+    assert stats.cosine >= 0.99999 and stats.max_abs_diff <= 1e-5 * max(1.0, stats.ref_max_abs), stats
 
 
 def test_leftover_batch_norm_is_a_structural_problem(target, tmp_path):
@@ -307,15 +294,14 @@ def test_enumerated_batch_sizes(target, tmp_path):
     checks = target.structural_checks(path, enc)
     assert checks["problems"] == []
     assert checks["inputs"][0]["enumerated_shapes"] == [[1, 77], [4, 77]]
-    if _has_executor():  # flexible shapes: verified, or honestly unverified, never a false failure
-        try:
-            runner = target.load(path, {})
-        except RuntimeUnavailable as err:
-            assert "reference executor cannot run this program" in str(err)
-        else:
-            x = _verify_inputs(enc)
-            stats = compare(_reference(_reduced("mobileclip_b", "text")[1], x), runner.run({"text": x}))
-            assert stats.violations(tolerance_for("coreml", "fp16")) == [], stats
+    try:
+        runner = target.load(path, {})
+    except RuntimeUnavailable as err:
+        assert "reference executor cannot run this program" in str(err)
+    else:
+        x = _verify_inputs(enc)
+        stats = compare(_reference(_reduced("mobileclip_b", "text")[1], x), runner.run({"text": x}))
+        assert stats.violations(tolerance_for("coreml", "fp16")) == [], stats
 
     img = _toy_enc()
     path = tmp_path / "img-b.mlpackage"
@@ -325,7 +311,6 @@ def test_enumerated_batch_sizes(target, tmp_path):
     assert inp["kind"] == "tensor" and inp["enumerated_shapes"] == [[1, 3, 32, 32], [2, 3, 32, 32]]
 
 
-@needs_executor
 def test_fixed_batch_program_runs_in_padded_chunks(target, tmp_path):
     enc, train = _reduced("mobileclip_s0", "text")
     path = tmp_path / "text-2.mlpackage"
@@ -357,7 +342,6 @@ class _Hot(nn.Module):
         return self.head(self.ln(h + h).mean(1))
 
 
-@needs_executor
 def test_fp16_overflow_guard_keeps_hot_ops_in_fp32(target, tmp_path):
     from mobileclip_export.export.backends.coreml.mil import load_program
 
@@ -385,13 +369,8 @@ def test_fp16_overflow_guard_keeps_hot_ops_in_fp32(target, tmp_path):
     assert stats.violations(tolerance_for("coreml", "fp16")) == [], stats
 
 
-@needs_executor
 def test_fp16_overflow_that_cannot_be_fixed_fails(target, tmp_path, monkeypatch):
-    import mobileclip_export.export.backends.coreml.mil as mil
-
-    monkeypatch.setattr(
-        mil, "find_fp16_overflows", lambda path, feeds: ["no_such_op_cast_fp16"], raising=False
-    )
+    monkeypatch.setattr(fp16_guard, "find_fp16_overflows", lambda path, feeds: ["no_such_op_cast_fp16"])
     with pytest.raises(ExportFailure, match="--precision fp32"):
         target.export(_toy_enc(), "fp16", target.validate("fp16", {}), tmp_path / "x.mlpackage")
 

@@ -274,7 +274,6 @@ def test_all_continues_past_failures(tmp_path, toy, monkeypatch) -> None:
 
 
 def test_checkpoint_sha256_recorded(tmp_path, monkeypatch) -> None:
-    pytest.importorskip("mobileclip_export.models.checkpoint")
     from mobileclip_export.models import create_model
 
     src = create_model("mobileclip_s0", reduced=True, seed=5)

@@ -14,6 +14,7 @@ from mobileclip_export.errors import ExportFailure
 from mobileclip_export.export.target import EncoderExport
 
 from .convert import InputPlan, convert, feeds, remove_artifact
+from .mil import FeedError, MilExecutorError, find_fp16_overflows
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +31,6 @@ def fp16_guard(
     enc: EncoderExport, plan: InputPlan, opts: Mapping[str, Any], path: Path
 ) -> tuple[set[str], str]:
     """Find ops whose fp16 values overflow (reference executor), keep them in fp32, convert again."""
-    try:
-        from .mil import (
-            FeedError,
-            MilExecutorError,
-            find_fp16_overflows,
-        )
-    except ImportError:
-        return set(), "fp16 overflow check skipped: the coreml.mil reference executor is not available"
     x = enc.example_inputs[0].detach().cpu().numpy()[:1]
     batch = (opts["batch_sizes"] or (1,))[0]  # the program's default shape
     inputs = feeds(plan, enc, np.repeat(x, batch, axis=0))
