@@ -191,6 +191,11 @@ def test_reduced_s0_parity_fp32(tmp_path, encoder):
     enc = real_export("mobileclip_s0", encoder)
     _, _, checks, _, _ = _roundtrip(tmp_path, enc, "fp32", _real_inputs(enc))
     assert not any("BATCH_NORM" in op for op in checks["op_census"])
+    # The census guard: one XNNPACK subgraph; what stays outside is allow-listed with its reason.
+    delegation = checks["xnnpack_delegation"]
+    assert delegation["delegated_subgraphs"] == 1 and delegation["unexpected"] == [], delegation
+    # image: everything delegated; text: only the allow-listed integer ops on the ids stay outside
+    assert (set(delegation["undelegated"]) >= {"EMBEDDING_LOOKUP", "ARG_MAX"}) == (encoder == "text")
 
 
 @pytest.mark.slow

@@ -7,7 +7,11 @@ import copy
 import torch
 from torch import nn
 
-from mobileclip_export.export.backends.xnnpack_census import ALLOWED_UNDELEGATED, undelegated_census
+from mobileclip_export.export.backends.xnnpack_census import (
+    ALLOWED_UNDELEGATED,
+    delegated_ops,
+    undelegated_census,
+)
 from mobileclip_export.export.backends.xnnpack_form import MatmulLayerNorm, xnnpack_module
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.testing import randomized_encoder_export, structured_inputs
@@ -51,3 +55,27 @@ def test_census_names_reasons_and_flags_unknown_ops():
         "reason": ALLOWED_UNDELEGATED["aten_embedding_default"],
     }
     assert "aten_linear_default" not in census["undelegated"]
+
+
+def _op(index: int, name: str, inputs: list[int], outputs: list[int]) -> dict:
+    return {"index": index, "op_name": name, "inputs": inputs, "outputs": outputs}
+
+
+def test_tflite_delegated_ops_walk_back_from_each_delegate():
+    # ids(0) -> GATHER(table 1) -> t2 -> [FC -> t3 -> ADD -> t4] delegated; ARG_MAX on ids stays outside
+    ops = [
+        _op(0, "GATHER", [1, 0], [2]),
+        _op(1, "FULLY_CONNECTED", [2, 5, -1], [3]),
+        _op(2, "ADD", [3, 6], [4]),
+        _op(3, "ARG_MAX", [0, 7], [8]),
+        _op(4, "RESHAPE", [4, 9], [10]),
+        _op(5, "DELEGATE", [2, 5, 6], [4]),
+    ]
+    census = delegated_ops(ops)
+    assert census["delegated_subgraphs"] == 1 and census["delegated_nodes"] == 2
+    assert {k: v["count"] for k, v in census["undelegated"].items()} == {
+        "ARG_MAX": 1,
+        "GATHER": 1,
+        "RESHAPE": 1,
+    }
+    assert census["unexpected"] == ["RESHAPE"]
