@@ -76,6 +76,6 @@ def test_tflite_delegated_ops_walk_back_from_each_delegate():
     assert {k: v["count"] for k, v in census["undelegated"].items()} == {
         "ARG_MAX": 1,
         "GATHER": 1,
-        "RESHAPE": 1,
+        "TRANSPOSE": 1,
     }
     assert census["unexpected"] == ["TRANSPOSE"]
