@@ -30,6 +30,7 @@ from mobileclip_export.export.bundle import (
     path_bytes,
     remove_path,
 )
+from mobileclip_export.export.encoders import encoder_export
 from mobileclip_export.export.manifest import ArtifactRecord, ExportResult, build_manifest, tool_versions
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.plan import TargetPlan, plan_export
@@ -168,37 +169,6 @@ def _metadata(
     return meta
 
 
-def _build_encoder_export(
-    model_name: str, encoder: str, inf_model: nn.Module, spec: Any, seed: int, metadata: dict[str, str]
-) -> EncoderExport:
-    embed = TensorSpec("embedding", (1, spec.embed_dim), "float32", "unnormalized embedding")
-    if encoder == "image":
-        size = spec.image_size
-        gen = torch.Generator().manual_seed(seed)
-        example = (torch.rand(1, 3, size, size, generator=gen),)
-        inputs = (TensorSpec("image", (1, 3, size, size), "float32", "RGB in [0, 1], NCHW"),)
-        pre = spec.preprocessing
-        module = inf_model.image_encoder
-        return EncoderExport(
-            model_name,
-            "image",
-            module,
-            example,
-            inputs,
-            (embed,),
-            metadata,
-            image_size=size,
-            normalize_mean=tuple(pre.mean),
-            normalize_std=tuple(pre.std),
-            module_without_normalize=getattr(module, "model", None),
-        )
-    from mobileclip_export.models.tokenizer import tokenize
-
-    ids = torch.from_numpy(tokenize(["a photo of a cat"], spec.context_length).astype(np.int32))
-    inputs = (TensorSpec("text", (1, spec.context_length), "int32", "CLIP BPE token ids, zero padded"),)
-    return EncoderExport(model_name, "text", inf_model.text_encoder, (ids,), inputs, (embed,), metadata)
-
-
 def _app_tokenizer_files(context_length: int) -> dict[str, bytes]:
     from mobileclip_export.models.app_tokenizer import app_tokenizer_files
     from mobileclip_export.models.tokenizer import get_tokenizer
@@ -297,13 +267,12 @@ def export_model(
         tok_files.update(_app_tokenizer_files(spec.context_length))
     tok_files[SETTINGS_FILE] = (json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n").encode()
     exports = {
-        enc: _build_encoder_export(
+        enc: encoder_export(
             model,
             enc,
             inf_model,
-            spec,
-            seed,
             _metadata(model, enc, spec, weights, logit, versions, tok_cfg, reduced),
+            seed=seed,
         )
         for enc in plan.encoders
     }

@@ -237,9 +237,9 @@ def reduced_encoder_export(model_name: str, encoder: str) -> tuple[EncoderExport
     """
     import json
 
-    from mobileclip_export.export.target import EncoderExport, TensorSpec
-    from mobileclip_export.models import create_model, get_model_spec
-    from mobileclip_export.models.tokenizer import tokenize, tokenizer_config
+    from mobileclip_export.export.encoders import encoder_export
+    from mobileclip_export.models import create_model
+    from mobileclip_export.models.tokenizer import tokenizer_config
     from mobileclip_export.reparam import reparameterize_model
     from mobileclip_export.reparam.verify import randomize_bn_and_layer_scales
 
@@ -247,33 +247,14 @@ def reduced_encoder_export(model_name: str, encoder: str) -> tuple[EncoderExport
     randomize_bn_and_layer_scales(train, 0)
     train.eval()
     inf = reparameterize_model(train).eval()
-    spec = get_model_spec(model_name)
+    spec = inf.spec
     meta = {"model": model_name, "encoder": encoder, "embed_dim": str(spec.embed_dim), "logit_scale": "100"}
-    embed = (TensorSpec("embedding", (1, spec.embed_dim), "float32"),)
     if encoder == "image":
-        s = spec.image_size
         meta["preprocessing"] = json.dumps(spec.preprocessing.to_dict(), sort_keys=True)
-        x = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
-        enc = EncoderExport(
-            model_name,
-            "image",
-            inf.image_encoder,
-            (x,),
-            (TensorSpec("image", (1, 3, s, s), "float32"),),
-            embed,
-            meta,
-            s,
-            tuple(spec.preprocessing.mean),
-            tuple(spec.preprocessing.std),
-            inf.image_encoder.model,
-        )
-        return enc, train.image_encoder
-    meta["tokenizer"] = json.dumps(tokenizer_config(), sort_keys=True, default=str)
-    ids = torch.from_numpy(tokenize(["a photo of a cat"], spec.context_length).astype(np.int32))
-    enc = EncoderExport(
-        model_name, "text", inf.text_encoder, (ids,), (TensorSpec("text", (1, 77), "int32"),), embed, meta
-    )
-    return enc, train.text_encoder
+    else:
+        meta["tokenizer"] = json.dumps(tokenizer_config(), sort_keys=True, default=str)
+    enc = encoder_export(model_name, encoder, inf, meta)
+    return enc, train.image_encoder if encoder == "image" else train.text_encoder
 
 
 # ---------------------------------------------------------------- real MobileCLIP encoders for backend tests
@@ -285,24 +266,16 @@ TEXT_FAMILIES = ["mobileclip_s0", "mobileclip_s1", "mobileclip_b", "mobileclip_s
 
 def randomized_encoder_export(name: str, encoder: str, reduced: bool = True) -> EncoderExport:
     """The reparameterized encoder of a seeded model whose BN statistics and layer scales were randomized."""
-    from mobileclip_export.export.target import EncoderExport, TensorSpec
+    from mobileclip_export.export.encoders import encoder_export
     from mobileclip_export.models import create_model
     from mobileclip_export.reparam import reparameterize_model
     from mobileclip_export.reparam.verify import randomize_bn_and_layer_scales
 
     model = create_model(name, reduced=reduced)
     model = reparameterize_model(randomize_bn_and_layer_scales(model, seed=0)).eval()
-    spec = model.spec
-    embed = (TensorSpec("embedding", (1, spec.embed_dim), "float32"),)
-    facts = {"model": name, "encoder": encoder}
-    if encoder == "image":
-        x = torch.from_numpy(structured_inputs("image", spec.image_size)[:1])
-        ins = (TensorSpec("image", tuple(x.shape), "float32"),)
-        return EncoderExport(name, "image", model.image_encoder, (x,), ins, embed, facts)
-    ids = torch.from_numpy(structured_inputs("text")[:1])
-    return EncoderExport(
-        name, "text", model.text_encoder, (ids,), (TensorSpec("text", (1, 77), "int32"),), embed, facts
-    )
+    size = model.spec.image_size
+    example = torch.from_numpy(structured_inputs(encoder, size)[:1])
+    return encoder_export(name, encoder, model, {"model": name, "encoder": encoder}, example=example)
 
 
 def structured_inputs(encoder: str, size: int = 256) -> np.ndarray:
