@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import time
@@ -17,7 +18,15 @@ from mobileclip_export.matrix.estimate import calibrate, estimate
 from mobileclip_export.matrix.jobs import Job, MatrixRequest, plan_matrix
 from mobileclip_export.matrix.merge import merge_bundle, merge_outputs
 from mobileclip_export.matrix.report import row_for, write_report
-from mobileclip_export.matrix.store import CELLS, STAGING, cell_dir, lookup, read_cell, sweep_staging
+from mobileclip_export.matrix.store import (
+    CELL_JSON,
+    CELLS,
+    STAGING,
+    cell_dir,
+    lookup,
+    read_cell,
+    sweep_staging,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +63,12 @@ def _lock(output: Path) -> Any:
 def _calibrated(jobs: list[Job], output: Path) -> list[Job]:
     """Re-estimate times from export seconds of cells already in the store (this machine's numbers)."""
     samples = []
-    for folder in (output / CELLS).glob("*"):
-        cell = read_cell(folder)
-        if cell and cell["record"].get("seconds", {}).get("export") is not None:
-            samples.append((cell["job"]["mparams"], cell["record"]["seconds"]["export"]))
+    for path in (output / CELLS).glob(f"*/{CELL_JSON}"):  # timings only: no need to re-hash artifacts
+        try:
+            cell = json.loads(path.read_text("utf-8"))
+            samples.append((float(cell["job"]["mparams"]), float(cell["record"]["seconds"]["export"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
     if not samples:
         return jobs
     rate = calibrate(samples)
