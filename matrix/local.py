@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mobileclip_export.export.bundle import remove_path
 from mobileclip_export.matrix.jobs import Job
 from mobileclip_export.matrix.store import commit, new_staging
 from mobileclip_export.matrix.worker import RESULT
@@ -126,6 +127,7 @@ class LocalPool:
             log.warning("%s: %s; retrying (attempt %d of %d)", r.job.label, reason, r.attempt + 1,
                         self.max_attempts)
             pending.insert(0, (r.job, r.attempt + 1))
+            remove_path(r.staging)
             return
         tail = _log_tail(r.staging)
         error = f"{reason}, {r.attempt} attempts" + (f"; last output: {tail}" if tail else "")

@@ -62,8 +62,15 @@ def lookup(output: Path, job: Job) -> dict[str, Any] | None:
     return cell
 
 
-def commit(output: Path, job: Job, staging: Path, attempts: int) -> dict[str, Any]:
-    """Turn a worker's staging folder into a store cell (verified ones only). Returns the cell dict."""
+def commit(output: Path, job: Job, staging: Path, attempts: int | None) -> dict[str, Any]:
+    """Turn a worker's staging folder into a store cell (verified ones only), then drop the staging folder."""
+    try:
+        return _commit(output, job, staging, attempts)
+    finally:
+        remove_path(staging)
+
+
+def _commit(output: Path, job: Job, staging: Path, attempts: int | None) -> dict[str, Any]:
     result = json.loads((staging / RESULT).read_text("utf-8"))
     rec = result["record"]
     cell = {"key": job.key, "job": job.to_dict(), "record": rec, "node": result.get("node"),
