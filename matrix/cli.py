@@ -53,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (default: 0)")
     p.add_argument("--merge", type=Path, action="extend", nargs="+", metavar="DIR",
                    help="merge these matrix output folders (e.g. one per CI job) instead of running")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (estimates, reuse) and stop")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
@@ -74,11 +75,26 @@ def _request(args: argparse.Namespace) -> Any:
     )
 
 
+def _print_plan(cells: list[dict[str, Any]], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"ok": True, "plan": cells}))
+        return 0
+    for c in cells:
+        reuse = "reuse" if c["reuse"] else "run"
+        est = f"~{c['memory_gb']:.1f} GB  ~{c['seconds']:.0f} s"
+        print(f"{c['cell']:<60} {c['mparams']:>8.2f} M  {est}  {reuse}")
+    todo = [c for c in cells if not c["reuse"]]
+    print(f"{len(cells)} cells, {len(todo)} to run, ~{sum(c['seconds'] for c in todo):.0f} s of work")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    from mobileclip_export.matrix.run import merge_matrix_outputs, run_matrix
+    from mobileclip_export.matrix.run import dry_run, merge_matrix_outputs, run_matrix
 
     if args.output_dir is None:
         raise UsageError("--output-dir is required")
+    if args.dry_run:
+        return _print_plan(dry_run(_request(args), args.output_dir), args.json)
     if args.merge:
         outcome = merge_matrix_outputs(args.merge, args.output_dir)
     else:

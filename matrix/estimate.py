@@ -8,7 +8,6 @@ million parameters; the rate is re-fitted from the export seconds of cells alrea
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -30,6 +29,8 @@ def estimate(mparams: float, seconds_per_mparam: float = DEFAULT_SECONDS_PER_MPA
 
 
 def calibrate(samples: Iterable[tuple[float, float]]) -> float:
-    """Seconds per million parameters from (mparams, export seconds) of finished cells (median rate)."""
-    rates = [max(s - BASE_SECONDS, 0.0) / m for m, s in samples if m > 0]
-    return statistics.median(rates) if rates else DEFAULT_SECONDS_PER_MPARAM
+    """Seconds per million parameters from (mparams, export seconds) of finished cells: total time above the
+    fixed cost over total parameters, so large cells (the ones worth placing well) dominate the fit."""
+    pairs = [(m, s) for m, s in samples if m > 0]
+    total = sum(m for m, _ in pairs)
+    return sum(max(s - BASE_SECONDS, 0.0) for _, s in pairs) / total if total else DEFAULT_SECONDS_PER_MPARAM

@@ -119,7 +119,13 @@ def encoder_mparams(model: str, encoder: str, reduced: bool) -> float:
     if not reduced:
         pub = get_model_spec(model).published
         return float(pub.params_image_m if encoder == "image" else pub.params_text_m)
-    built = create_model(model, reduced=True)
+    quiet = logging.getLogger("mobileclip_export.models.registry")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # only counting: the random-weights warning is not news here
+    try:
+        built = create_model(model, reduced=True)
+    finally:
+        quiet.setLevel(level)
     module = built.image_encoder if encoder == "image" else built.text_encoder
     return sum(p.numel() for p in module.parameters()) / 1e6
 

@@ -61,18 +61,32 @@ def _lock(output: Path) -> Any:
 
 
 def _calibrated(jobs: list[Job], output: Path) -> list[Job]:
-    """Re-estimate times from export seconds of cells already in the store (this machine's numbers)."""
-    samples = []
+    """Re-estimate times from the export seconds of cells already in the store (this machine's numbers), per
+    target where it has cells of that target (converters differ several-fold), else over all targets."""
+    samples: dict[str, list[tuple[float, float]]] = {}
     for path in (output / CELLS).glob(f"*/{CELL_JSON}"):  # timings only: no need to re-hash artifacts
         try:
             cell = json.loads(path.read_text("utf-8"))
-            samples.append((float(cell["job"]["mparams"]), float(cell["record"]["seconds"]["export"])))
+            sample = (float(cell["job"]["mparams"]), float(cell["record"]["seconds"]["export"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue
+        samples.setdefault(cell["job"]["target"], []).append(sample)
     if not samples:
         return jobs
-    rate = calibrate(samples)
-    return [replace(j, estimate=estimate(j.mparams, rate)) for j in jobs]
+    overall = calibrate(s for group in samples.values() for s in group)
+    rates = {t: calibrate(group) for t, group in samples.items()}
+    return [replace(j, estimate=estimate(j.mparams, rates.get(j.target, overall))) for j in jobs]
+
+
+def dry_run(req: MatrixRequest, output_dir: str | Path) -> list[dict[str, Any]]:
+    """The plan without running it: per cell, the estimate and whether the store already has it."""
+    output = Path(output_dir)
+    jobs = _calibrated(plan_matrix(req).jobs, output) if output.is_dir() else plan_matrix(req).jobs
+    return [
+        {"cell": j.cell_id, "mparams": j.mparams, "memory_gb": round(j.estimate.memory_bytes / 2**30, 2),
+         "seconds": round(j.estimate.seconds, 1), "reuse": output.is_dir() and lookup(output, j) is not None}
+        for j in jobs
+    ]
 
 
 def _runner(workers: int | None, ray_address: str | None, max_attempts: int) -> Any:
@@ -169,4 +183,4 @@ def merge_matrix_outputs(sources: Iterable[Path], output_dir: str | Path) -> Mat
         return _finish(output, rows, summary)
 
 
-__all__ = ["MatrixOutcome", "cell_dir", "merge_matrix_outputs", "run_matrix"]
+__all__ = ["MatrixOutcome", "cell_dir", "dry_run", "merge_matrix_outputs", "run_matrix"]

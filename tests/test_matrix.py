@@ -14,7 +14,7 @@ import pytest
 from mobileclip_export.errors import MissingDependencyError, UsageError
 from mobileclip_export.export.registry import all_targets
 from mobileclip_export.matrix import MatrixRequest, plan_matrix, run_matrix
-from mobileclip_export.matrix.estimate import estimate
+from mobileclip_export.matrix.estimate import BASE_SECONDS, calibrate, estimate
 from mobileclip_export.matrix.jobs import Job, cell_key
 from mobileclip_export.matrix.local import LocalPool, death_reason
 
@@ -131,6 +131,23 @@ def test_merge_of_job_outputs_and_bench_reads_the_bundles(pool_run, tmp_path, ca
     assert bundle.export_args["reduced"] is True
     (tmp_path / "broken").mkdir()
     assert main(["matrix", "--merge", str(tmp_path / "broken"), "--output-dir", str(tmp_path / "x")]) == 2
+
+
+def test_dry_run_shows_reuse_and_calibrated_estimates(pool_run, capsys) -> None:
+    from mobileclip_export.cli import main
+
+    out = pool_run[0]
+    args = ["matrix", "--models", "mobileclip_s0", "--targets", TARGETS[0], "--precisions", "fp16,fp32",
+            "--reduced", "--output-dir", str(out), "--dry-run", "--json"]
+    assert main(args) == 0
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert [(c["cell"].split("-")[2], c["reuse"]) for c in plan] == [
+        ("fp16", True), ("fp16", True), ("fp32", False), ("fp32", False)]
+    measured = pool_run[1].rows
+    rate = calibrate((r["mparams"], r["export_s"]) for r in measured)
+    assert rate == pytest.approx(sum(max(r["export_s"] - BASE_SECONDS, 0) for r in measured) / sum(
+        r["mparams"] for r in measured))
+    assert [c["seconds"] for c in plan[:2]] == [round(estimate(r["mparams"], rate).seconds, 1) for r in measured]
 
 
 @pytest.fixture(scope="module")
