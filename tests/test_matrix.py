@@ -145,8 +145,8 @@ def test_dry_run_shows_reuse_and_calibrated_estimates(pool_run, capsys) -> None:
         ("fp16", True), ("fp16", True), ("fp32", False), ("fp32", False)]
     measured = pool_run[1].rows
     rate = calibrate((r["mparams"], r["export_s"]) for r in measured)
-    assert rate == pytest.approx(sum(max(r["export_s"] - BASE_SECONDS, 0) for r in measured) / sum(
-        r["mparams"] for r in measured))
+    above_fixed = sum(max(r["export_s"] - BASE_SECONDS, 0) for r in measured)
+    assert rate == pytest.approx(above_fixed / sum(r["mparams"] for r in measured))
     assert [c["seconds"] for c in plan[:2]] == [round(estimate(r["mparams"], rate).seconds, 1) for r in measured]
 
 
