@@ -147,7 +147,8 @@ def test_dry_run_shows_reuse_and_calibrated_estimates(pool_run, capsys) -> None:
     rate = calibrate((r["mparams"], r["export_s"]) for r in measured)
     above_fixed = sum(max(r["export_s"] - BASE_SECONDS, 0) for r in measured)
     assert rate == pytest.approx(above_fixed / sum(r["mparams"] for r in measured))
-    assert [c["seconds"] for c in plan[:2]] == [round(estimate(r["mparams"], rate).seconds, 1) for r in measured]
+    expect = [round(estimate(r["mparams"], rate).seconds, 1) for r in measured]
+    assert [c["seconds"] for c in plan[:2]] == expect
 
 
 @pytest.fixture(scope="module")
