@@ -224,49 +224,34 @@ def _peak_sentence(st: Mapping[str, Any]) -> str:
     return text + f" from {source}" + (f" (others: {others} GFLOP/s)." if others else ".")
 
 
-def markdown(doc: Mapping[str, Any]) -> str:
-    dev, st, mdl = doc["device"], doc["settings"], doc["model"]
-    weights = "seeded random weights" if mdl.get("random_init") else "checkpoint weights"
-    size = "reduced" if mdl.get("reduced") else "full size"
-    lines = [
-        f"## Benchmark: {mdl['name']} ({size}, {weights})",
-        "",
-        f"**Host** (kind `host`: a proxy, not a phone): {dev['cpu']}, {dev['cores']} cores, {dev['os']}; "
-        f"{st['threads']} thread(s), process pinned to cores {st.get('pinned_cores', '?')}. "
-        f"{st['runs']} timed runs after {st['warmup']} warm-up, interleaved "
-        f"round-robin across candidates. {_peak_sentence(st)}",
-        "",
-        "| target | encoder | precision | status | size MB | parity cos | load ms | first ms | median ms "
-        "| p90 ms | GFLOP/s | % of peak | speedup vs reparam PyTorch |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    notes: list[str] = []
-    for r in doc["rows"]:
-        lat = r.get("latency") or {}
-        status = r["status"]
-        if status.startswith(("skipped", "failed")):
-            notes.append(f"- `{r['target']}` {r['encoder']} {r['precision']}: {status}")
-            status = status.split(":", 1)[0]
-        reference = r.get("kind") == "reference"
-        median = _fmt(lat.get("median"))
-        speed = "×" + _fmt(r.get("speedup_vs_reparam")) if _finite(r.get("speedup_vs_reparam")) else "—"
-        if reference:
-            median += " (reference runtime)"
-            speed = "— (reference runtime)"
-        frac = r.get("fraction_of_peak")
-        where = f" (device: {r['device']['name']})" if r.get("record_kind") == "device" else ""
-        lines.append(
-            f"| {r['target']}{where} | {r['encoder']} | {r['precision']} | {status} | "
-            f"{_fmt(r.get('size_mb'))} | "
-            f"{_cos(r.get('parity_cosine'))} | {_fmt(r.get('load_ms'), 1)} | {_fmt(r.get('first_ms'))} | "
-            f"{median} | {_fmt(lat.get('p90'))} | {_fmt(r.get('gflops_per_s'), 1)} | "
-            f"{_fmt(frac * 100 if _finite(frac) else None, 1)} | {speed} |"
-        )
+def _row_line(r: Mapping[str, Any], notes: list[str]) -> str:
+    lat = r.get("latency") or {}
+    status = r["status"]
+    if status.startswith(("skipped", "failed")):
+        notes.append(f"- `{r['target']}` {r['encoder']} {r['precision']}: {status}")
+        status = status.split(":", 1)[0]
+    median = _fmt(lat.get("median"))
+    speed = "×" + _fmt(r.get("speedup_vs_reparam")) if _finite(r.get("speedup_vs_reparam")) else "—"
+    if r.get("kind") == "reference":
+        median += " (reference runtime)"
+        speed = "— (reference runtime)"
+    frac = r.get("fraction_of_peak")
+    where = f" (device: {r['device']['name']})" if r.get("record_kind") == "device" else ""
+    return (
+        f"| {r['target']}{where} | {r['encoder']} | {r['precision']} | {status} | "
+        f"{_fmt(r.get('size_mb'))} | "
+        f"{_cos(r.get('parity_cosine'))} | {_fmt(r.get('load_ms'), 1)} | {_fmt(r.get('first_ms'))} | "
+        f"{median} | {_fmt(lat.get('p90'))} | {_fmt(r.get('gflops_per_s'), 1)} | "
+        f"{_fmt(frac * 100 if _finite(frac) else None, 1)} | {speed} |"
+    )
+
+
+def _footnotes(doc: Mapping[str, Any], notes: list[str]) -> list[str]:
     refs = sorted({r["runtime"] for r in doc["rows"] if r.get("kind") == "reference" and r.get("runtime")})
     above = sorted(
         {r["target"] for r in doc["rows"] if _finite(r.get("fraction_of_peak")) and r["fraction_of_peak"] > 1}
     )
-    lines += [
+    lines = [
         "",
         "parity cos: worst per-row cosine vs the train-time PyTorch model on the benchmark inputs. "
         "Speedup = reparameterized PyTorch median / this median (>1 is faster), same run.",
@@ -289,19 +274,46 @@ def markdown(doc: Mapping[str, Any]) -> str:
     ]
     if row_notes:
         lines += ["", "Notes:", *row_notes]
+    return lines
+
+
+def _estimates_table(estimates: list[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "### Estimates (kind `estimate`: modelled, not measured)",
+        "",
+        "| device | encoder | estimated ms | error of the method | method |",
+        "|---|---|---:|---|---|",
+    ]
+    for e in estimates:
+        lines.append(
+            f"| {e['device']} | {e['encoder']} | {_fmt(e['latency_ms'])} | {e['error_note']} | "
+            f"{e['method']} |"
+        )
+    return lines
+
+
+def markdown(doc: Mapping[str, Any]) -> str:
+    dev, st, mdl = doc["device"], doc["settings"], doc["model"]
+    weights = "seeded random weights" if mdl.get("random_init") else "checkpoint weights"
+    size = "reduced" if mdl.get("reduced") else "full size"
+    lines = [
+        f"## Benchmark: {mdl['name']} ({size}, {weights})",
+        "",
+        f"**Host** (kind `host`: a proxy, not a phone): {dev['cpu']}, {dev['cores']} cores, {dev['os']}; "
+        f"{st['threads']} thread(s), process pinned to cores {st.get('pinned_cores', '?')}. "
+        f"{st['runs']} timed runs after {st['warmup']} warm-up, interleaved "
+        f"round-robin across candidates. {_peak_sentence(st)}",
+        "",
+        "| target | encoder | precision | status | size MB | parity cos | load ms | first ms | median ms "
+        "| p90 ms | GFLOP/s | % of peak | speedup vs reparam PyTorch |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    notes: list[str] = []
+    lines += [_row_line(r, notes) for r in doc["rows"]]
+    lines += _footnotes(doc, notes)
     if doc.get("estimates"):
-        lines += [
-            "",
-            "### Estimates (kind `estimate`: modelled, not measured)",
-            "",
-            "| device | encoder | estimated ms | error of the method | method |",
-            "|---|---|---:|---|---|",
-        ]
-        for e in doc["estimates"]:
-            lines.append(
-                f"| {e['device']} | {e['encoder']} | {_fmt(e['latency_ms'])} | {e['error_note']} | "
-                f"{e['method']} |"
-            )
+        lines += _estimates_table(doc["estimates"])
     return "\n".join(lines) + "\n"
 
 
@@ -316,10 +328,17 @@ def plots(doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     rows = [r for r in doc["rows"] if (r.get("latency") or {}).get("median") is not None]
-    written: list[Path] = []
     if not rows:
-        return written
+        return []
     encoders = sorted({r["encoder"] for r in rows})
+    written = [_latency_plot(plt, doc, rows, encoders, out_dir / "latency.png")]
+    sized = [r for r in rows if _finite(r.get("size_mb"))]
+    if sized:
+        written.append(_size_plot(plt, doc, sized, encoders, out_dir / "latency_vs_size.png"))
+    return written
+
+
+def _latency_plot(plt: Any, doc: Mapping[str, Any], rows: list, encoders: list[str], path: Path) -> Path:
     labels = sorted({(r["target"], r["precision"]) for r in rows})
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(labels) * len(encoders) + 1.5))
     height = 0.8 / len(encoders)
@@ -351,41 +370,38 @@ def plots(doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
 
     ax.legend(handles=[Patch(color=f"C{j}", label=enc) for j, enc in enumerate(encoders)], title="encoder")
     fig.tight_layout()
-    path = out_dir / "latency.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    written.append(path)
+    return path
 
-    sized = [r for r in rows if _finite(r.get("size_mb"))]
-    if sized:
-        fig, ax = plt.subplots(figsize=(7, 5))
-        for j, enc in enumerate(encoders):
-            pts = [r for r in sized if r["encoder"] == enc]
-            for ref in (False, True):
-                sel = [r for r in pts if (r.get("kind") == "reference") is ref]
-                ax.scatter(
-                    [r["size_mb"] for r in sel],
-                    [r["latency"]["median"] for r in sel],
-                    edgecolors=f"C{j}",
-                    facecolors="none" if ref else f"C{j}",
-                    label=(f"{enc} (reference runtime)" if ref else enc) if sel else None,
-                )
-            for k, r in enumerate(pts):
-                ax.annotate(
-                    f"{r['target']} {r['precision']}",
-                    (r["size_mb"], r["latency"]["median"]),
-                    fontsize=7,
-                    xytext=(4, 4 - 9 * (k % 3)),
-                    textcoords="offset points",
-                )
-        ax.set_xlabel("size, MB")
-        ax.set_yscale("log")
-        ax.set_ylabel("median latency, ms, log scale (host)")
-        ax.set_title(f"{doc['model']['name']}: latency vs size")
-        ax.legend(title="encoder")
-        fig.tight_layout()
-        path = out_dir / "latency_vs_size.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
+
+def _size_plot(plt: Any, doc: Mapping[str, Any], sized: list, encoders: list[str], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for j, enc in enumerate(encoders):
+        pts = [r for r in sized if r["encoder"] == enc]
+        for ref in (False, True):
+            sel = [r for r in pts if (r.get("kind") == "reference") is ref]
+            ax.scatter(
+                [r["size_mb"] for r in sel],
+                [r["latency"]["median"] for r in sel],
+                edgecolors=f"C{j}",
+                facecolors="none" if ref else f"C{j}",
+                label=(f"{enc} (reference runtime)" if ref else enc) if sel else None,
+            )
+        for k, r in enumerate(pts):
+            ax.annotate(
+                f"{r['target']} {r['precision']}",
+                (r["size_mb"], r["latency"]["median"]),
+                fontsize=7,
+                xytext=(4, 4 - 9 * (k % 3)),
+                textcoords="offset points",
+            )
+    ax.set_xlabel("size, MB")
+    ax.set_yscale("log")
+    ax.set_ylabel("median latency, ms, log scale (host)")
+    ax.set_title(f"{doc['model']['name']}: latency vs size")
+    ax.legend(title="encoder")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,3 +54,44 @@ def test_no_target_names_outside_backends() -> None:
                 if names.search(line):
                     offenders.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
     assert not offenders, "target names outside export/backends/:\n" + "\n".join(offenders)
+
+
+MAX_FUNCTION_LINES = 60
+# Known offenders, each with its owner's pending split; remove an entry once its function is short.
+LONG_FUNCTION_EXEMPTIONS = {
+    ("export/api.py", "export_model"),  # i10cli: export_model as its list of stages
+    ("export/api.py", "_export_target"),  # i10cli
+    ("export/api.py", "_verify_artifact"),  # i10cli: moves to verify.py
+    ("export/backends/onnx.py", "export"),  # split once the helpers now editing onnx.py have landed
+}
+
+
+def long_functions(folders: list[str], limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, str, int]]:
+    """(file, function, lines) for every function or method longer than ``limit`` lines (def to last line)."""
+    found = []
+    for folder in folders:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = node.end_lineno - node.lineno + 1
+                    if length > limit:
+                        found.append((rel, node.name, length))
+    return found
+
+
+def test_no_function_over_60_lines_outside_tests() -> None:
+    offenders = [
+        f"{file}: {name} ({n} lines)"
+        for file, name, n in long_functions(["core", "models", "reparam", "export", "benchmarks"])
+        if (file, name) not in LONG_FUNCTION_EXEMPTIONS
+    ]
+    assert not offenders, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(offenders)
+
+
+def test_long_function_check_catches_a_long_function(tmp_path, monkeypatch) -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text(f"def short():\n    pass\n\n\ndef long():\n{body}\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert long_functions(["pkg"]) == [("pkg/m.py", "long", MAX_FUNCTION_LINES + 1)]

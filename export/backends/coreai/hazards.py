@@ -34,6 +34,48 @@ def _where(node: torch.fx.Node) -> str:
     return f"{node.name}" + (f" (in {module})" if module else "")
 
 
+def _input_problems(node: torch.fx.Node, spec: Any, exported_program: Any) -> list[str]:
+    """A 64-bit user input, or a used int64 constant outside the int32 range it would be narrowed to."""
+    import torch
+    from torch.export.graph_signature import InputKind
+
+    dtype = getattr(node.meta.get("val"), "dtype", None)
+    if spec is None:
+        return []
+    if spec.kind == InputKind.USER_INPUT and dtype in (torch.int64, torch.float64):
+        return [
+            f"input {node.name!r} is {dtype}: the Core AI runtime rejects 64-bit inputs "
+            "(trace token ids as int32, images as float32/float16)"
+        ]
+    if dtype == torch.int64 and node.users:
+        tensor = exported_program.state_dict.get(spec.target, exported_program.constants.get(spec.target))
+        limit = torch.iinfo(torch.int32)
+        if tensor is not None and tensor.numel() and (tensor.min() < limit.min or tensor.max() > limit.max):
+            return [f"int64 constant {spec.target!r} exceeds the int32 range it would be narrowed to"]
+    return []
+
+
+def _call_problems(node: torch.fx.Node) -> list[str]:
+    """Average pooling the converter gets wrong or crashes on, and ops it does not support."""
+    target = str(node.target)
+    if target.startswith(_UNSUPPORTED_PREFIXES):
+        return [f"{_where(node)}: {target} is not supported by coreai-torch"]
+    if not target.startswith("aten.avg_pool"):
+        return []
+    problems = []
+    args = _node_arguments(node)
+    padding = args.get("padding", 0)
+    padded = any(int(p) != 0 for p in (padding if isinstance(padding, (list, tuple)) else [padding]))
+    if args.get("count_include_pad") is False and padded:
+        problems.append(
+            f"{_where(node)}: {target} with count_include_pad=False and padding {list(padding)} "
+            "is converted as count_include_pad=True (silently wrong numbers)"
+        )
+    if args.get("ceil_mode") is True:
+        problems.append(f"{_where(node)}: {target} with ceil_mode=True crashes the coreai-torch converter")
+    return problems
+
+
 def find_coreai_hazards(exported_program: torch.export.ExportedProgram) -> list[str]:
     """Reasons coreai-torch 0.4.3 would convert this (decomposed) program wrongly or crash; empty when safe.
 
@@ -44,57 +86,17 @@ def find_coreai_hazards(exported_program: torch.export.ExportedProgram) -> list[
     int32 and stay in range.
     """
     import torch
-    from torch.export.graph_signature import InputKind
 
     problems: list[str] = []
-    graph = exported_program.graph
     specs = {s.arg.name: s for s in exported_program.graph_signature.input_specs if hasattr(s.arg, "name")}
-    for node in graph.nodes:
-        val = node.meta.get("val")
-        dtype = getattr(val, "dtype", None)
+    for node in exported_program.graph.nodes:
         if node.op == "placeholder":
-            spec = specs.get(node.name)
-            if (
-                spec is not None
-                and spec.kind == InputKind.USER_INPUT
-                and dtype in (torch.int64, torch.float64)
-            ):
-                problems.append(
-                    f"input {node.name!r} is {dtype}: the Core AI runtime rejects 64-bit inputs "
-                    "(trace token ids as int32, images as float32/float16)"
-                )
+            found = _input_problems(node, specs.get(node.name), exported_program)
+            problems += found
+            if found and found[0].startswith("input "):
                 continue
-            if spec is not None and dtype == torch.int64 and node.users:
-                tensor = exported_program.state_dict.get(
-                    spec.target, exported_program.constants.get(spec.target)
-                )
-                limit = torch.iinfo(torch.int32)
-                if (
-                    tensor is not None
-                    and tensor.numel()
-                    and (tensor.min() < limit.min or tensor.max() > limit.max)
-                ):
-                    problems.append(
-                        f"int64 constant {spec.target!r} exceeds the int32 range it would be narrowed to"
-                    )
-        if dtype == torch.float64:
+        if getattr(node.meta.get("val"), "dtype", None) == torch.float64:
             problems.append(f"{_where(node)} is float64: coreai-torch narrows it to float32 silently")
-        if node.op != "call_function":
-            continue
-        target = str(node.target)
-        if target.startswith("aten.avg_pool"):
-            args = _node_arguments(node)
-            padding = args.get("padding", 0)
-            padded = any(int(p) != 0 for p in (padding if isinstance(padding, (list, tuple)) else [padding]))
-            if args.get("count_include_pad") is False and padded:
-                problems.append(
-                    f"{_where(node)}: {target} with count_include_pad=False and padding {list(padding)} "
-                    "is converted as count_include_pad=True (silently wrong numbers)"
-                )
-            if args.get("ceil_mode") is True:
-                problems.append(
-                    f"{_where(node)}: {target} with ceil_mode=True crashes the coreai-torch converter"
-                )
-        elif target.startswith(_UNSUPPORTED_PREFIXES):
-            problems.append(f"{_where(node)}: {target} is not supported by coreai-torch")
+        if node.op == "call_function":
+            problems += _call_problems(node)
     return problems
