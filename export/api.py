@@ -321,6 +321,10 @@ def export_model(
             },
             versions=versions,
         )
+        from mobileclip_export.export.app_bundle import finish_bundle
+
+        with _Stage(emit, "app files"):
+            finish_bundle(writer.tmp_dir, manifest, result.artifacts, train_model, spec, verify)
         writer.write_manifest(manifest)
         result.bundle_dir = writer.commit()
         result.manifest_path = result.bundle_dir / "manifest.json"
