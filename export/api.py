@@ -344,6 +344,9 @@ def _export_target(
     emit: ProgressCallback,
 ) -> list[ArtifactRecord]:
     t = tp.target
+    from mobileclip_export.export.image_input import wrap_export
+
+    exports = {e: wrap_export(x, tp.options) for e, x in exports.items()}  # NHWC/uint8 when asked
     if tp.multifunction:
         jobs: list[tuple[str, Callable[[Path], Any], list[str]]] = [
             (

@@ -60,7 +60,10 @@ def image_inputs(image_size: int, seed: int = 0, n_random: int = 2) -> VerifyInp
     labels.append("checkerboard")
     imgs.append(np.full((3, h, w), 0.5, dtype=np.float32))
     labels.append("constant-0.5")
-    return VerifyInputs("image", np.ascontiguousarray(np.stack(imgs)), tuple(labels))
+    # 8-bit pixel values (k / 255), like every real image: a uint8 image input then sees exactly the pixels
+    # the float reference saw.
+    data = np.rint(np.stack(imgs) * np.float32(255.0)) / np.float32(255.0)
+    return VerifyInputs("image", np.ascontiguousarray(data, dtype=np.float32), tuple(labels))
 
 
 def text_inputs(context_length: int = 77, texts: Sequence[str] = VERIFY_TEXTS) -> VerifyInputs:

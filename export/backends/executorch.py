@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from mobileclip_export.errors import ExportFailure, UsageError
 from mobileclip_export.export.backends.xnnpack_census import undelegated_census
+from mobileclip_export.export.image_input import IMAGE_INPUT_OPTION, wrap_runner
 from mobileclip_export.export.target import (
     ArtifactInfo,
     EncoderExport,
@@ -57,6 +58,7 @@ class ExecuTorchTarget(Target):
             type=int,
             minimum=1,
         ),
+        IMAGE_INPUT_OPTION,
     )
 
     def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -130,7 +132,7 @@ class ExecuTorchTarget(Target):
                 "(the Core ML delegate runs on macOS/iOS only)"
             )
         program = runtime.load_program(Path(path), verification=Verification.Minimal)
-        return _ETRunner(program, backends, _set_threads(options.get("num_threads")))
+        return wrap_runner(_ETRunner(program, backends, _set_threads(options.get("num_threads"))), options)
 
     # ------------------------------------------------------------ structure
     def structural_checks(self, path: Path, enc: EncoderExport) -> dict[str, Any]:

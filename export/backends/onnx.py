@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mobileclip_export.errors import ExportFailure
+from mobileclip_export.export.image_input import IMAGE_INPUT_OPTION, wrap_runner
 from mobileclip_export.export.target import (
     ArtifactInfo,
     EncoderExport,
@@ -159,6 +160,7 @@ class OnnxTarget(Target):
             bool,
         ),
         OptionSpec("num_threads", "onnxruntime CPU threads when run here", None, type=int, minimum=1),
+        IMAGE_INPUT_OPTION,
     )
 
     def export(
@@ -252,7 +254,7 @@ class OnnxTarget(Target):
             raise RuntimeUnavailable(
                 f"onnxruntime is not installed ({', '.join(self.missing_dependencies())})"
             )
-        return OnnxRunner(Path(path), options.get("num_threads"))
+        return wrap_runner(OnnxRunner(Path(path), options.get("num_threads")), options)
 
     def structural_checks(self, path: Path, enc: EncoderExport) -> dict[str, Any]:
         import onnx

@@ -30,6 +30,7 @@ import numpy as np
 
 from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError, install_hint
 from mobileclip_export.export.backends.xnnpack_census import delegated_ops
+from mobileclip_export.export.image_input import IMAGE_INPUT_OPTION, layout_of, wrap_runner
 from mobileclip_export.export.target import (
     ArtifactInfo,
     EncoderExport,
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 METADATA_NAME = "mobileclip_export"
 _PIP_HINT = install_hint("tflite")
-_EXPECTED_INPUT_DTYPES = {"int32": np.int32, "float32": np.float32, "image": np.float32}
+_EXPECTED_INPUT_DTYPES = {"int32": np.int32, "float32": np.float32, "image": np.float32, "uint8": np.uint8}
 
 
 def signature_name(encoder: str) -> str:
@@ -259,6 +260,7 @@ class TFLiteTarget(Target):
             type=int,
             minimum=1,
         ),
+        IMAGE_INPUT_OPTION,
     )
 
     def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -287,7 +289,7 @@ class TFLiteTarget(Target):
             "fp16": ["fp16 weights, fp32 activations (ai-edge-quantizer float casting + DEQUANTIZE)"],
             "int8": ["dynamic-range int8 weights, fp32 activations (ai-edge-quantizer dynamic_wi8_afp32)"],
         }[precision]
-        notes.append("input stays NCHW; metadata JSON embedded under 'mobileclip_export'")
+        notes.append(f"image input {layout_of(options)}; metadata JSON embedded under 'mobileclip_export'")
         return ArtifactInfo(
             path=Path(path),
             inputs=ins,
@@ -310,7 +312,7 @@ class TFLiteTarget(Target):
         except ImportError as err:
             raise RuntimeUnavailable(f"ai-edge-litert cannot load here ({err}); {_PIP_HINT}") from err
         threads = options.get("num_threads") or os.cpu_count() or 1
-        return _LiteRTRunner(Path(path), int(threads))
+        return wrap_runner(_LiteRTRunner(Path(path), int(threads)), options)
 
     def structural_checks(self, path: Path, enc: EncoderExport) -> dict[str, Any]:
         """Op census from the flatbuffer, what XNNPACK delegated (and did not), signature I/O and dtypes."""
