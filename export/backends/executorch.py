@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # numpy stays out of module import: --help must not load it
 log = logging.getLogger(__name__)
 
 # c10::ScalarType codes reported by the runtime's TensorInfo.dtype()
-_SCALAR_TYPES = {3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64"}
+_SCALAR_TYPES = {0: "uint8", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64"}
 DELEGATES = ("xnnpack", "coreml", "portable")
 _BACKEND_IDS = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend"}
 
