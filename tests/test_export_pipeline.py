@@ -159,7 +159,8 @@ def test_reparam_parity_failure_raises_with_numbers(tmp_path, toy, monkeypatch) 
 
 def test_options_routing() -> None:
     p = plan.plan_export("onnx", "both", None, {"opset": 19, "dynamic_batch": True})
-    assert p.targets[0].options == {"opset": 19, "dynamic_batch": True, "num_threads": None}
+    want = {"opset": 19, "dynamic_batch": True, "num_threads": None, "image_input": "float-nchw"}
+    assert p.targets[0].options == want
     p = plan.plan_export(["onnx"], "image", None, {"onnx": {"opset": 20}})
     assert p.targets[0].options["opset"] == 20 and p.encoders == ("image",)
     with pytest.raises(UsageError, match="--no-such-option"):
