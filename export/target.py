@@ -69,6 +69,17 @@ class OptionSpec:
         return f"expected an integer in {low}..{high}"
 
 
+def num_threads_option(runtime: str) -> OptionSpec:
+    """The one ``--num-threads`` option (each target that declares it receives the value)."""
+    return OptionSpec(
+        "num_threads",
+        f"CPU threads of {runtime} when running the artifact here (default: all cores)",
+        default=None,
+        type=int,
+        minimum=1,
+    )
+
+
 @dataclass(frozen=True)
 class EncoderExport:
     """Everything a backend needs to convert one encoder; built by the pipeline, not by backends.

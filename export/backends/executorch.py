@@ -25,6 +25,7 @@ from mobileclip_export.export.target import (
     RuntimeUnavailable,
     Target,
     TensorSpec,
+    num_threads_option,
 )
 
 if TYPE_CHECKING:  # numpy stays out of module import: --help must not load it
@@ -51,13 +52,7 @@ class ExecuTorchTarget(Target):
     default_precision = "fp32"
     options = (
         OptionSpec("delegate", "backend the graph is lowered to", "xnnpack", DELEGATES),
-        OptionSpec(
-            "num_threads",
-            "CPU threads of the ExecuTorch threadpool when running the artifact here (default: all cores)",
-            default=None,
-            type=int,
-            minimum=1,
-        ),
+        num_threads_option("the ExecuTorch threadpool"),
         IMAGE_INPUT_OPTION,
     )
 

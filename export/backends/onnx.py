@@ -31,6 +31,7 @@ from mobileclip_export.export.target import (
     RuntimeUnavailable,
     Target,
     TensorSpec,
+    num_threads_option,
 )
 
 if TYPE_CHECKING:  # torch stays out of target listing and --help (see export/target.py)
@@ -159,7 +160,7 @@ class OnnxTarget(Target):
             None,
             bool,
         ),
-        OptionSpec("num_threads", "onnxruntime CPU threads when run here", None, type=int, minimum=1),
+        num_threads_option("onnxruntime"),
         IMAGE_INPUT_OPTION,
     )
 

@@ -34,11 +34,11 @@ from mobileclip_export.export.image_input import IMAGE_INPUT_OPTION, layout_of, 
 from mobileclip_export.export.target import (
     ArtifactInfo,
     EncoderExport,
-    OptionSpec,
     Runner,
     RuntimeUnavailable,
     Target,
     TensorSpec,
+    num_threads_option,
 )
 
 log = logging.getLogger(__name__)
@@ -253,13 +253,7 @@ class TFLiteTarget(Target):
     precisions = ("fp32", "fp16", "int8")
     default_precision = "fp32"
     options = (
-        OptionSpec(
-            "num_threads",
-            "CPU threads of the LiteRT interpreter when running the artifact here (default: all cores)",
-            default=None,
-            type=int,
-            minimum=1,
-        ),
+        num_threads_option("the LiteRT interpreter"),
         IMAGE_INPUT_OPTION,
     )
 

@@ -202,6 +202,11 @@ def _batch_norm(ctx: OpContext, a: Args) -> np.ndarray:
     mean = np.asarray(a["mean"]).reshape(shape)
     var = np.asarray(a["variance"]).reshape(shape)
     y = (x - mean) / np.sqrt(var + a.float("epsilon", 1e-5))
+    return _scale_shift(y, a, shape)
+
+
+def _scale_shift(y: np.ndarray, a: Args, shape: tuple[int, ...]) -> np.ndarray:
+    """Optional per-channel ``gamma`` / ``beta`` of a normalization op."""
     if a.get("gamma") is not None:
         y = y * np.asarray(a["gamma"]).reshape(shape)
     if a.get("beta") is not None:
@@ -216,11 +221,7 @@ def _instance_norm(ctx: OpContext, a: Args) -> np.ndarray:
     d = x - x.mean(axis=axes, keepdims=True)
     y = d / np.sqrt((d * d).mean(axis=axes, keepdims=True) + a.float("epsilon", 1e-5))
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    if a.get("gamma") is not None:
-        y = y * np.asarray(a["gamma"]).reshape(shape)
-    if a.get("beta") is not None:
-        y = y + np.asarray(a["beta"]).reshape(shape)
-    return y
+    return _scale_shift(y, a, shape)
 
 
 @register_op("l2_norm")
