@@ -303,3 +303,33 @@ def test_pad_kernel_to_centres_and_rejects_bad_sizes() -> None:
         fuse.pad_kernel_to(k, 4)
     with pytest.raises(ValueError):
         fuse.identity_kernel(4, 1, 2)
+
+
+def test_a_new_block_is_caught_until_it_has_a_rule_and_a_case(monkeypatch) -> None:
+    """The CONTRIBUTING recipe for a block + rule, end to end, on a toy conv+BN block."""
+
+    class ToyConvBN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn(self.conv(x))
+
+    model = _randomized(lambda: nn.Sequential(ToyConvBN(), nn.ReLU()))
+    with pytest.raises(VerificationError, match="BatchNorm2d"):  # no rule: the inference-form check says so
+        assert_inference_form(reparameterize_model(model))
+    assert unclassified_blocks([ToyConvBN]) == ["ToyConvBN"]
+
+    monkeypatch.setattr(reparam_registry, "_RULES", dict(reparam_registry._RULES))
+
+    @register_rule(ToyConvBN)
+    def fuse_toy(m: ToyConvBN) -> nn.Conv2d:
+        return fuse.conv_from(m.conv, *fuse.fuse_conv_bn(m.conv.weight, m.conv.bias, m.bn))
+
+    fused = reparameterize_model(model)
+    assert_inference_form(fused)
+    x = torch.randn(2, 8, 8, 8)
+    with torch.no_grad():
+        assert_parity(model(x), fused(x))
+    assert rules_without_case(registered_rules()) == ["ToyConvBN"]  # until CASES gets its numeric case
