@@ -25,7 +25,7 @@ from mobileclip_export.benchmarks.artifacts import Bundle, export_bundle, read_b
 from mobileclip_export.benchmarks.config import BenchConfig, config_from_args
 from mobileclip_export.benchmarks.devices import runner_names
 from mobileclip_export.benchmarks.rows import ReportRow
-from mobileclip_export.errors import UsageError
+from mobileclip_export.errors import UsageError, install_hint
 
 log = logging.getLogger(__name__)
 PROG = "mobileclip-export bench"
@@ -332,7 +332,7 @@ def _write_report(config: BenchConfig, doc: dict[str, Any]) -> tuple[str, list[P
         try:
             written += report.plots(doc, out)
         except ImportError as err:
-            log.warning("plots skipped: %s (pip install 'mobileclip-export[bench]')", err)
+            log.warning("plots skipped: %s (%s)", err, install_hint("bench"))
     return md, written
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
-from mobileclip_export.errors import MissingDependencyError, UsageError
+from mobileclip_export.errors import MissingDependencyError, UsageError, install_hint
 from mobileclip_export.models.spec import Preprocessing
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def _pil() -> ModuleType:
         from PIL import Image
     except ImportError as err:
         raise MissingDependencyError(
-            f"image loading needs Pillow; install it with: pip install 'mobileclip-export[{EXTRA}]'"
+            f"image loading needs Pillow; install it with: {install_hint(EXTRA)}"
         ) from err
     return Image
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mobileclip_export.errors import MissingDependencyError, UnknownNameError
+from mobileclip_export.errors import MissingDependencyError, UnknownNameError, install_hint
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -52,7 +52,7 @@ def sample_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependencyError(
             "the sample photographs ship inside scikit-image, which is not installed; "
-            f"install it with: pip install 'mobileclip-export[{EXTRA}]'"
+            f"install it with: {install_hint(EXTRA)}"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
