@@ -108,6 +108,12 @@ def _add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--json", action="store_true", help="print the report as JSON on stdout (Markdown: stderr)"
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after timing, profile every artifact per operator in its runtime's profiler "
+        "(profiles.json + a table per artifact in the report)",
+    )
 
 
 @dataclass
@@ -183,8 +189,22 @@ def _bench(config: BenchConfig, device: dict[str, Any], cores: list[int]) -> _Ou
         estimates=estimates,
     )
     markdown, written = _write_report(config, doc)
+    if config.profile:
+        markdown, written = _profile_stage(config, bundle, side.data, markdown, written)
     gate = regression.compare(baseline, doc, config.fail_on_regression) if baseline is not None else None
     return _Outcome(doc, markdown, written, gate)
+
+
+def _profile_stage(
+    config: BenchConfig, bundle: Bundle, data: dict[str, Any], markdown: str, written: list[Path]
+) -> tuple[str, list[Path]]:
+    """Per-operator profiles after the timed runs; the table is appended to report.md."""
+    from mobileclip_export.benchmarks import profile
+
+    profiles = profile.profile_artifacts(bundle, config, data)
+    markdown = markdown + "\n\n" + profile.markdown(profiles)
+    (config.output_dir / "report.md").write_text(markdown, encoding="utf-8")
+    return markdown, [*written, profile.write(profiles, config.output_dir)]
 
 
 def make_output_dir(path: Path) -> None:

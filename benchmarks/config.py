@@ -38,6 +38,7 @@ class BenchConfig:
     device_tools: tuple[Path, ...]
     json: bool
     verbosity: int
+    profile: bool = False
 
     def replace(self, **changes: object) -> BenchConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -92,4 +93,5 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         device_tools=tuple(args.device_tool or ()),
         json=args.json,
         verbosity=getattr(args, "verbosity", 0),
+        profile=getattr(args, "profile", False),
     )

@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # keep `--help` and target listing free of torch/numpy import
     import numpy as np
     from torch import nn
 
+    from mobileclip_export.export.op_profile import OpProfile
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -213,6 +215,13 @@ class Target(ABC):
         """Checks possible without running (op census, I/O names, no batch_norm...). Values are JSON-able;
         a key ``problems`` (list[str]) non-empty means the artifact is wrong."""
         return {}
+
+    def profile(
+        self, path: Path, inputs: Mapping[str, np.ndarray], threads: int, runs: int
+    ) -> OpProfile | None:
+        """Per-operator times of ``runs`` runs in this target's runtime (its own profiler); ``None`` when
+        the target has no profiler reachable here."""
+        return None
 
     def versions(self) -> dict[str, str]:
         """Converter/runtime versions for the manifest: installed ``version_dists``, missing ones skipped."""

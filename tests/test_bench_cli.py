@@ -219,3 +219,34 @@ def test_bench_unknown_model_and_uncreatable_output_dir(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown model 'mobileclip_s9'" in err and "mobileclip_s0" in err and "export first" not in err
     assert "cannot create the output directory '/proc/x'" in err
+
+
+def test_bench_profile_writes_profiles_json_and_tables(bundle, tmp_path, monkeypatch, capsys):
+    from mobileclip_export.export.op_profile import OpProfile
+
+    seen = []
+
+    def fake_profile(self, path, inputs, threads, runs):
+        seen.append((Path(path).name, sorted(inputs), threads, runs))
+        prof = OpProfile("toy profiler", runs)
+        for _ in range(runs):
+            prof.add("Conv", 3.0)
+            prof.add("Transpose", 1.0, layout=True)
+            prof.add("embedding", 1.0, outside=True)
+        return prof
+
+    monkeypatch.setattr(_Toy, "profile", fake_profile)
+    monkeypatch.setattr(_ToyRef, "profile", Target.profile)  # a target without a profiler
+    out = tmp_path / "p"
+    code = _bench(bundle, out, 2, 0, "--no-plots", "--no-estimates", "--target", "toy,toyref", "--profile")
+    assert code == 0
+    profiles = {(p["target"], p["encoder"]): p for p in json.loads((out / "profiles.json").read_text())}
+    toy = profiles[("toy", "image")]
+    assert [r["op"] for r in toy["top"]] == ["Conv", "Transpose", "embedding"]
+    assert toy["share_outside_delegate"] == pytest.approx(0.2) and toy["profiled_ms_per_run"] == 5.0
+    assert toy["share_layout_conversions"] == pytest.approx(0.2) and toy["top"][0]["calls_per_run"] == 1
+    assert seen and all(threads == 1 and runs >= 1 for *_, threads, runs in seen)
+    assert "no per-operator profiler" in profiles[("toyref", "text")]["error"]  # listed, not dropped
+    report_md = (out / "report.md").read_text()
+    assert "## Per-operator profiles" in report_md and "not profiled: no per-operator" in report_md
+    assert "| Conv | 3.000 | 1 | 60.0 % |  |  |" in report_md

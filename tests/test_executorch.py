@@ -143,6 +143,12 @@ def test_xnnpack_fp32_parity(target, tmp_path, model_name, encoder):
     stats = compare(_reference(train, x), runner.run({enc.inputs[0].name: x}))
     assert stats.cosine >= 0.99999, stats
     assert stats.violations(tolerance_for("executorch", "fp32")) == [], stats
+    # per-op profile (ETDump + Inspector): XNNPACK operators inside the delegate, the ids' ops outside
+    prof = target.profile(path, {enc.inputs[0].name: x[:1]}, 1, 2).summary()
+    assert prof["runs"] == 2 and prof["profiled_ms_per_run"] > 0
+    assert any(r["op"].startswith("Fully Connected") and not r["outside_delegate"] for r in prof["all"])
+    outside = {r["op"] for r in prof["all"] if r["outside_delegate"]}
+    assert (outside >= {"embedding.out", "argmax.out"}) if encoder == "text" else outside == set(), outside
 
 
 def test_xnnpack_fp16_parity(target, tmp_path):

@@ -129,6 +129,13 @@ class ExecuTorchTarget(Target):
         program = runtime.load_program(Path(path), verification=Verification.Minimal)
         return wrap_runner(_ETRunner(program, backends, _set_threads(options.get("num_threads"))), options)
 
+    def profile(self, path: Path, inputs: Mapping[str, Any], threads: int, runs: int) -> Any:
+        from mobileclip_export.export.backends.executorch_profile import profile_executorch
+
+        if any(b != "XnnpackBackend" for b in _backends_used(Path(path))):
+            return None  # only the XNNPACK / portable runtimes run here
+        return profile_executorch(Path(path), inputs, threads, runs)
+
     # ------------------------------------------------------------ structure
     def structural_checks(self, path: Path, enc: EncoderExport) -> dict[str, Any]:
         problems: list[str] = []

@@ -257,6 +257,11 @@ class OnnxTarget(Target):
             )
         return wrap_runner(OnnxRunner(Path(path), options.get("num_threads")), options)
 
+    def profile(self, path: Path, inputs: Mapping[str, Any], threads: int, runs: int) -> Any:
+        from mobileclip_export.export.backends.onnx_profile import profile_onnx
+
+        return profile_onnx(Path(path), inputs, threads, runs)
+
     def structural_checks(self, path: Path, enc: EncoderExport) -> dict[str, Any]:
         import onnx
 
