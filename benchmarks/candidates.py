@@ -58,6 +58,7 @@ def torch_candidate(target: str, encoder: str, module: Any, data: np.ndarray, si
 def artifact_candidate(
     rec: Mapping[str, Any], bundle_dir: Path, data: np.ndarray, threads: int
 ) -> H.Candidate:
+    from mobileclip_export.export.integrity import check_artifact
     from mobileclip_export.export.registry import get_target
 
     target = get_target(rec["target"])
@@ -72,6 +73,7 @@ def artifact_candidate(
             "confined to the pinned cores"
         )
     path = bundle_dir / rec["path"]
+    check_artifact(path, rec.get("sha256"), bundle_dir / "manifest.json")  # never time an altered file
     specs = rec.get("inputs") or []
     name = specs[0]["name"] if specs else rec["encoder"]
     feeds = {name: _cast(data, specs[0].get("dtype") if specs else None)}

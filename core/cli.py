@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("mobileclip_export.benchmarks.cli", "time every artifact that runs here and report"),
     "predict": ("mobileclip_export.export.predict_cli", "zero-shot labels for images, or text search"),
     "matrix": ("mobileclip_export.matrix.cli", "every model x target x precision cell, resumable"),
+    "check": ("mobileclip_export.export.check_cli", "re-hash a bundle against its manifest, re-run parity"),
 }
 
 

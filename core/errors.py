@@ -58,3 +58,9 @@ class RegistryError(MobileClipExportError):
     declared incompletely: a defect in the package or a plugin, never in the user's input."""
 
     exit_code = 1
+
+
+class IntegrityError(MobileClipExportError):
+    """A bundle file no longer matches the sha256 its manifest records (modified, corrupted or missing)."""
+
+    exit_code = 1

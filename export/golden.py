@@ -215,11 +215,14 @@ def stored_embeddings(index: dict[str, Any], enc: str, key: str | None) -> np.nd
     return np.asarray([r["reference_embedding"] if key is None else r["artifacts"][key] for r in rows])
 
 
-def recheck(root: Path, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def recheck(
+    root: Path, manifest: dict[str, Any], skip: set[str] | frozenset[str] = frozenset()
+) -> dict[str, dict[str, Any]]:
     """Re-run every golden input through the artifact that wrote its embedding, here.
 
     Returns per index key: {"status": "passed"|"failed"|"skipped", "runtime", "vs_stored", "vs_reference",
-    "problems"}; the tolerance is the one stored in the index for that artifact.
+    "problems"}; the tolerance is the one stored in the index for that artifact. Paths in ``skip`` (e.g.
+    altered files) are not loaded.
     """
     from mobileclip_export.export.parity import Tolerance
 
@@ -230,6 +233,9 @@ def recheck(root: Path, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for key, art in index["artifacts"].items():
         path = key.split("#")[0]
         rec = records.get(path)
+        if path in skip:
+            out[key] = {"status": "skipped", "problems": [], "note": "file altered: not run"}
+            continue
         if rec is None or art.get("runtime") is None:
             out[key] = {"status": "skipped", "problems": [], "note": art.get("note", "not in the manifest")}
             continue

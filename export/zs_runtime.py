@@ -71,18 +71,11 @@ def read_bundle_dir(path: str | Path | BundleInfo) -> BundleInfo:
 
 
 def check_artifact_hash(bundle: BundleInfo, rec: Mapping[str, Any]) -> Path:
-    """The artifact's path, after checking its sha256 against the manifest (UsageError when it changed)."""
-    from mobileclip_export.hashing import path_sha256
+    """The artifact's path, after its sha256 is checked against the manifest (IntegrityError if changed)."""
+    from mobileclip_export.export.integrity import check_artifact
 
     path = bundle.root / rec["path"]
-    if not path.exists():
-        raise UsageError(f"artifact {rec['path']} listed in the manifest is missing from {bundle.root}")
-    want, got = rec.get("sha256"), path_sha256(path)
-    if want != got:
-        raise UsageError(
-            f"artifact {rec['path']} does not match its manifest (sha256 {got[:12]}..., manifest "
-            f"{str(want)[:12]}...); refusing to run a changed artifact: re-export it"
-        )
+    check_artifact(path, rec.get("sha256"), bundle.root / "manifest.json")
     return path
 
 
