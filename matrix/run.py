@@ -115,10 +115,10 @@ def run_matrix(
     (use the Ray the caller already initialized). Cells that fail are rows with status "failed".
     """
     t0 = time.perf_counter()
+    runner = _runner(workers, ray_address, max_attempts)  # --ray without Ray fails before any work
     plan = plan_matrix(req)
     output = Path(output_dir)
     check_output_dir(output)
-    runner = _runner(workers, ray_address, max_attempts)
     with _lock(output):
         sweep_staging(output)
         (output / STAGING).mkdir()
