@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,19 @@ def _print_plan(cells: list[dict[str, Any]], as_json: bool) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # a SIGTERM'd coordinator (CI cancel, preemption) stops its workers first
+
+
 def run(args: argparse.Namespace) -> int:
+    old = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _run(args: argparse.Namespace) -> int:
     from mobileclip_export.matrix.run import dry_run, merge_matrix_outputs, run_matrix
 
     if args.output_dir is None:

@@ -25,6 +25,7 @@ from mobileclip_export.matrix.store import STAGING, commit, new_staging
 
 log = logging.getLogger(__name__)
 
+ATTEMPTS = ".ray-attempts"
 INSTALL_HINT = "pip install 'mobileclip-export[matrix]'  (or: pip install ray)"
 
 
@@ -43,7 +44,10 @@ def _ray_cell(job_dict: dict[str, Any], staging_hint: str) -> dict[str, Any]:
     from mobileclip_export.matrix.worker import run_job
 
     job = Job.from_dict(job_dict)
-    root = Path(staging_hint) if Path(staging_hint).is_dir() else None  # same host: watchable by tests
+    root = Path(staging_hint) if Path(staging_hint).is_dir() else None  # the driver's disk is reachable
+    if root is not None:  # count attempts where the driver can read them (Ray retries are otherwise silent)
+        with (root / f"{job.cell_id}{ATTEMPTS}").open("a") as f:
+            f.write("x")
     staging = Path(tempfile.mkdtemp(prefix=f"{job.cell_id}.ray-", dir=root))
     node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
     try:
@@ -111,9 +115,11 @@ class RayRunner:
             error = f"Ray task failed after up to {self.max_attempts} attempts: {type(err).__name__}: {first}"
             return {"key": job.key, "job": job.to_dict(), "node": None, "attempts": self.max_attempts,
                     "record": {"status": "failed", "error": error}}
+        counter = output / STAGING / f"{job.cell_id}{ATTEMPTS}"
+        attempts = len(counter.read_text()) if counter.is_file() else None  # None: node without our disk
         staging = new_staging(output, job, 1)
         with tarfile.open(fileobj=io.BytesIO(payload["tar"]), mode="r") as tar:
             tar.extractall(staging, filter="data")
-        cell = commit(output, job, staging, attempts=None)
+        cell = commit(output, job, staging, attempts)
         cell["node"] = payload["node"]
         return cell

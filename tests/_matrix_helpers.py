@@ -34,23 +34,23 @@ def artifact_hashes(output: Path) -> dict[str, str]:
 
 
 class KillFirstConversion(threading.Thread):
-    """SIGKILLs the first worker seen converting a cell whose id starts with ``prefix`` (once)."""
+    """SIGKILLs the first ``times`` workers seen converting a cell whose id starts with ``prefix``."""
 
-    def __init__(self, output: Path, prefix: str, timeout: float = 600) -> None:
+    def __init__(self, output: Path, prefix: str, times: int = 1, timeout: float = 600) -> None:
         super().__init__(daemon=True)
-        self.output, self.prefix, self.timeout = output, prefix, timeout
-        self.killed: int | None = None
+        self.output, self.prefix, self.times, self.timeout = output, prefix, times, timeout
+        self.killed: list[int] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         end = time.monotonic() + self.timeout
-        while not self.stop.is_set() and time.monotonic() < end:
+        while not self.stop.is_set() and time.monotonic() < end and len(self.killed) < self.times:
             for marker in (self.output / STAGING).glob(f"{self.prefix}*/{CONVERTING}"):
                 try:
                     pid = int(marker.read_text())
-                    os.kill(pid, signal.SIGKILL)
+                    if pid not in self.killed:
+                        os.kill(pid, signal.SIGKILL)
+                        self.killed.append(pid)
                 except (OSError, ValueError):
                     continue
-                self.killed = pid
-                return
             time.sleep(0.02)

@@ -84,7 +84,7 @@ def pool_run(tmp_path_factory):
 
 def test_killed_worker_is_retried_and_manifests_stay_consistent(pool_run) -> None:
     out, outcome, killer = pool_run
-    assert killer.killed is not None, "the worker was never seen converting"
+    assert len(killer.killed) == 1, "the worker was never seen converting"
     rows = {r["encoder"]: r for r in outcome.rows}
     assert [r["status"] for r in outcome.rows] == ["verified", "verified"], outcome.rows
     assert rows["image"]["attempts"] == 2 and rows["text"]["attempts"] == 1
@@ -133,6 +133,30 @@ def test_merge_of_job_outputs_and_bench_reads_the_bundles(pool_run, tmp_path, ca
     assert main(["matrix", "--merge", str(tmp_path / "broken"), "--output-dir", str(tmp_path / "x")]) == 2
 
 
+def test_a_cell_killed_every_time_fails_alone_with_exit_1(pool_run, tmp_path, capsys) -> None:
+    from mobileclip_export.cli import main
+
+    out = tmp_path / "copy"
+    shutil.copytree(pool_run[0], out)
+    prefix = f"mobileclip_s0-{TARGETS[0]}-fp16-image-"
+    shutil.rmtree(next((out / "cells").glob(f"{prefix}*")))  # the image cell must run again; text is reused
+    killer = KillFirstConversion(out, prefix, times=2)
+    killer.start()
+    args = ["matrix", "--models", "mobileclip_s0", "--targets", TARGETS[0], "--precisions", "fp16",
+            "--reduced", "--output-dir", str(out), "--max-attempts", "2", "--json"]
+    code = main(args)
+    killer.stop.set()
+    captured = capsys.readouterr()
+    assert code == 1 and len(killer.killed) == 2
+    rows = {r["encoder"]: r for r in json.loads(captured.out)["rows"]}
+    assert rows["image"]["status"] == "failed" and rows["image"]["attempts"] == 2
+    assert "worker killed by SIGKILL" in rows["image"]["error"] and rows["text"]["status"] == "verified"
+    assert f"FAILED {prefix}" in captured.err
+    manifest = json.loads((out / "bundles" / "mobileclip_s0" / "manifest.json").read_text())
+    assert [a["encoder"] for a in manifest["artifacts"]] == ["text"]
+    assert assert_bundles_consistent(out) == 1
+
+
 def test_dry_run_shows_reuse_and_calibrated_estimates(pool_run, capsys) -> None:
     from mobileclip_export.cli import main
 
@@ -179,9 +203,10 @@ def test_ray_cluster_matches_the_local_pool_byte_for_byte(ray_cluster, pool_run,
     killer.start()
     outcome = run_matrix(REQ, tmp_path, ray_address="initialized")
     killer.stop.set()
-    assert killer.killed is not None, "the Ray worker was never seen converting"
+    assert len(killer.killed) == 1, "the Ray worker was never seen converting"
     assert [r["status"] for r in outcome.rows] == ["verified", "verified"], outcome.rows
     assert all(r["node"].split("/")[1] for r in outcome.rows)  # host/node id reported by Ray
+    assert [r["attempts"] for r in outcome.rows] == [2, 1]  # image: killed once, retried by Ray
     assert outcome.summary["runner"].startswith("Ray")
     assert assert_bundles_consistent(tmp_path) == 2
     pool_out = pool_run[0]
