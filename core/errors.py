@@ -64,3 +64,30 @@ class IntegrityError(MobileClipExportError):
     """A bundle file no longer matches the sha256 its manifest records (modified, corrupted or missing)."""
 
     exit_code = 1
+
+
+class BundleStateError(MobileClipExportError, RuntimeError):
+    """A bundle writer used out of order (e.g. an artifact placed before ``open()``): a bug in the caller."""
+
+
+def raised_by_us(err: BaseException) -> bool:
+    """True when the innermost frame of ``err``'s traceback is in this package's source folders.
+
+    An exception that is not one of our error types but raised from our own code is a bug of ours, not a
+    converter's failure; callers that keep going after third-party errors report these loudly instead.
+    """
+    import sys
+    from pathlib import Path
+
+    roots = {
+        str(Path(m.__file__).resolve().parent)
+        for name, m in list(sys.modules.items())
+        if name.split(".")[0] == "mobileclip_export" and getattr(m, "__file__", None)
+    }
+    tb, last = err.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    if last is None:
+        return False
+    filename = str(Path(last.tb_frame.f_code.co_filename).resolve())
+    return any(filename.startswith(root + "/") for root in roots)

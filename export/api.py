@@ -1,41 +1,53 @@
 """``export_model``: the Python API the CLI mirrors one to one.
 
-create_model -> reparameterize_model -> reparam parity (train-time vs inference form) -> per target and
-encoder: export to a hidden temp path, structural checks, run in the target's runtime against the TRAIN-TIME
-fp32 encoder, then rename into the bundle. The manifest is written last and the bundle renamed into place.
+``export_model`` reads as its stages: validate the request (cheap, before any heavy work) -> build the model
+-> reparameterize and check parity (train-time vs inference form) -> prepare what every artifact embeds ->
+per target and encoder: export to a hidden temp path, structural checks, run in the target's runtime against
+the TRAIN-TIME fp32 encoder (``verify.verify_artifact``), rename into the bundle -> carry over the previous
+bundle's other artifacts (--force, same weights) -> write the manifest last and rename the bundle into place.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-from mobileclip_export.errors import ExportFailure, UsageError, VerificationError
+from mobileclip_export.errors import ExportFailure, MobileClipExportError, VerificationError, raised_by_us
 from mobileclip_export.export import verify as V
+from mobileclip_export.export.app_bundle import finish_bundle
 from mobileclip_export.export.backends._tolerances import tolerance_for
 from mobileclip_export.export.bundle import (
     BundleWriter,
     artifact_name,
     check_output_dir,
     path_bytes,
+    remove_created,
     remove_path,
 )
 from mobileclip_export.export.encoders import encoder_export
-from mobileclip_export.export.manifest import ArtifactRecord, ExportResult, build_manifest, tool_versions
+from mobileclip_export.export.manifest import (
+    ArtifactRecord,
+    ExportResult,
+    artifact_metadata,
+    build_manifest,
+    logit_scale_info,
+    record_from_manifest,
+    same_weights,
+    tool_versions,
+    weights_info,
+)
 from mobileclip_export.export.parity import compare
-from mobileclip_export.export.plan import TargetPlan, plan_export
+from mobileclip_export.export.plan import ExportPlan, TargetPlan, plan_export
 from mobileclip_export.export.progress import ProgressCallback, ProgressEvent
-from mobileclip_export.export.target import EncoderExport, RuntimeUnavailable, TensorSpec
+from mobileclip_export.export.target import EncoderExport, TensorSpec
 from mobileclip_export.hashing import path_sha256
 
 log = logging.getLogger(__name__)
@@ -44,7 +56,6 @@ RANDOM_WEIGHTS_WARNING = (
     "{model}: no checkpoint given, weights are RANDOM (seed {seed}). The artifacts are valid for size and "
     "latency only, NOT for accuracy. Pass --checkpoint to export real weights."
 )
-LOGIT_SCALE_MAX = 100.0
 SETTINGS_FILE = "mobileclip_tokenizer.json"  # our own settings; tokenizer.json is Hugging Face's format
 
 
@@ -65,6 +76,19 @@ def _reparameterize(model: nn.Module) -> nn.Module:
     from mobileclip_export.reparam import reparameterize_model
 
     return reparameterize_model(model)
+
+
+def _check_checkpoint(checkpoint: str | Path | None) -> None:
+    """Fail before the model is built: a missing file, or one that is no checkpoint format we read."""
+    if checkpoint is None:
+        return
+    if not Path(checkpoint).is_file():
+        from mobileclip_export.errors import UsageError
+
+        raise UsageError(f"checkpoint {str(checkpoint)!r} does not exist or is not a file")
+    from mobileclip_export.models.checkpoint import check_checkpoint_format
+
+    check_checkpoint_format(Path(checkpoint))
 
 
 class _Stage:
@@ -101,74 +125,6 @@ class _Stage:
         )
 
 
-def _weights_info(model: nn.Module, checkpoint: str | Path | None, seed: int) -> dict[str, Any]:
-    sha = getattr(model, "checkpoint_sha256", None)
-    if checkpoint is None or getattr(model, "random_init", False):
-        return {"source": f"random init, seed {seed}", "random_init": True, "seed": seed}
-    return {"source": "checkpoint", "random_init": False, "checkpoint": Path(checkpoint).name, "sha256": sha}
-
-
-_RECORD_FIELDS = {f.name for f in dataclasses.fields(ArtifactRecord)}
-
-
-def _same_weights(old_manifest: dict, weights: dict[str, Any], reduced: bool) -> bool:
-    old_reduced = bool(old_manifest.get("export_args", {}).get("reduced", False))
-    return old_manifest.get("weights") == weights and old_reduced == reduced
-
-
-def _logit_scale(model: nn.Module) -> dict[str, float]:
-    raw = getattr(model, "logit_scale", None)
-    log_value = float(raw.detach()) if isinstance(raw, torch.Tensor) else math.log(1 / 0.07)
-    return {"log": log_value, "value": min(math.exp(log_value), LOGIT_SCALE_MAX), "max": LOGIT_SCALE_MAX}
-
-
-def _encoder_module(model: nn.Module, encoder: str) -> nn.Module:
-    return model.image_encoder if encoder == "image" else model.text_encoder
-
-
-def _metadata(
-    model_name: str,
-    encoder: str,
-    spec: Any,
-    weights: dict,
-    logit: dict,
-    versions: dict,
-    tokenizer: dict,
-    reduced: bool,
-) -> dict[str, str]:
-    pre = spec.preprocessing.to_dict()
-    meta = {
-        "model": model_name,
-        "encoder": encoder,
-        "embed_dim": str(spec.embed_dim),
-        "weights": weights["source"] if weights["random_init"] else f"checkpoint sha256 {weights['sha256']}",
-        "random_init": str(weights["random_init"]).lower(),
-        "reduced": str(reduced).lower(),
-        "logit_scale": f"{logit['value']:.6g}",
-        "embedding": "unnormalized; L2-normalize before cosine similarity",
-        "producer": f"mobileclip-export {versions.get('mobileclip_export', '')}",
-        "torch_version": versions.get("torch", ""),
-        "tool_versions": json.dumps(versions, sort_keys=True),
-    }
-    if encoder == "image":
-        meta.update(
-            {
-                "image_size": str(spec.image_size),
-                "input": "RGB float32 NCHW in [0, 1] (no mean/std: the model normalizes internally)",
-                "preprocessing": json.dumps(pre, sort_keys=True),
-            }
-        )
-    else:
-        meta.update(
-            {
-                "context_length": str(spec.context_length),
-                "input": "int32 CLIP BPE token ids [B, 77]: SOT, tokens, EOT, then zeros",
-                "tokenizer": json.dumps(tokenizer, sort_keys=True),
-            }
-        )
-    return meta
-
-
 def _app_tokenizer_files(context_length: int) -> dict[str, bytes]:
     from mobileclip_export.models.app_tokenizer import app_tokenizer_files
     from mobileclip_export.models.tokenizer import get_tokenizer
@@ -181,6 +137,20 @@ def _spec_list(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
         {"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "description": s.description}
         for s in specs
     ]
+
+
+@dataclass
+class _Prepared:
+    """What every artifact of this run embeds or is checked against (built once, before the targets)."""
+
+    weights: dict[str, Any]
+    logit: dict[str, float]
+    versions: dict[str, str]
+    tokenizer: dict[str, Any]
+    tokenizer_files: dict[str, bytes | Path]
+    exports: dict[str, EncoderExport]
+    verify_inputs: dict[str, V.VerifyInputs] = field(default_factory=dict)
+    references: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def export_model(
@@ -209,14 +179,55 @@ def export_model(
     t_start = time.perf_counter()
     spec = _get_spec(model)  # UnknownNameError lists the models
     plan = plan_export(targets, encoders, precision, options)
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise UsageError(f"checkpoint {str(checkpoint)!r} does not exist or is not a file")
+    _check_checkpoint(checkpoint)
     out_dir = Path(output_dir)
-    check_output_dir(out_dir)
+    created = check_output_dir(out_dir)
     writer = BundleWriter(out_dir, model, force)
-    writer.check_existing()
-
     result = ExportResult(model=model, bundle_dir=None, manifest_path=None)
+    try:
+        writer.check_existing()
+        train_model, inf_model = _build_models(model, checkpoint, seed, reduced, result, emit)
+        prep = _prepare(model, spec, plan, train_model, inf_model, checkpoint, seed, reduced)
+        _reparam_parity(train_model, inf_model, spec, plan, seed, prep, result, emit)
+        writer.open()
+        for tp in plan.targets:
+            _export_target(tp, prep, writer, model, verify, emit, result)
+        if not any(r.ok and r.path for r in result.artifacts):
+            log.error("no artifact succeeded; leaving the output directory unchanged")
+            return result
+        _carry_over(writer, prep, reduced, emit, result)
+        result.seconds["total"] = round(time.perf_counter() - t_start, 3)
+        args = {"precision": precision, "checkpoint": str(checkpoint) if checkpoint else None, "seed": seed}
+        args.update(reduced=reduced, verify=verify, force=force)
+        manifest = _manifest(spec, prep, _export_args(model, plan, args), result)
+        with _Stage(
+            emit, "app files"
+        ):  # golden vectors and the other files an app needs beside the artifacts
+            finish_bundle(writer.tmp_dir, manifest, result.artifacts, train_model, spec, verify)
+        _commit(writer, manifest, result)
+    finally:
+        writer.abort()  # no-op after commit; removes the temp dir on failure or Ctrl-C
+        result.seconds.setdefault("total", round(time.perf_counter() - t_start, 3))
+        if result.bundle_dir is None:
+            remove_created(created, out_dir)  # a run that wrote nothing leaves no empty folder behind
+    return result
+
+
+def _export_args(model: str, plan: ExportPlan, args: dict[str, Any]) -> dict[str, Any]:
+    """How the bundle was made, as recorded in the manifest (bench reuses size, seed and checkpoint)."""
+    return {
+        "model": model,
+        "targets": [tp.target.name for tp in plan.targets],
+        "encoders": list(plan.encoders),
+        **args,
+        "options": {tp.target.name: tp.options for tp in plan.targets},
+    }
+
+
+def _build_models(
+    model: str, checkpoint: str | Path | None, seed: int, reduced: bool, result: ExportResult, emit: Any
+) -> tuple[nn.Module, nn.Module]:
+    """The train-time model (checkpoint or seeded random weights) and its reparameterized form."""
     with _Stage(emit, "build model") as st:
         train_model = _create_model(model, checkpoint, seed, reduced).eval()
         result.random_init = bool(getattr(train_model, "random_init", checkpoint is None))
@@ -227,40 +238,25 @@ def export_model(
         emit(ProgressEvent("warning", "build model", message=msg))
     with _Stage(emit, "reparameterize"):
         inf_model = _reparameterize(train_model).eval()
+    return train_model, inf_model
 
-    verify_inputs: dict[str, V.VerifyInputs] = {}
-    references: dict[str, np.ndarray] = {}
-    with _Stage(emit, "reparam parity") as st:
-        tol = tolerance_for("reparam", "fp32")
-        worst = []
-        for enc in plan.encoders:
-            vin = (
-                V.image_inputs(spec.image_size, seed)
-                if enc == "image"
-                else V.text_inputs(spec.context_length)
-            )
-            verify_inputs[enc] = vin
-            references[enc] = V.torch_outputs(_encoder_module(train_model, enc), vin)
-            got = V.torch_outputs(_encoder_module(inf_model, enc), vin)
-            stats = compare(references[enc], got)
-            bad = stats.violations(tol)
-            result.reparam_parity[enc] = V.parity_dict(
-                stats, "failed" if bad else "passed", "torch (eager)", True, bad
-            )
-            worst.append(f"{enc} cos {stats.cosine:.7f} max|d| {stats.max_abs_diff:.2e}")
-            if bad:
-                raise VerificationError(
-                    f"reparameterization changed the {enc} encoder's outputs: {'; '.join(bad)} "
-                    f"(max|diff| {stats.max_abs_diff:.3e}, cosine {stats.cosine:.7f})"
-                )
-        st.message = "; ".join(worst)
 
-    targets_all = [tp.target for tp in plan.targets]
-    versions = tool_versions(targets_all)
-    weights = _weights_info(train_model, checkpoint, seed)
-    logit = _logit_scale(train_model)
+def _prepare(
+    model: str,
+    spec: Any,
+    plan: ExportPlan,
+    train_model: nn.Module,
+    inf_model: nn.Module,
+    checkpoint: str | Path | None,
+    seed: int,
+    reduced: bool,
+) -> _Prepared:
+    """Weights facts, tool versions, tokenizer files and one ``EncoderExport`` per encoder."""
     from mobileclip_export.models.tokenizer import tokenizer_config, tokenizer_files
 
+    versions = tool_versions([tp.target for tp in plan.targets])
+    weights = weights_info(train_model, checkpoint, seed)
+    logit = logit_scale_info(train_model)
     tok_cfg = tokenizer_config()
     tok_files: dict[str, bytes | Path] = {p.name: p for p in tokenizer_files()}
     if "text" in plan.encoders:
@@ -271,99 +267,90 @@ def export_model(
             model,
             enc,
             inf_model,
-            _metadata(model, enc, spec, weights, logit, versions, tok_cfg, reduced),
+            artifact_metadata(model, enc, spec, weights, logit, versions, tok_cfg, reduced),
             seed=seed,
         )
         for enc in plan.encoders
     }
+    return _Prepared(weights, logit, versions, tok_cfg, tok_files, exports)
 
-    writer.open()
-    try:
-        for tp in plan.targets:
-            records = _export_target(tp, exports, verify_inputs, references, writer, model, verify, emit)
-            result.artifacts.extend(records)
-            if any(r.ok and r.path and r.encoder in ("text", "image+text") for r in records):
-                names = writer.add_files(tp.target.name, tok_files)
-                for r in records:
-                    if r.encoder in ("text", "image+text") and r.ok:
-                        r.details["tokenizer_files"] = names
-        if not any(r.ok and r.path for r in result.artifacts):
-            log.error("no artifact succeeded; leaving the output directory unchanged")
-            writer.abort()
-            result.seconds["total"] = round(time.perf_counter() - t_start, 3)
-            return result
-        attempted = {(r.target, r.encoder, r.precision) for r in result.artifacts}
-        for old in writer.carry_over(attempted, lambda m: _same_weights(m, weights, reduced)):
-            result.artifacts.append(ArtifactRecord(**{k: v for k, v in old.items() if k in _RECORD_FIELDS}))
-            emit(ProgressEvent("info", "bundle", message=f"kept {old['path']} from the previous export"))
-        result.seconds["total"] = round(time.perf_counter() - t_start, 3)
-        manifest = build_manifest(
-            result=result,
-            spec_dict=spec.to_dict(),
-            weights=weights,
-            preprocessing={
-                **spec.preprocessing.to_dict(),
-                "baked_in": "mean/std inside the model; feed [0,1] RGB",
-            },
-            tokenizer={**tok_cfg, "files": list(tok_files)},
-            logit_scale=logit,
-            export_args={
-                "model": model,
-                "targets": [tp.target.name for tp in plan.targets],
-                "encoders": list(plan.encoders),
-                "precision": precision,
-                "checkpoint": str(checkpoint) if checkpoint else None,
-                "seed": seed,
-                "reduced": reduced,
-                "verify": verify,
-                "force": force,
-                "options": {tp.target.name: tp.options for tp in plan.targets},
-            },
-            versions=versions,
-        )
-        from mobileclip_export.export.app_bundle import finish_bundle
 
-        with _Stage(emit, "app files"):
-            finish_bundle(writer.tmp_dir, manifest, result.artifacts, train_model, spec, verify)
-        writer.write_manifest(manifest)
-        result.bundle_dir = writer.commit()
-        result.manifest_path = result.bundle_dir / "manifest.json"
-    finally:
-        writer.abort()  # no-op after commit; removes the temp dir on failure or Ctrl-C
-    return result
+def _encoder_module(model: nn.Module, encoder: str) -> nn.Module:
+    return model.image_encoder if encoder == "image" else model.text_encoder
+
+
+def _reparam_parity(
+    train_model: nn.Module,
+    inf_model: nn.Module,
+    spec: Any,
+    plan: ExportPlan,
+    seed: int,
+    prep: _Prepared,
+    result: ExportResult,
+    emit: Any,
+) -> None:
+    """Reparameterized vs train-time outputs on the verification inputs, whose train-time outputs become
+    the references every artifact is checked against. Raises VerificationError beyond tolerance."""
+    tol = tolerance_for("reparam", "fp32")
+    with _Stage(emit, "reparam parity") as st:
+        worst = []
+        for enc in plan.encoders:
+            vin = (
+                V.image_inputs(spec.image_size, seed)
+                if enc == "image"
+                else V.text_inputs(spec.context_length)
+            )
+            prep.verify_inputs[enc] = vin
+            ref = prep.references[enc] = V.torch_outputs(_encoder_module(train_model, enc), vin)
+            stats = compare(ref, V.torch_outputs(_encoder_module(inf_model, enc), vin))
+            bad = stats.violations(tol)
+            status = "failed" if bad else "passed"
+            result.reparam_parity[enc] = V.parity_dict(stats, status, "torch (eager)", True, bad)
+            worst.append(f"{enc} cos {stats.cosine:.7f} max|d| {stats.max_abs_diff:.2e}")
+            if bad:
+                raise VerificationError(
+                    f"reparameterization changed the {enc} encoder's outputs: {'; '.join(bad)} "
+                    f"(max|diff| {stats.max_abs_diff:.3e}, cosine {stats.cosine:.7f})"
+                )
+        st.message = "; ".join(worst)
+
+
+def _jobs(
+    tp: TargetPlan, exports: dict[str, EncoderExport]
+) -> list[tuple[str, Callable[[Path], Any], list[str]]]:
+    """(label, export-to-path, encoders) per artifact of one target: one multi-function artifact or one
+    artifact per encoder."""
+    t = tp.target
+    if tp.multifunction:
+        both = [exports["image"], exports["text"]]
+        return [
+            (
+                "image+text",
+                lambda p: t.export_multifunction(both, tp.precision, tp.options, p),
+                ["image", "text"],
+            )
+        ]
+    return [
+        (enc, (lambda p, e=exports[enc]: t.export(e, tp.precision, tp.options, p)), [enc]) for enc in exports
+    ]
 
 
 def _export_target(
     tp: TargetPlan,
-    exports: dict[str, EncoderExport],
-    vins: dict[str, V.VerifyInputs],
-    refs: dict[str, np.ndarray],
+    prep: _Prepared,
     writer: BundleWriter,
     model: str,
     verify: bool,
-    emit: ProgressCallback,
-) -> list[ArtifactRecord]:
-    t = tp.target
+    emit: Any,
+    result: ExportResult,
+) -> None:
+    """Every artifact of one target into ``result``; the tokenizer files go next to its text encoders."""
     from mobileclip_export.export.image_input import wrap_export
 
-    exports = {e: wrap_export(x, tp.options) for e, x in exports.items()}  # NHWC/uint8 when asked
-    if tp.multifunction:
-        jobs: list[tuple[str, Callable[[Path], Any], list[str]]] = [
-            (
-                "image+text",
-                lambda p: t.export_multifunction(
-                    [exports["image"], exports["text"]], tp.precision, tp.options, p
-                ),
-                ["image", "text"],
-            )
-        ]
-    else:
-        jobs = [
-            (enc, (lambda p, e=exports[enc]: t.export(e, tp.precision, tp.options, p)), [enc])
-            for enc in exports
-        ]
+    t = tp.target
+    exports = {e: wrap_export(x, tp.options) for e, x in prep.exports.items()}  # NHWC/uint8 when asked
     records = []
-    for label, run_export, encs in jobs:
+    for label, run_export, encs in _jobs(tp, exports):
         rec = ArtifactRecord(target=t.name, encoder=label, precision=tp.precision, options=dict(tp.options))
         records.append(rec)
         if tp.missing:
@@ -374,98 +361,100 @@ def _export_target(
         name = artifact_name(model, label.replace("+", "-"), tp.precision, t.extension)
         partial = writer.partial_path(t.name, name)
         try:
-            with _Stage(emit, "export", t.name, label) as st:
-                info = run_export(partial)
-                if not partial.exists():
-                    raise ExportFailure(f"{t.name}: export returned without writing {partial.name}")
-                st.bytes = path_bytes(partial)
-            rec.seconds["export"] = round(st.seconds, 3)
-            rec.inputs, rec.outputs = _spec_list(info.inputs), _spec_list(info.outputs)
-            rec.notes, rec.details = list(info.notes), dict(info.details)
-            rec.bytes = st.bytes
-            with _Stage(emit, "verify", t.name, label) as st:
-                _verify_artifact(rec, tp, partial, [exports[e] for e in encs], vins, refs, verify)
-                st.status = rec.parity.get("status")
-                if rec.parity.get("cosine") is not None:
-                    st.message = f"cos {rec.parity['cosine']:.7f}, max|diff| {rec.parity['max_abs_diff']:.2e}"
-            rec.seconds["verify"] = round(st.seconds, 3)
-            if rec.status == "failed":
-                remove_path(partial)
-                continue
-            rec.sha256 = path_sha256(partial)
-            rec.path = writer.place(partial, t.name, name).as_posix()
+            _export_and_verify(rec, tp, run_export, partial, [exports[e] for e in encs], prep, verify, emit)
+            if rec.status != "failed":
+                rec.sha256 = path_sha256(partial)
+                rec.path = writer.place(partial, t.name, name).as_posix()
         except Exception as err:  # one artifact failing must not stop the others (Ctrl-C still does)
-            log.debug("%s %s failed", t.name, label, exc_info=True)
-            remove_path(partial)
-            rec.status = "failed"
-            rec.error = str(err) if isinstance(err, ExportFailure) else f"{type(err).__name__}: {err}"
-            if not rec.parity:
-                rec.parity = V.parity_dict(None, "not run")
-    return records
+            _record_failure(rec, err)
+        finally:
+            if rec.path is None:
+                remove_path(partial)
+    result.artifacts.extend(records)
+    if any(r.ok and r.path and r.encoder in ("text", "image+text") for r in records):
+        names = writer.add_files(t.name, prep.tokenizer_files)
+        for r in records:
+            if r.encoder in ("text", "image+text") and r.ok:
+                r.details["tokenizer_files"] = names
 
 
-def _verify_artifact(
+def _export_and_verify(
     rec: ArtifactRecord,
     tp: TargetPlan,
-    path: Path,
+    run_export: Callable[[Path], Any],
+    partial: Path,
     encs: list[EncoderExport],
-    vins: dict[str, V.VerifyInputs],
-    refs: dict[str, np.ndarray],
+    prep: _Prepared,
     verify: bool,
+    emit: Any,
 ) -> None:
     t = tp.target
-    checks: dict[str, Any] = {}
-    for enc in encs:
-        checks[enc.encoder] = t.structural_checks(path, enc) or {}
-    rec.details["structural_checks"] = checks if len(encs) > 1 else checks[encs[0].encoder]
-    problems = [f"{e}: {p}" if len(encs) > 1 else p for e, c in checks.items() for p in c.get("problems", [])]
-    if problems:
-        rec.status, rec.error = "failed", "structural check failed: " + "; ".join(problems)
-        rec.parity = V.parity_dict(None, "not run")
-        return
-    if not verify:
-        rec.status, rec.parity = "unverified", V.parity_dict(None, "skipped: --no-verify")
-        return
-    try:
-        runner = t.load(path, tp.options)
-    except RuntimeUnavailable as err:
-        rec.status, rec.parity = "unverified", V.parity_dict(None, f"skipped: {err}")
-        return
-    # A dynamic batch dimension is also checked with the whole input set in one call.
-    dynamic = {i["name"] for i in rec.inputs if i.get("shape") and i["shape"][0] in (-1, None)}
-    tol = tolerance_for(t.name, tp.precision)
-    try:
-        per_enc = {}
-        for enc in encs:
-            name, vin, ref = enc.inputs[0].name, vins[enc.encoder], refs[enc.encoder]
-            keep = V.spread_subset(len(vin.labels), runner.max_verify_inputs)
-            if len(keep) < len(vin.labels):
-                vin, ref = V.subset(vin, keep), ref[keep]
-                labels = ", ".join(vin.labels)
-                rec.notes.append(f"{enc.encoder}: verified on {len(keep)} inputs ({labels}) (slow runtime)")
-            stats = compare(ref, V.runner_outputs(runner, name, vin))
-            bad = stats.violations(tol)
-            if name in dynamic:
-                batched = compare(ref, np.asarray(runner.run({name: vin.data}), np.float32))
-                rec.details.setdefault("batched_parity", {})[enc.encoder] = batched.to_dict()
-                bad += [f"batch of {len(vin.data)}: {v}" for v in batched.violations(tol)]
-            per_enc[enc.encoder] = (stats, bad)
-    finally:
-        runner.close()
-    worst_enc = min(per_enc, key=lambda e: (not per_enc[e][1], per_enc[e][0].cosine))
-    stats, bad = per_enc[worst_enc]
-    status = "failed" if any(v for _, v in per_enc.values()) else "passed"
-    rec.parity = V.parity_dict(
-        stats,
-        status,
-        runner.label,
-        runner.is_deployment_runtime,
-        [f"{e}: {v}" for e, (_, vs) in per_enc.items() for v in vs] if len(encs) > 1 else bad,
-    )
-    if len(encs) > 1:
-        rec.parity["by_encoder"] = {e: s.to_dict() for e, (s, _) in per_enc.items()}
-    if status == "failed":
-        rec.status = "failed"
-        rec.error = f"parity failed vs the train-time PyTorch model: {'; '.join(rec.parity['violations'])}"
+    with _Stage(emit, "export", t.name, rec.encoder) as st:
+        info = run_export(partial)
+        if not partial.exists():
+            raise ExportFailure(f"{t.name}: export returned without writing {partial.name}")
+        st.bytes = path_bytes(partial)
+    rec.seconds["export"] = round(st.seconds, 3)
+    rec.inputs, rec.outputs = _spec_list(info.inputs), _spec_list(info.outputs)
+    rec.notes, rec.details = list(info.notes), dict(info.details)
+    rec.bytes = st.bytes
+    with _Stage(emit, "verify", t.name, rec.encoder) as st:
+        vins, refs = prep.verify_inputs, prep.references
+        V.verify_artifact(rec, t, tp.precision, tp.options, partial, encs, vins, refs, verify)
+        st.status = rec.parity.get("status")
+        if rec.parity.get("cosine") is not None:
+            st.message = f"cos {rec.parity['cosine']:.7f}, max|diff| {rec.parity['max_abs_diff']:.2e}"
+    rec.seconds["verify"] = round(st.seconds, 3)
+
+
+def _record_failure(rec: ArtifactRecord, err: Exception) -> None:
+    """A converter's or runtime's error is this artifact's failure record (traceback at -vv). An error
+    raised from our own code that is none of our error types is a bug: its traceback is logged at ERROR."""
+    what = f"{rec.target} {rec.encoder} {rec.precision}"
+    if isinstance(err, MobileClipExportError):
+        log.debug("%s failed", what, exc_info=err)
+        rec.error = str(err)
+    elif raised_by_us(err):
+        log.error("%s: internal error (a bug in mobileclip-export, please report it)", what, exc_info=err)
+        rec.error = f"internal error: {type(err).__name__}: {err}"
     else:
-        rec.status = "verified"
+        log.debug("%s failed in a converter or runtime", what, exc_info=err)
+        rec.error = f"{type(err).__name__}: {err}"
+    rec.status = "failed"
+    if not rec.parity:
+        rec.parity = V.parity_dict(None, "not run")
+
+
+def _carry_over(
+    writer: BundleWriter, prep: _Prepared, reduced: bool, emit: Any, result: ExportResult
+) -> None:
+    """With --force and the same weights: keep the previous bundle's artifacts this run did not redo."""
+    attempted = {(r.target, r.encoder, r.precision) for r in result.artifacts}
+    for old in writer.carry_over(attempted, lambda m: same_weights(m, prep.weights, reduced)):
+        result.artifacts.append(record_from_manifest(old))
+        emit(ProgressEvent("info", "bundle", message=f"kept {old['path']} from the previous export"))
+
+
+def _manifest(
+    spec: Any, prep: _Prepared, export_args: dict[str, Any], result: ExportResult
+) -> dict[str, Any]:
+    return build_manifest(
+        result=result,
+        spec_dict=spec.to_dict(),
+        weights=prep.weights,
+        preprocessing={
+            **spec.preprocessing.to_dict(),
+            "baked_in": "mean/std inside the model; feed [0,1] RGB",
+        },
+        tokenizer={**prep.tokenizer, "files": list(prep.tokenizer_files)},
+        logit_scale=prep.logit,
+        export_args=export_args,
+        versions=prep.versions,
+    )
+
+
+def _commit(writer: BundleWriter, manifest: dict[str, Any], result: ExportResult) -> None:
+    """The manifest last, then the bundle renamed into place."""
+    writer.write_manifest(manifest)
+    result.bundle_dir = writer.commit()
+    result.manifest_path = result.bundle_dir / "manifest.json"

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mobileclip_export.errors import UsageError
+from mobileclip_export.errors import BundleStateError, UsageError
 from mobileclip_export.hashing import path_sha256
 
 log = logging.getLogger(__name__)
@@ -32,17 +32,42 @@ def artifact_name(model: str, encoder: str, precision: str, extension: str) -> s
     return f"{model}-{encoder}-{precision}{extension}"
 
 
-def check_output_dir(output_dir: Path) -> None:
-    """Create ``output_dir`` if needed and prove we can write there, before any heavy work."""
+def check_output_dir(output_dir: Path) -> Path | None:
+    """Create ``output_dir`` if needed and prove we can write there, before any heavy work.
+
+    Returns the outermost directory this call created (None if it existed), so a run that writes nothing
+    can remove it again (``remove_created``).
+    """
+    created = next((p for p in [*reversed(output_dir.parents), output_dir] if not p.exists()), None)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(
+            f"cannot create the output directory {str(output_dir)!r}: {err.strerror or err}"
+        ) from err
+    try:
         fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=output_dir)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
+        remove_created(created, output_dir)
         raise UsageError(
             f"output directory {str(output_dir)!r} is not writable: {err.strerror or err}"
         ) from err
+    return created
+
+
+def remove_created(created: Path | None, output_dir: Path) -> None:
+    """Remove the directories ``check_output_dir`` created, if they are still empty."""
+    if created is None:
+        return
+    for folder in [output_dir, *output_dir.parents]:
+        try:
+            folder.rmdir()  # only succeeds when empty
+        except OSError:
+            return
+        if folder == created:
+            return
 
 
 def path_bytes(path: Path) -> int:
@@ -88,6 +113,11 @@ class BundleWriter:
         self.force = force
         self.tmp_dir: Path | None = None
 
+    def _tmp(self) -> Path:
+        if self.tmp_dir is None:
+            raise BundleStateError("the bundle writer is not open (open() not called, or already committed)")
+        return self.tmp_dir
+
     def check_existing(self) -> None:
         if self.final_dir.exists() and not self.force:
             raise UsageError(
@@ -121,10 +151,10 @@ class BundleWriter:
 
     def partial_path(self, target: str, name: str) -> Path:
         """Where a backend writes (inside the temp bundle, hidden name)."""
-        assert self.tmp_dir is not None
+        tmp_dir = self._tmp()
         # Converters check the extension (.mlpackage, .aimodel), so the file keeps its real name inside a
         # hidden staging folder; only `place` makes it visible.
-        folder = self.tmp_dir / target / STAGING
+        folder = tmp_dir / target / STAGING
         folder.mkdir(parents=True, exist_ok=True)
         dest = folder / name
         remove_path(dest)
@@ -132,23 +162,23 @@ class BundleWriter:
 
     def place(self, partial: Path, target: str, name: str) -> Path:
         """Rename a finished artifact to its final name inside the temp bundle; returns the relative path."""
-        assert self.tmp_dir is not None
-        dest = self.tmp_dir / target / name
+        tmp_dir = self._tmp()
+        dest = tmp_dir / target / name
         remove_path(dest)
         os.replace(partial, dest)
-        return dest.relative_to(self.tmp_dir)
+        return dest.relative_to(tmp_dir)
 
     def _drop_staging(self) -> None:
-        assert self.tmp_dir is not None
-        for folder in self.tmp_dir.glob(f"*/{STAGING}"):
+        tmp_dir = self._tmp()
+        for folder in tmp_dir.glob(f"*/{STAGING}"):
             remove_path(folder)
-        for folder in self.tmp_dir.iterdir():
+        for folder in tmp_dir.iterdir():
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()  # a target whose artifacts all failed
 
     def add_files(self, target: str, files: dict[str, bytes | Path]) -> list[str]:
-        assert self.tmp_dir is not None
-        folder = self.tmp_dir / target
+        tmp_dir = self._tmp()
+        folder = tmp_dir / target
         folder.mkdir(exist_ok=True)
         out = []
         for name, src in files.items():
@@ -157,17 +187,16 @@ class BundleWriter:
                 shutil.copyfile(src, dest)
             else:
                 dest.write_bytes(src)
-            out.append(dest.relative_to(self.tmp_dir).as_posix())
+            out.append(dest.relative_to(tmp_dir).as_posix())
         return out
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        assert self.tmp_dir is not None
         self._drop_staging()
-        write_json_atomic(self.tmp_dir / MANIFEST, manifest)
+        write_json_atomic(self._tmp() / MANIFEST, manifest)
 
     def commit(self) -> Path:
         """Move the finished bundle into place (replacing the old one only when forced)."""
-        assert self.tmp_dir is not None
+        tmp_dir = self._tmp()
         old: Path | None = None
         if self.final_dir.exists():
             if not self.force:  # appeared while we worked
@@ -176,7 +205,7 @@ class BundleWriter:
                 )
             old = self.output_dir / f".{self.model}.old-{uuid.uuid4().hex[:8]}"
             os.replace(self.final_dir, old)
-        os.replace(self.tmp_dir, self.final_dir)
+        os.replace(tmp_dir, self.final_dir)
         self.tmp_dir = None
         if old is not None:
             remove_path(old)
@@ -191,7 +220,7 @@ class BundleWriter:
         (target, encoder, precision) this run attempted is replaced even if the new attempt failed.
         Returns the carried manifest records. Copies (not moves) so the old bundle stays valid until commit.
         """
-        assert self.tmp_dir is not None
+        tmp_dir = self._tmp()
         old_manifest = self.final_dir / MANIFEST
         if not self.force or not old_manifest.is_file():
             return []
@@ -213,15 +242,15 @@ class BundleWriter:
             if not src.exists() or path_sha256(src) != rec.get("sha256"):
                 log.warning("previous artifact %s is missing or altered; not carried over", rel)
                 continue
-            dest = self.tmp_dir / rel
+            dest = tmp_dir / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             if src.is_dir():
                 shutil.copytree(src, dest)
             else:
                 shutil.copy2(src, dest)
             for name in rec.get("details", {}).get("tokenizer_files", []):
-                if (self.final_dir / name).is_file() and not (self.tmp_dir / name).exists():
-                    shutil.copy2(self.final_dir / name, self.tmp_dir / name)
+                if (self.final_dir / name).is_file() and not (tmp_dir / name).exists():
+                    shutil.copy2(self.final_dir / name, tmp_dir / name)
             notes = list(rec.get("notes", []))
             notes.append("carried over unchanged from the previous export of this bundle")
             carried.append({**rec, "notes": notes})

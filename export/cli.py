@@ -74,11 +74,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name, (spec, owners) in _option_specs().items():
         flag = "--" + name.replace("_", "-")
         helptext = f"{spec.help} [{', '.join(owners)}]"
-        if spec.choices:
+        # A yes/no option is a value-less switch, whether declared type=bool or with choices (True, False).
+        switch = spec.type is bool or set(spec.choices or ()) == {True, False}
+        if spec.choices and not switch:
             helptext += f" (choices: {', '.join(map(str, spec.choices))})"
-        if spec.default is not None and spec.type is not bool:
+        if spec.default is not None and not switch:
             helptext += f" (default: {spec.default})"
-        if spec.type is bool:
+        if switch:
             group.add_argument(flag, dest=f"opt_{name}", action="store_true", default=None, help=helptext)
         else:
             group.add_argument(

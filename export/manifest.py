@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
 import platform
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +126,68 @@ def build_manifest(
         "ok": result.ok,
         "artifacts": [a.to_dict() for a in result.artifacts],
     }
+
+
+LOGIT_SCALE_MAX = 100.0
+RECORD_FIELDS = frozenset(f.name for f in fields(ArtifactRecord))
+
+
+def record_from_manifest(entry: dict[str, Any]) -> ArtifactRecord:
+    """An ``ArtifactRecord`` from a manifest entry (unknown keys of other versions dropped)."""
+    return ArtifactRecord(**{k: v for k, v in entry.items() if k in RECORD_FIELDS})
+
+
+def weights_info(model: Any, checkpoint: str | Path | None, seed: int) -> dict[str, Any]:
+    sha = getattr(model, "checkpoint_sha256", None)
+    if checkpoint is None or getattr(model, "random_init", False):
+        return {"source": f"random init, seed {seed}", "random_init": True, "seed": seed}
+    return {"source": "checkpoint", "random_init": False, "checkpoint": Path(checkpoint).name, "sha256": sha}
+
+
+def same_weights(old_manifest: dict[str, Any], weights: dict[str, Any], reduced: bool) -> bool:
+    old_reduced = bool(old_manifest.get("export_args", {}).get("reduced", False))
+    return old_manifest.get("weights") == weights and old_reduced == reduced
+
+
+def logit_scale_info(model: Any) -> dict[str, float]:
+    """The CLIP logit scale (exp of the learned log value, clamped as in training); CLIP's init if absent."""
+    import torch
+
+    raw = getattr(model, "logit_scale", None)
+    log_value = float(raw.detach()) if isinstance(raw, torch.Tensor) else math.log(1 / 0.07)
+    return {"log": log_value, "value": min(math.exp(log_value), LOGIT_SCALE_MAX), "max": LOGIT_SCALE_MAX}
+
+
+def artifact_metadata(
+    model_name: str,
+    encoder: str,
+    spec: Any,
+    weights: dict[str, Any],
+    logit: dict[str, float],
+    versions: dict[str, str],
+    tokenizer: dict[str, Any],
+    reduced: bool,
+) -> dict[str, str]:
+    """Flat string facts embedded in each artifact (what an app reads without the manifest)."""
+    meta = {
+        "model": model_name,
+        "encoder": encoder,
+        "embed_dim": str(spec.embed_dim),
+        "weights": weights["source"] if weights["random_init"] else f"checkpoint sha256 {weights['sha256']}",
+        "random_init": str(weights["random_init"]).lower(),
+        "reduced": str(reduced).lower(),
+        "logit_scale": f"{logit['value']:.6g}",
+        "embedding": "unnormalized; L2-normalize before cosine similarity",
+        "producer": f"mobileclip-export {versions.get('mobileclip_export', '')}",
+        "torch_version": versions.get("torch", ""),
+        "tool_versions": json.dumps(versions, sort_keys=True),
+    }
+    if encoder == "image":
+        meta["image_size"] = str(spec.image_size)
+        meta["input"] = "RGB float32 NCHW in [0, 1] (no mean/std: the model normalizes internally)"
+        meta["preprocessing"] = json.dumps(spec.preprocessing.to_dict(), sort_keys=True)
+    else:
+        meta["context_length"] = str(spec.context_length)
+        meta["input"] = "int32 CLIP BPE token ids [B, 77]: SOT, tokens, EOT, then zeros"
+        meta["tokenizer"] = json.dumps(tokenizer, sort_keys=True)
+    return meta

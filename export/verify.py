@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,3 +122,92 @@ def parity_dict(
     if violations:
         d["violations"] = list(violations)
     return d
+
+
+# ---------------------------------------------------------------- one artifact vs the train-time model
+
+
+def structural_problems(rec: Any, target: Any, path: Any, encs: Sequence[Any]) -> list[str]:
+    """Run the target's structural checks per encoder into ``rec.details``; the problems found."""
+    checks: dict[str, Any] = {enc.encoder: target.structural_checks(path, enc) or {} for enc in encs}
+    rec.details["structural_checks"] = checks if len(encs) > 1 else checks[encs[0].encoder]
+    many = len(encs) > 1
+    return [f"{e}: {p}" if many else p for e, c in checks.items() for p in c.get("problems", [])]
+
+
+def _encoder_parity(
+    rec: Any, runner: Runner, enc: Any, vin: VerifyInputs, ref: np.ndarray, tol: Any, dynamic: set[str]
+) -> tuple[ParityStats, list[str]]:
+    """One encoder's parity (row by row, and as one batch when the input's batch is dynamic)."""
+    from mobileclip_export.export.parity import compare
+
+    name = enc.inputs[0].name
+    keep = spread_subset(len(vin.labels), runner.max_verify_inputs)
+    if len(keep) < len(vin.labels):
+        vin, ref = subset(vin, keep), ref[keep]
+        labels = ", ".join(vin.labels)
+        rec.notes.append(f"{enc.encoder}: verified on {len(keep)} inputs ({labels}) (slow runtime)")
+    stats = compare(ref, runner_outputs(runner, name, vin))
+    bad = stats.violations(tol)
+    if name in dynamic:
+        batched = compare(ref, np.asarray(runner.run({name: vin.data}), np.float32))
+        rec.details.setdefault("batched_parity", {})[enc.encoder] = batched.to_dict()
+        bad += [f"batch of {len(vin.data)}: {v}" for v in batched.violations(tol)]
+    return stats, bad
+
+
+def verify_artifact(
+    rec: Any,
+    target: Any,
+    precision: str,
+    options: dict[str, Any],
+    path: Any,
+    encs: Sequence[Any],
+    vins: dict[str, VerifyInputs],
+    refs: dict[str, np.ndarray],
+    verify: bool,
+) -> None:
+    """Structural checks, then (unless ``verify`` is off or the runtime is unavailable here) parity of
+    ``path`` run in the target's runtime vs the train-time references; sets ``rec.status``/``parity``."""
+    from mobileclip_export.export.backends._tolerances import tolerance_for
+    from mobileclip_export.export.target import RuntimeUnavailable
+
+    problems = structural_problems(rec, target, path, encs)
+    if problems:
+        rec.status, rec.error = "failed", "structural check failed: " + "; ".join(problems)
+        rec.parity = parity_dict(None, "not run")
+        return
+    if not verify:
+        rec.status, rec.parity = "unverified", parity_dict(None, "skipped: --no-verify")
+        return
+    try:
+        runner = target.load(path, options)
+    except RuntimeUnavailable as err:
+        rec.status, rec.parity = "unverified", parity_dict(None, f"skipped: {err}")
+        return
+    dynamic = {i["name"] for i in rec.inputs if i.get("shape") and i["shape"][0] in (-1, None)}
+    tol = tolerance_for(target.name, precision)
+    try:
+        per_enc = {
+            e.encoder: _encoder_parity(rec, runner, e, vins[e.encoder], refs[e.encoder], tol, dynamic)
+            for e in encs
+        }
+    finally:
+        runner.close()
+    _record_parity(rec, runner, per_enc)
+
+
+def _record_parity(rec: Any, runner: Runner, per_enc: dict[str, tuple[ParityStats, list[str]]]) -> None:
+    many = len(per_enc) > 1
+    worst_enc = min(per_enc, key=lambda e: (not per_enc[e][1], per_enc[e][0].cosine))
+    stats, bad = per_enc[worst_enc]
+    status = "failed" if any(v for _, v in per_enc.values()) else "passed"
+    violations = [f"{e}: {v}" for e, (_, vs) in per_enc.items() for v in vs] if many else bad
+    rec.parity = parity_dict(stats, status, runner.label, runner.is_deployment_runtime, violations)
+    if many:
+        rec.parity["by_encoder"] = {e: s.to_dict() for e, (s, _) in per_enc.items()}
+    if status == "failed":
+        rec.status = "failed"
+        rec.error = f"parity failed vs the train-time PyTorch model: {'; '.join(rec.parity['violations'])}"
+    else:
+        rec.status = "verified"

@@ -242,10 +242,34 @@ def needs_inference_form(sd: Mapping[str, Tensor]) -> bool:
     return any(_FUSED.search(k) for k in keys) and not any(_TRAIN_BRANCH.search(k) for k in keys)
 
 
+def check_checkpoint_format(path: str | Path) -> None:
+    """Cheap pre-flight before a model is built (reads 16 bytes): the file is in a format we can read."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist, is not a file, or is empty")
+    if _sniff(path) == "other":
+        raise CheckpointError(
+            f"{path} is not a checkpoint (PyTorch zip/pickle or safetensors): {_describe_head(path)}"
+        )
+
+
+def _check_finite(sd: Mapping[str, Tensor], path: Path) -> None:
+    """NaN/inf weights are named at load, not found later as a parity 'cosine nan'."""
+    bad = {}
+    for k, v in sd.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad[k] = int((~torch.isfinite(v)).sum())
+    if bad:
+        shown = ", ".join(f"{k} ({n} of {sd[k].numel()})" for k, n in list(bad.items())[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise CheckpointError(f"{path} has NaN/inf values in {len(bad)} tensor(s): {shown}{more}")
+
+
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read, hash, detect and normalize a checkpoint (no model needed)."""
     path = Path(path)
     raw = load_state_dict_file(path)
+    _check_finite(raw, path)
     fmt = detect_format(raw)
     sd = _normalize(raw, fmt)
     return Checkpoint(sd, fmt, needs_inference_form(sd), file_sha256(path), path)
