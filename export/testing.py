@@ -287,11 +287,10 @@ def structured_inputs(encoder: str, size: int = 256) -> np.ndarray:
         ids[1, :4] = [49406, 1929, 4558, 49407]
         ids[2, :9] = [49406, 320, 2368, 539, 320, 1929, 4558, 1125, 49407]
         return ids
-    g = np.linspace(0, 1, size, dtype=np.float32)
-    noise = np.random.default_rng(0).random((3, size, size), dtype=np.float32)
-    ramp = np.stack(
-        [np.broadcast_to(g, (size, size)), np.broadcast_to(g[:, None], (size, size)), 1 - g + 0 * g[:, None]]
-    )
+    from mobileclip_export.export.verify import gradient_image, random_images
+
+    (noise,) = random_images(size, 1, seed=0)
+    ramp = gradient_image(size)
     square = np.zeros((3, size, size), np.float32)
     square[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
     return np.ascontiguousarray(np.stack([noise, ramp, square]))

@@ -38,22 +38,25 @@ class VerifyInputs:
     labels: tuple[str, ...]
 
 
-def image_inputs(image_size: int, seed: int = 0, n_random: int = 2) -> VerifyInputs:
+def random_images(image_size: int, n: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` uniform-noise RGB images [3, H, W] in [0, 1), seeded."""
     rng = np.random.default_rng(seed)
+    return [rng.random((3, image_size, image_size), dtype=np.float32) for _ in range(n)]
+
+
+def gradient_image(image_size: int) -> np.ndarray:
+    """RGB [3, H, W]: horizontal ramp, vertical ramp, reversed horizontal ramp (exposes flips and scaling)."""
+    ramp = np.linspace(0.0, 1.0, image_size, dtype=np.float32)
+    shape = (image_size, image_size)
+    horizontal, vertical = np.broadcast_to(ramp, shape), np.broadcast_to(ramp[:, None], shape)
+    return np.stack([horizontal, vertical, np.broadcast_to(ramp[::-1], shape)])
+
+
+def image_inputs(image_size: int, seed: int = 0, n_random: int = 2) -> VerifyInputs:
     h = w = image_size
-    imgs, labels = [], []
-    for i in range(n_random):
-        imgs.append(rng.random((3, h, w), dtype=np.float32))
-        labels.append(f"random-{i}")
-    ramp = np.linspace(0.0, 1.0, w, dtype=np.float32)
-    grad = np.stack(
-        [
-            np.broadcast_to(ramp, (h, w)),
-            np.broadcast_to(ramp[:, None], (h, w)),
-            np.broadcast_to(ramp[::-1], (h, w)),
-        ]
-    )
-    imgs.append(grad)
+    imgs = random_images(image_size, n_random, seed)
+    labels = [f"random-{i}" for i in range(n_random)]
+    imgs.append(gradient_image(image_size))
     labels.append("gradient")
     yy, xx = np.mgrid[0:h, 0:w]
     checker = (((yy // 16) + (xx // 16)) % 2).astype(np.float32)
