@@ -38,10 +38,15 @@ log = logging.getLogger(__name__)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
 _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "module", "weights")
+# Train-time branches / fused convs; for the ViT-B conv stem (no multi-branch module), its BatchNorm and the
+# conv bias our stem fold adds (Apple and timm names).
 _TRAIN_BRANCH = re.compile(
     r"\.(rbr_conv|rbr_scale|rbr_skip|conv_kxk|conv_scale|identity|lkb_origin|large_conv)\."
+    r"|\.patch_emb\.0\.block\.norm\.|\.patch_embed\.backbone\.0\.bn\."
 )
-_FUSED = re.compile(r"\.(reparam_conv|lkb_reparam)\.")
+_FUSED = re.compile(
+    r"\.(reparam_conv|lkb_reparam)\.|\.patch_emb\.0\.block\.conv\.bias$|\.patch_embed\.backbone\.0\.conv\.bias$"
+)
 _OPEN_CLIP_TOP_TEXT = (
     "token_embedding.",
     "positional_embedding",
@@ -60,10 +65,12 @@ class LoadReport:
     path: str = ""
     loaded: str = "image+text"  # "image+text" | "image only (text encoder stays random)"
     lifted_modules: int = 0  # inference-form modules lifted into train-time branches
+    zero_filled: list[str] = field(default_factory=list)  # model keys the checkpoint lacked, set to zero
     notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         extra = f", {self.lifted_modules} fused modules lifted" if self.lifted_modules else ""
+        extra += f", zero-filled {', '.join(self.zero_filled)}" if self.zero_filled else ""
         return (
             f"{self.format} checkpoint, {self.n_tensors} tensors, {self.loaded}, "
             f"reparameterized={self.reparameterized}{extra}, sha256={self.sha256[:12]}"
@@ -387,6 +394,11 @@ def _towers(sd: Mapping[str, Tensor], fmt: str) -> tuple[dict[str, Tensor], dict
     return img, txt
 
 
+def _trained_bias(b: Tensor | None) -> bool:
+    """A head bias that changes the output: present and non-zero (a shape-only meta tensor counts)."""
+    return b is not None and (b.is_meta or bool(b.numel() and b.abs().max() != 0))
+
+
 def fingerprint(sd: Mapping[str, Tensor], fmt: str) -> dict:
     """Distinctive shapes of a state_dict in any format: image family/width/depths/head, text width/layers."""
     img, txt = _towers(sd, fmt)
@@ -414,6 +426,7 @@ def fingerprint(sd: Mapping[str, Tensor], fmt: str) -> dict:
             fp["head"] = tuple(img["head.proj"].shape)
         elif "head.fc.weight" in img:
             fp["head"] = tuple(img["head.fc.weight"].shape[::-1])
+        fp["head_bias"] = _trained_bias(img.get("head.bias", img.get("head.fc.bias")))
         fp["image_encoder"] = _mci_guess(fp["depths"], fp["stem_channels"])
     elif "patch_emb.0.block.conv.weight" in img or "patch_embed.backbone.0.conv.weight" in img:
         fp["image"] = "vit_b16"
@@ -423,6 +436,7 @@ def fingerprint(sd: Mapping[str, Tensor], fmt: str) -> dict:
         )
         if "cls_token" in img:
             fp["width"] = int(img["cls_token"].shape[-1])
+        fp["head_bias"] = _trained_bias(img.get("classifier.bias", img.get("head.bias")))
     elif "patch_embed.proj.weight" in img:
         fp["image"] = "vit_l14"
         fp["image_encoder"] = "vit_l14"
@@ -443,11 +457,13 @@ def _fp_text(fp: dict) -> str:
     parts = []
     if "image" in fp:
         s = f"image {fp['image_encoder']}"
+        bias = " with bias" if fp.get("head_bias") else ""
         if fp["image"] == "fastvit":
             s += f" (stem {fp['stem_channels']} ch, blocks {'-'.join(map(str, fp['depths']))}"
-            s += f", head {fp['head'][0]}->{fp['head'][1]})" if "head" in fp else ")"
+            s += f", head {fp['head'][0]}->{fp['head'][1]}{bias})" if "head" in fp else ")"
         else:
-            s += f" ({fp['depths'][0]} blocks" + (f", width {fp['width']})" if "width" in fp else ")")
+            s += f" ({fp['depths'][0]} blocks" + (f", width {fp['width']}" if "width" in fp else "")
+            s += f", head{bias})" if bias else ")"
         parts.append(s)
     if "text_width" in fp:
         parts.append(f"text {fp['text_encoder']} ({fp['text_layers']} layers x {fp['text_width']})")
@@ -466,7 +482,9 @@ def _variant_names(fp: dict) -> list[str]:
             or (fp["image_encoder"] == "vit_b16" and spec.image_encoder.startswith("vit_b"))
         )
         txt_ok = "text_encoder" not in fp or spec.text_encoder == fp["text_encoder"]
-        if img_ok and txt_ok:
+        # a trained head bias only fits a head that has one (a zero or absent one fits both)
+        bias_ok = not fp.get("head_bias") or spec.image_head_bias
+        if img_ok and txt_ok and bias_ok:
             out.append(name)
     return out
 
@@ -515,6 +533,22 @@ def _mismatch_error(
     return CheckpointError(msg + "; ".join(parts))
 
 
+def _zero_fill_head_bias(canon: dict[str, Tensor], shapes: Mapping[str, torch.Size]) -> list[str]:
+    """A bias-free head checkpoint (Apple v1 ``head.proj``/``classifier.proj``) for a head with a bias: the
+    bias becomes zero, which is exactly the checkpoint's function. Only when the head weight is there, so a
+    foreign head (other names, extra layers) still fails as missing/unexpected keys."""
+    head = keymaps.image_head_keys(shapes)
+    if head is None or head[1] is None or head[1] in canon or head[0] not in canon:
+        return []
+    canon[head[1]] = torch.zeros(shapes[head[1]], dtype=canon[head[0]].dtype)
+    return [head[1]]
+
+
+def _biased_variants_hint(ck: Checkpoint) -> str:
+    names = _variant_names(fingerprint(ck.state_dict, ck.format))
+    return f" (it fits: {', '.join(names)})" if names else ""
+
+
 def load_checkpoint(model: nn.Module, path: str | Path | Checkpoint) -> LoadReport:
     """Load ``path`` into ``model`` in place (strict: every key and shape must match); returns a LoadReport.
 
@@ -527,8 +561,9 @@ def load_checkpoint(model: nn.Module, path: str | Path | Checkpoint) -> LoadRepo
     kmap = _keymap_for(model, ck.format)
     canon, unknown, problems = kmap.to_canonical(ck.state_dict, shapes)
     if problems:
-        raise CheckpointError(f"{ck.path}: " + "; ".join(problems))
+        raise CheckpointError(f"{ck.path}: " + "; ".join(problems) + _biased_variants_hint(ck))
     canon, lifted = lift_inference_form(canon, model)
+    zero_filled = _zero_fill_head_bias(canon, shapes)
 
     expected = set(shapes)
     image_only = ck.format == "timm"
@@ -562,7 +597,14 @@ def load_checkpoint(model: nn.Module, path: str | Path | Checkpoint) -> LoadRepo
         path=str(ck.path),
         loaded="image only (text encoder stays random)" if image_only else "image+text",
         lifted_modules=lifted,
+        zero_filled=zero_filled,
     )
+    if zero_filled:
+        report.notes.append(
+            f"the checkpoint's image head has no bias (Apple v1 form): {zero_filled[0]} set to zero, so the "
+            "head computes exactly what the checkpoint's does"
+        )
+        log.info("%s: bias-free image head, %s zero-filled", ck.path, zero_filled[0])
     if image_only:
         report.notes.append(
             "timm checkpoints hold the image tower only: text_encoder and logit_scale are "

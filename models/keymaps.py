@@ -11,12 +11,13 @@ and open_clip ``convert_mobile_clip_state_dict``):
   ``rbr_scale``->``conv_scale``, ``rbr_skip``->``identity``, ``lkb_origin``->``large_conv``,
   ``lkb_reparam``->``reparam_conv``,
   ``convffn``->``mlp``, ``conv_exp``->``final_conv`` (its ``se.reduce/expand``->``se.fc1/fc2``),
-  ``layer_scale*``->``layer_scale*.gamma``, ``head.proj`` [C,D] -> ``head.fc.weight`` [D,C] + zero bias.
+  ``layer_scale*``->``layer_scale*.gamma``, ``head.proj`` [C,D] -> ``head.fc.weight`` [D,C] + ``head.fc.bias``
+  (``head.bias`` of a MobileCLIP2 head; a zero bias for Apple's bias-free v1 head).
 - ViT-B/16: ``patch_emb.{j}.block.conv/norm`` -> ``patch_embed.backbone.{j}.conv/bn``, ``transformer.`` ->
   ``blocks.``, ``pre_norm_mha.0/1``->``norm1``/``attn`` (``qkv_proj``->``qkv``, ``out_proj``->``proj``),
   ``pre_norm_ffn.0/1/4``->``norm2``/``mlp.fc1``/``mlp.fc2``, ``post_transformer_norm``->``norm``,
   ``pos_embed.pos_embed.pos_embed`` [1,1,N,D] -> ``pos_embed`` [1,N,D], ``classifier.proj`` -> ``head.weight``
-  (transposed) + zero ``head.bias``.
+  (transposed) + ``head.bias`` (``classifier.bias`` of MobileCLIP2-B; zero for Apple's v1 head).
 - ViT-L/14: our image keys already use timm's names.
 - Text (open_clip, under ``text.``): ``embedding_layer``->``token_embedding``, positional [1,1,L,D] -> [L,D],
   ``transformer.{i}`` -> ``transformer.resblocks.{i}``, ``pre_norm_mha.0/1``->``ln_1``/``attn``
@@ -122,7 +123,8 @@ class KeyMap:
                 if v.numel() and float(v.abs().max()) != 0.0:
                     problems.append(
                         f"{k} is non-zero (max |b| = {float(v.abs().max()):.3g}) but {self._zero_bias[k]} "
-                        "has no bias: this is not a MobileCLIP projection head"
+                        "has no bias: a trained head bias is a MobileCLIP2-style head, this variant's "
+                        "(Apple v1) head has none"
                     )
             else:
                 unknown.append(k)
@@ -175,9 +177,11 @@ def _rename_segments(rest: str) -> str:
     return ".".join(parts)
 
 
-def _fastvit_entry(k: str, stage_of: dict[int, int], downs: set[int]) -> Entry:
+def _fastvit_entry(k: str, stage_of: dict[int, int], downs: set[int], head_bias: bool) -> Entry:
     if k == "head.proj":
-        return Entry("head.fc.weight", TRANSPOSE, zero_bias="head.fc.bias")
+        return Entry("head.fc.weight", TRANSPOSE, zero_bias=None if head_bias else "head.fc.bias")
+    if k == "head.bias":  # GlobalPool2D of a MobileCLIP2 tower: timm's head.fc bias
+        return Entry("head.fc.bias")
     if k.startswith("head."):
         return Entry(k)  # MCi3/MCi4 LinearPoolHead already uses timm's head.fc
     if k.startswith("patch_embed."):
@@ -215,9 +219,11 @@ _VIT_B_REPLACEMENTS = (
 )
 
 
-def _vit_b_entry(k: str) -> Entry:
+def _vit_b_entry(k: str, head_bias: bool) -> Entry:
     if k == "classifier.proj":
-        return Entry("head.weight", TRANSPOSE, zero_bias="head.bias")
+        return Entry("head.weight", TRANSPOSE, zero_bias=None if head_bias else "head.bias")
+    if k == "classifier.bias":
+        return Entry("head.bias")
     if k == "pos_embed.pos_embed.pos_embed":
         return Entry("pos_embed", RESHAPE)
     for a, b in _VIT_B_REPLACEMENTS:
@@ -232,10 +238,30 @@ def image_entries(keys: Iterable[str]) -> dict[str, Entry]:
     img = [k[len(IMAGE_PREFIX) :] for k in keys if k.startswith(IMAGE_PREFIX)]
     if fam == "fastvit":
         stage_of, downs = _fastvit_stages(img)
-        return {IMAGE_PREFIX + k: _fastvit_entry(k, stage_of, downs) for k in img}
+        bias = "head.bias" in img
+        return {IMAGE_PREFIX + k: _fastvit_entry(k, stage_of, downs, bias) for k in img}
     if fam == "vit_b":
-        return {IMAGE_PREFIX + k: _vit_b_entry(k) for k in img}
+        return {IMAGE_PREFIX + k: _vit_b_entry(k, "classifier.bias" in img) for k in img}
     return {IMAGE_PREFIX + k: Entry(k) for k in img}
+
+
+# Canonical (weight, bias) names of the image projection head, per head class: GlobalPool2D, LinearPoolHead,
+# the cvnets ViT classifier, timm's ViT-L Linear.
+_IMAGE_HEADS = (
+    ("head.proj", "head.bias"),
+    ("head.fc.weight", "head.fc.bias"),
+    ("classifier.proj", "classifier.bias"),
+    ("head.weight", "head.bias"),
+)
+
+
+def image_head_keys(keys: Iterable[str]) -> tuple[str, str | None] | None:
+    """Canonical ``(weight, bias)`` keys of the image projection head (bias None: a bias-free head)."""
+    keys = set(keys)
+    for w, b in _IMAGE_HEADS:
+        if IMAGE_PREFIX + w in keys:
+            return IMAGE_PREFIX + w, (IMAGE_PREFIX + b if IMAGE_PREFIX + b in keys else None)
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- text

@@ -35,7 +35,7 @@ class MCiConfig:
     pos_emb_stages: tuple[int, ...]  # stages preceded by a RepCPE
     attn_norm: str  # "batchnorm" | "layernorm"
     stem_scale_branch: bool
-    linear_head: bool  # False: GlobalPool2D proj (no bias); True: avg pool + Linear with bias
+    linear_head: bool  # False: GlobalPool2D ``proj`` (Apple names); True: avg pool + Linear ``head.fc``
 
 
 # MCi0-2 (Apple's FastViT-MCi): BatchNorm attention, SE in the last two downsamples, GlobalPool2D head.
@@ -95,7 +95,7 @@ def convolutional_stem(in_ch: int, out_ch: int, *, use_scale_branch: bool) -> nn
 class MCi(nn.Module):
     """FastViT-MCi trunk with its projection head: ``[B,3,H,W] -> [B, embed_dim]``."""
 
-    def __init__(self, cfg: MCiConfig, embed_dim: int) -> None:
+    def __init__(self, cfg: MCiConfig, embed_dim: int, *, head_bias: bool | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         dims = cfg.embed_dims
@@ -114,7 +114,8 @@ class MCi(nn.Module):
         self.network = nn.ModuleList(network)
         self.conv_exp = MobileOneBlock(dims[-1], 2 * dims[-1], 3, groups=dims[-1], use_se=True)
         head_cls = LinearPoolHead if cfg.linear_head else GlobalPool2D
-        self.head = head_cls(2 * dims[-1], embed_dim)
+        bias = cfg.linear_head if head_bias is None else head_bias
+        self.head = head_cls(2 * dims[-1], embed_dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.patch_embed(x)
@@ -123,6 +124,10 @@ class MCi(nn.Module):
         return self.head(self.conv_exp(x))
 
 
-def build_mci(name: str, embed_dim: int, *, reduced: bool = False) -> MCi:
-    """Train-time MCi encoder ``name`` ("mci0".."mci4") projecting to ``embed_dim``, randomly initialised."""
-    return MCi(mci_config(name, reduced=reduced), embed_dim)
+def build_mci(name: str, embed_dim: int, *, reduced: bool = False, head_bias: bool | None = None) -> MCi:
+    """Train-time MCi encoder ``name`` ("mci0".."mci4") projecting to ``embed_dim``, randomly initialised.
+
+    ``head_bias``: the projection has a bias (every MobileCLIP2 tower; Apple's v1 heads do not). None: the
+    architecture's own head (MCi0-2 as Apple's, none; MCi3/4 as timm's, with one).
+    """
+    return MCi(mci_config(name, reduced=reduced), embed_dim, head_bias=head_bias)

@@ -49,12 +49,16 @@ def get_model_spec(name: str) -> ModelSpec:
     return specs[name]
 
 
-def build_image_network(name: str, embed_dim: int, *, image_size: int, reduced: bool = False) -> nn.Module:
-    """The image network incl. its projection head (what sits at ``image_encoder.model``)."""
+def build_image_network(
+    name: str, embed_dim: int, *, image_size: int, reduced: bool = False, head_bias: bool | None = None
+) -> nn.Module:
+    """The image network incl. its projection head (what sits at ``image_encoder.model``).
+
+    ``head_bias``: whether the projection has a bias (None: the encoder architecture's default)."""
     if name in VIT_ENCODERS:
-        return build_vit(name, embed_dim, image_size=image_size, reduced=reduced)
+        return build_vit(name, embed_dim, image_size=image_size, reduced=reduced, head_bias=head_bias)
     if name in mci_names():
-        return build_mci(name, embed_dim, reduced=reduced)
+        return build_mci(name, embed_dim, reduced=reduced, head_bias=head_bias)
     raise UnknownNameError("image encoder", name, [*mci_names(), *VIT_ENCODERS])
 
 
@@ -62,10 +66,14 @@ def build_model(spec: ModelSpec, *, reduced: bool = False) -> MobileCLIP:
     """Construct the train-time model for ``spec`` with the current RNG (no seeding, no loading)."""
     pre = spec.preprocessing
     norm = None if pre.is_identity_normalization else (pre.mean, pre.std)
-    image = ImageEncoder(
-        build_image_network(spec.image_encoder, spec.embed_dim, image_size=spec.image_size, reduced=reduced),
-        *(norm or (None, None)),
+    network = build_image_network(
+        spec.image_encoder,
+        spec.embed_dim,
+        image_size=spec.image_size,
+        reduced=reduced,
+        head_bias=spec.image_head_bias,
     )
+    image = ImageEncoder(network, *(norm or (None, None)))
     text = build_text_encoder(
         spec.text_encoder,
         spec.embed_dim,

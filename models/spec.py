@@ -77,6 +77,10 @@ class ModelSpec:
     preprocessing: Preprocessing
     published: Published
     causal_text: bool = False
+    # The published image tower's projection has a bias: every MobileCLIP2 tower (open_clip
+    # ``timm_proj: null`` uses timm's classifier Linear) and the timm-defined S3/S4/L-14; Apple's v1
+    # ``head.proj``/``classifier.proj`` have none.
+    image_head_bias: bool = False
     context_length: int = 77
     vocab_size: int = 49408
     family: str = "mobileclip"  # "mobileclip" | "mobileclip2"

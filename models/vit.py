@@ -62,14 +62,17 @@ class ConvAct(nn.Module):
 
 
 class _Classifier(nn.Module):
-    """Bias-free projection stored as ``proj`` ``[in, out]`` (Apple's ``classifier.proj``)."""
+    """Projection stored as ``proj`` ``[in, out]`` (Apple's bias-free ``classifier.proj``); MobileCLIP2-B's
+    tower ends in timm's ``head`` Linear, whose trained bias is kept as ``bias`` ``[out]``."""
 
-    def __init__(self, dim: int, embed_dim: int) -> None:
+    def __init__(self, dim: int, embed_dim: int, *, bias: bool) -> None:
         super().__init__()
         self.proj = nn.Parameter(torch.empty(dim, embed_dim))
+        self.bias = nn.Parameter(torch.empty(embed_dim)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return x @ self.proj
+        y = x @ self.proj
+        return y if self.bias is None else y + self.bias
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class ViTConfig:
     stem_padding: int = 1  # Apple ConvNormAct: 1; timm vit_base_mci_224: 0
     ln_eps: float = 1e-5
     patch_size: int = 14  # ViT-L only
+    head_bias: bool = True  # Apple's cvnets classifier: False; timm heads (vit_base_mci_224, ViT-L): True
 
 
 class ViTB16(nn.Module):
@@ -103,12 +107,14 @@ class ViTB16(nn.Module):
             [TransformerEncoder(cfg.dim, cfg.heads, cfg.mlp_dim, ln_eps=cfg.ln_eps) for _ in range(cfg.depth)]
         )
         self.post_transformer_norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
-        self.classifier = _Classifier(cfg.dim, embed_dim)
+        self.classifier = _Classifier(cfg.dim, embed_dim, bias=cfg.head_bias)
         with torch.no_grad():
             # Linear layers keep torch's default init (cheap; random weights only feed tests).
             nn.init.normal_(self.cls_token, std=0.02)
             nn.init.normal_(self.pos_embed.pos_embed.pos_embed, std=0.02)
             nn.init.normal_(self.classifier.proj, std=cfg.dim**-0.5)
+            if self.classifier.bias is not None:
+                nn.init.uniform_(self.classifier.bias, -(cfg.dim**-0.5), cfg.dim**-0.5)
 
     def _grid(self, size: int) -> int:
         # first conv: (size + 2p - 4) // 4 + 1, then two exact halvings
@@ -191,7 +197,7 @@ class ViTL14(nn.Module):
             *[_Block(cfg.dim, cfg.heads, cfg.mlp_dim, cfg.ln_eps) for _ in range(cfg.depth)]
         )
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
-        self.head = nn.Linear(cfg.dim, embed_dim)
+        self.head = nn.Linear(cfg.dim, embed_dim, bias=cfg.head_bias)
         with torch.no_grad():
             nn.init.normal_(self.cls_token, std=0.02)
             nn.init.normal_(self.pos_embed, std=0.02)
@@ -209,17 +215,24 @@ class ViTL14(nn.Module):
 
 
 VIT_ENCODERS: dict[str, ViTConfig] = {
-    "vit_b16": ViTConfig(stem_padding=1, ln_eps=1e-5),
-    "vit_base_mci_224": ViTConfig(stem_padding=0, ln_eps=1e-6),
+    "vit_b16": ViTConfig(stem_padding=1, ln_eps=1e-5, head_bias=False),
+    "vit_base_mci_224": ViTConfig(stem_padding=0, ln_eps=1e-6, head_bias=True),
     "vit_l14": ViTConfig(dim=1024, depth=24, heads=16, mlp_dim=4096, patch_size=14, ln_eps=1e-5),
 }
 
 
-def build_vit(name: str, embed_dim: int, *, image_size: int = 224, reduced: bool = False) -> nn.Module:
-    """Build a ViT image network (incl. projection); ``reduced`` = 2 layers x 64 wide, same stem."""
+def build_vit(
+    name: str, embed_dim: int, *, image_size: int = 224, reduced: bool = False, head_bias: bool | None = None
+) -> nn.Module:
+    """Build a ViT image network (incl. projection); ``reduced`` = 2 layers x 64 wide, same stem.
+
+    ``head_bias`` None: the encoder's own head (Apple's ``vit_b16`` none, timm's with a bias).
+    """
     if name not in VIT_ENCODERS:
         raise UnknownNameError("image encoder", name, sorted(VIT_ENCODERS))
     cfg = replace(VIT_ENCODERS[name], image_size=image_size)
+    if head_bias is not None:
+        cfg = replace(cfg, head_bias=head_bias)
     if reduced:
         cfg = replace(cfg, dim=64, depth=2, heads=4, mlp_dim=256)
     return ViTL14(cfg, embed_dim) if name == "vit_l14" else ViTB16(cfg, embed_dim)

@@ -6,6 +6,7 @@ Models carry randomized BatchNorm statistics so an identity-like BN cannot hide 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import io
 import json
@@ -14,12 +15,14 @@ import pickle
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
 from mobileclip_export.errors import CheckpointError
+from mobileclip_export.export.registry import all_targets
 from mobileclip_export.models import checkpoint as ck
 from mobileclip_export.models import keymaps
 from mobileclip_export.models.registry import create_model
@@ -492,7 +495,8 @@ def test_other_variant_is_named() -> None:
     [
         (
             "mobileclip_s4",
-            "image mci4 (stem 128 ch, blocks 2-12-24-4-4, head 4096->768) + text base-768 (12 layers x 768)",
+            "image mci4 (stem 128 ch, blocks 2-12-24-4-4, head 4096->768 with bias)"
+            " + text base-768 (12 layers x 768)",
         ),
         ("mobileclip_b", "image vit_b16 (12 blocks, width 768) + text base-512 (12 layers x 512)"),
         ("mobileclip_l14", "image vit_l14 (24 blocks, width 1024) + text base-768 (12 layers x 768)"),
@@ -513,3 +517,237 @@ def test_mci_guess_falls_back_to_stem_width() -> None:
     assert ck._mci_guess((4, 12, 24, 4), 80) == "mci2"  # depths decide
     assert ck._mci_guess((1, 1, 1, 1), 64) == "mci0/mci1"  # unknown depths: stem width narrows it down
     assert ck._mci_guess((1, 1, 1, 1), 16) == "mci?"
+
+
+# ------------------------------------------------------------- MobileCLIP2 heads with a trained bias
+
+# The MobileCLIP2 towers whose head is timm's classifier Linear (open_clip ``timm_proj: null``) where our v1
+# counterparts (S0/S2: GlobalPool2D, B: cvnets classifier) have none. S3/S4/L-14 always had theirs.
+BIASED = ("mobileclip2_s0", "mobileclip2_s2", "mobileclip2_b")
+# foreign name of the head bias per format (timm towers: no prefix)
+_FOREIGN_BIAS = {"mobileclip2_b": "head.bias"}
+
+
+def _trained_head_bias(model: nn.Module, seed: int) -> torch.Tensor:
+    """Give ``model``'s image head a random non-zero bias as large as its outputs; returns the bias."""
+    _, bias_key = keymaps.image_head_keys(model.state_dict())
+    x, ids = _inputs(model)
+    with torch.no_grad():
+        scale = float(model.encode_image(x).abs().mean())
+        bias = model.state_dict()[bias_key]
+        bias.copy_(torch.randn(bias.shape, generator=torch.Generator().manual_seed(seed)) * scale)
+    return bias
+
+
+def _writer(name: str, reduced: bool = True) -> nn.Module:
+    """The model that writes the checkpoint: randomized BN/layer scales and a trained head bias.
+    Reduced writers are built once per module (tests only read them)."""
+    return _reduced_writer(name) if reduced else _trained_writer(name, reduced=False)
+
+
+def _trained_writer(name: str, reduced: bool) -> nn.Module:
+    m = _model(name, seed=1, reduced=reduced)
+    _trained_head_bias(m, seed=1)
+    return m
+
+
+@functools.cache
+def _reduced_writer(name: str) -> nn.Module:
+    return _trained_writer(name, reduced=True)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def _quiet_create(name: str, path: Path, reduced: bool = True) -> nn.Module:
+    logging.disable(logging.WARNING)
+    try:
+        return create_model(name, checkpoint=path, reduced=reduced)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _foreign_bias_key(name: str, fmt: str) -> str:
+    key = _FOREIGN_BIAS.get(name, "head.fc.bias")
+    return key if fmt == "timm" else ("module." if fmt.endswith("+module") else "") + "visual.trunk." + key
+
+
+def _check_reproduces(name: str, src: nn.Module, path: Path, image_only: bool, reduced: bool = True) -> None:
+    m = _quiet_create(name, path, reduced)
+    x, ids = _inputs(src)
+    (img, txt), (ref_img, ref_txt) = _outputs(m, x, ids), _outputs(src, x, ids)
+    assert _rel(img, ref_img) <= 1e-6, f"{name} image: {_rel(img, ref_img):.2e}"
+    if not image_only:
+        assert _rel(txt, ref_txt) <= 1e-6, f"{name} text: {_rel(txt, ref_txt):.2e}"
+    # the bias is visible: without it the image embedding is far off (so a dropped bias cannot pass)
+    _, bias_key = keymaps.image_head_keys(src.state_dict())
+    assert _rel(img - src.state_dict()[bias_key], ref_img) > 0.1
+
+
+@pytest.mark.parametrize("fmt", ["open_clip", "open_clip+module", "timm"])
+@pytest.mark.parametrize("name", BIASED)
+def test_trained_head_bias_loads_exactly(name: str, fmt: str, tmp_path: Path) -> None:
+    src = _writer(name)
+    sd = ck.export_state_dict(src, fmt.split("+")[0])
+    if fmt.endswith("+module"):
+        sd = {"module." + k: v for k, v in sd.items()}
+    assert float(sd[_foreign_bias_key(name, fmt)].abs().min()) > 0  # written as open_clip/timm name it
+    path = _save(sd, tmp_path / f"{name}-{fmt}{'.pt' if '+' in fmt else '.safetensors'}")
+    _check_reproduces(name, src, path, image_only=fmt == "timm")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BIASED)
+def test_full_size_trained_head_bias(name: str, tmp_path: Path) -> None:
+    """Full-size open_clip checkpoint (``module.`` prefix, as the MobileCLIP2 training .pt files)."""
+    src = _writer(name, reduced=False)
+    sd = {"module." + k: v for k, v in ck.export_state_dict(src, "open_clip").items()}
+    path = _save(sd, tmp_path / f"{name}.pt")
+    del sd
+    _check_reproduces(name, src, path, image_only=False, reduced=False)
+
+
+@pytest.mark.parametrize("fmt", ["apple", "open_clip"])
+@pytest.mark.parametrize("name", BIASED)
+def test_bias_free_head_is_zero_filled_and_reported(name: str, fmt: str, tmp_path: Path) -> None:
+    """Apple v1 heads (``head.proj``/``classifier.proj``) or a bias-free Linear, into a head with a bias."""
+    src = _model(name, seed=1)
+    weight_key, bias_key = keymaps.image_head_keys(src.state_dict())
+    sd = ck.export_state_dict(src, fmt)
+    del sd[bias_key if fmt == "apple" else _foreign_bias_key(name, fmt)]
+    path = _save(sd, tmp_path / f"{fmt}.safetensors")
+    dst = _model(name, seed=2)
+    report = ck.load_checkpoint(dst, path)
+    assert report.zero_filled == [bias_key] and f"zero-filled {bias_key}" in str(report)
+    assert any("has no bias (Apple v1 form)" in n for n in report.notes)
+    assert not dst.state_dict()[bias_key].any()
+    x, ids = _inputs(src)
+    with torch.no_grad():
+        src.state_dict()[bias_key].zero_()
+    assert torch.equal(_outputs(dst, x, ids)[0], _outputs(src, x, ids)[0])
+
+
+FOREIGN_HEADS = {
+    # wrong bias length
+    "bias-shape": (
+        lambda sd: sd.__setitem__("visual.trunk.head.fc.bias", torch.ones(513)),
+        ["1 shape mismatches: image_encoder.model.head.bias: checkpoint [513] vs model [512]"],
+    ),
+    # an MLP head (two layers) instead of one Linear
+    "extra-layers": (
+        lambda sd: sd.update(
+            {
+                "visual.trunk.head.fc1.weight": sd.pop("visual.trunk.head.fc.weight"),
+                "visual.trunk.head.fc1.bias": sd.pop("visual.trunk.head.fc.bias"),
+                "visual.trunk.head.fc2.weight": torch.ones(512, 512),
+            }
+        ),
+        [
+            "2 missing keys: image_encoder.model.head.bias, image_encoder.model.head.proj",
+            "3 unexpected keys: visual.trunk.head.fc1.bias, visual.trunk.head.fc1.weight, "
+            "visual.trunk.head.fc2.weight",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOREIGN_HEADS))
+def test_foreign_head_is_named_not_zero_filled(case: str, tmp_path: Path) -> None:
+    edit, wants = FOREIGN_HEADS[case]
+    sd = ck.export_state_dict(_writer("mobileclip2_s0"), "open_clip")
+    edit(sd)
+    path = _save(sd, tmp_path / "foreign.safetensors")
+    with pytest.raises(CheckpointError) as ei:
+        ck.load_checkpoint(_model("mobileclip2_s0", seed=2), path)
+    for want in wants:
+        assert want in str(ei.value)
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1", "fmt", "bias_key"),
+    [
+        ("mobileclip2_s2", "mobileclip_s2", "open_clip", "visual.trunk.head.fc.bias"),
+        ("mobileclip2_b", "mobileclip_b", "timm", "head.bias"),
+    ],
+)
+def test_trained_bias_into_v1_head_names_the_mobileclip2_variant(
+    v2: str, v1: str, fmt: str, bias_key: str
+) -> None:
+    """Full-size shapes on the meta device; only the head bias holds real (non-zero) numbers."""
+    logging.disable(logging.WARNING)
+    with torch.device("meta"):
+        src, dst = create_model(v2), create_model(v1)
+    logging.disable(logging.NOTSET)
+    sd = ck.export_state_dict(src, fmt)
+    sd[bias_key] = torch.full((512,), 0.0698)
+    fake = ck.Checkpoint(sd, fmt, False, "0" * 64, Path("v2.pt"))
+    with pytest.raises(CheckpointError) as ei:
+        ck.load_checkpoint(dst, fake)
+    msg = str(ei.value)
+    assert f"{bias_key} is non-zero (max |b| = 0.0698)" in msg and "has no bias" in msg
+    assert msg.endswith(f"(it fits: {v2})")
+
+
+@pytest.mark.parametrize("name", BIASED)
+def test_fused_checkpoint_keeps_head_bias(name: str, tmp_path: Path) -> None:
+    from mobileclip_export.reparam import reparameterize_model
+
+    src = _writer(name)
+    fused = reparameterize_model(src)
+    _, bias_key = keymaps.image_head_keys(src.state_dict())
+    assert torch.equal(fused.state_dict()[bias_key], src.state_dict()[bias_key])
+    path = _save(fused.state_dict(), tmp_path / "fused.safetensors")
+    m = _quiet_create(name, path)
+    assert torch.equal(m.state_dict()[bias_key], src.state_dict()[bias_key])
+    x, ids = _inputs(src)
+    (img, txt), (ref_img, ref_txt) = _outputs(m, x, ids), _outputs(src, x, ids)
+    assert _rel(img, ref_img) <= 1e-5 and _rel(txt, ref_txt) <= 1e-5  # fused vs train-time: fp32 rounding
+
+
+def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize(
+    ("name", "reduced", "encoders"),
+    [
+        ("mobileclip2_s0", True, ("image",)),
+        *(pytest.param(n, False, ("image", "text"), marks=pytest.mark.slow) for n in BIASED),
+    ],
+)
+def test_trained_head_bias_reaches_every_target(
+    name: str, reduced: bool, encoders: tuple, tmp_path: Path
+) -> None:
+    """open_clip checkpoint with a trained head bias -> export_model to every target in fp32 -> each artifact
+    in its runtime matches (cosine >= 0.99999) the model create_model loads, which is bitwise the writer."""
+    from mobileclip_export.export import verify as V
+    from mobileclip_export.export.api import export_model
+
+    src = _writer(name, reduced=reduced)
+    path = _save(ck.export_state_dict(src, "open_clip"), tmp_path / f"{name}.safetensors")
+    loaded = _quiet_create(name, path, reduced)
+    _, bias_key = keymaps.image_head_keys(src.state_dict())
+    for enc in encoders:  # the pipeline's own verification inputs (export seed 0)
+        vin = V.image_inputs(src.image_size, 0) if enc == "image" else V.text_inputs(src.context_length)
+        ref = V.torch_outputs(getattr(src, f"{enc}_encoder"), vin)
+        assert np.array_equal(V.torch_outputs(getattr(loaded, f"{enc}_encoder"), vin), ref), enc
+        if enc == "image":  # every row: a dropped bias would miss the 0.99999 cosine by far
+            assert _row_cosines(ref, ref - src.state_dict()[bias_key].numpy()).max() < 0.999
+    del loaded
+    res = export_model(
+        name,
+        "all",
+        checkpoint=path,
+        encoders=encoders,
+        precision="fp32",
+        reduced=reduced,
+        output_dir=tmp_path,
+    )
+    assert {a.target for a in res.artifacts} == set(all_targets()) and res.random_init is False
+    for a in res.artifacts:
+        p = a.parity
+        assert a.status == "verified" and p["status"] == "passed", f"{a.target} {a.encoder}: {a.error} {p}"
+        assert p["cosine"] >= 0.99999, f"{a.target} {a.encoder}: {p}"
+        print(f"{name} {a.target} {a.encoder}: cosine {p['cosine']:.8f} max|diff| {p['max_abs_diff']:.2e}")

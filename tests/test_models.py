@@ -70,6 +70,43 @@ def test_spec_facts(name):
     assert ModelSpec.from_dict(s.to_dict()) == s
 
 
+# Apple's v1 heads (GlobalPool2D ``head.proj``, cvnets ``classifier.proj``) have no bias; every other tower is
+# defined in timm/open_clip (``timm_proj: null``: timm's classifier Linear, with a bias, is the projection).
+V1_APPLE_HEADS = {"mobileclip_s0", "mobileclip_s1", "mobileclip_s2", "mobileclip_b", "mobileclip_blt"}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_image_head_bias_follows_the_published_tower(name):
+    from mobileclip_export.models.keymaps import image_head_keys
+
+    spec = get_model_spec(name)
+    assert spec.image_head_bias == (name not in V1_APPLE_HEADS)
+    with torch.device("meta"):
+        m = create_model(name)
+    weight, bias = image_head_keys(m.state_dict())
+    assert (bias is not None) == spec.image_head_bias, (weight, bias)
+
+
+def test_readme_model_table_counts():
+    """The README's Models table: head bias and parameter counts recounted from the built models."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = [ln for ln in readme.splitlines() if ln.startswith("| `mobileclip")]
+    seen = set()
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        for name in re.findall(r"`([^`]+)`", cells[0]):
+            seen.add(name)
+            with torch.device("meta"):
+                m = reparameterize_model(create_model(name))
+            img, txt = (sum(p.numel() for p in e.parameters()) for e in (m.image_encoder, m.text_encoder))
+            assert cells[9] == f"{img / 1e6:.6f} + {txt / 1e6:.6f}", (name, cells[9])
+            assert cells[2] == (f"yes ({m.embed_dim})" if m.spec.image_head_bias else "no"), name
+    assert seen == set(ALL)
+
+
 def test_vit_b_stem_variants():
     assert get_model_spec("mobileclip_b").image_encoder == "vit_b16"  # Apple padding 1
     assert get_model_spec("mobileclip_blt").image_encoder == "vit_b16"
