@@ -82,7 +82,8 @@ def test_vit_l14_counts_and_timm_keys():
 
 
 def test_stem_padding_per_variant():
-    a, b = build_vit("vit_b16", 512, reduced=True), build_vit("vit_base_mci_224", 512, reduced=True)
+    a = build_vit("vit_b16", 512, reduced=True)
+    b = build_vit("vit_base_mci_224", 512, reduced=True, head_bias=False)  # same head: the stems differ
     assert a.patch_emb[0].block.conv.padding == (1, 1)  # Apple ConvNormAct: int((k - 1) / 2)
     assert b.patch_emb[0].block.conv.padding == (0, 0)  # timm vit_base_mci_224
     assert a.post_transformer_norm.eps == 1e-5 and b.post_transformer_norm.eps == 1e-6
