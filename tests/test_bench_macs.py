@@ -65,3 +65,17 @@ def test_mobileclip_encoders_match_reference(model, encoder, gmacs):
     )
     r = count_macs(getattr(m, f"{encoder}_encoder"), (x,))
     assert r.gmacs == pytest.approx(gmacs, rel=0.01)
+
+
+def test_counts_come_from_pytorchs_flop_counter():
+    """PyTorch's own FlopCounterMode is the counter (2 FLOPs per MAC); op families keep their aten names,
+    which the Neural Engine estimate splits into convolution and matmul shares."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 16 * 16, 10))
+    x = torch.rand(1, 3, 16, 16)
+    with FlopCounterMode(display=False) as fc:
+        m(x)
+    r = count_macs(m, (x,))
+    assert 2 * r.macs == fc.get_total_flops()
+    assert r.by_op == {"convolution": 3 * 9 * 8 * 256, "addmm": 8 * 256 * 10}
