@@ -366,7 +366,7 @@ def _emit(config: BenchConfig, outcome: _Outcome) -> int:
         print("warning: no artifact could be timed on this machine", file=sys.stderr)
     if gate is not None:
         print("\n".join(gate.lines()), file=human)
-        doc = {**doc, "regression": {"passed": gate.passed, "lines": gate.lines()}}
+        doc = {**doc, "regression": {"passed": gate.passed, "gated": gate.gated, "lines": gate.lines()}}
     if config.json:
         print(json.dumps(doc, indent=2, default=str))
     return 1 if gate is not None and not gate.passed else 0

@@ -5,6 +5,9 @@ estimates
 never gate). Change = (new - old) / old. The gate fails when any matched row is slower by more than the
 threshold; faster rows, rows within the threshold, and rows present on one side only never fail (they are
 listed as such).
+
+Latency is only comparable on the same machine: a baseline whose host fingerprint (CPU model, cores, threads,
+runtime versions) differs from this run's is compared and reported, but never gates.
 """
 
 from __future__ import annotations
@@ -36,14 +39,19 @@ class RowChange:
 class GateResult:
     threshold_pct: float
     changes: list[RowChange]
+    host_differences: tuple[str, ...] = ()  # non-empty: baseline from another host, reported without gating
 
     @property
     def regressions(self) -> list[RowChange]:
         return [c for c in self.changes if c.change_pct is not None and c.change_pct > self.threshold_pct]
 
     @property
+    def gated(self) -> bool:
+        return not self.host_differences
+
+    @property
     def passed(self) -> bool:
-        return not self.regressions
+        return not self.gated or not self.regressions
 
     def lines(self) -> list[str]:
         out = []
@@ -58,9 +66,13 @@ class GateResult:
                 out.append(f"  {verdict:<9} {c.key}: {c.old_ms:.3f} -> {c.new_ms:.3f} ms ({pct:+.1f}%)")
         head = (
             "PASSED"
-            if self.passed
+            if not self.regressions
             else f"FAILED ({len(self.regressions)} row(s) slower than +{self.threshold_pct:g}%)"
         )
+        if not self.gated:
+            head = (
+                f"NOT GATED, baseline from another host ({'; '.join(self.host_differences)}); would be {head}"
+            )
         return [
             f"regression gate vs baseline, threshold +{self.threshold_pct:g}% on median latency: {head}",
             *out,
@@ -92,9 +104,38 @@ def load_baseline(path: Path) -> dict[str, Any]:
     return doc
 
 
+def host_fingerprint(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """What must match for latencies to be comparable: CPU model, cores, threads and, per measured row,
+    the runtime with its version."""
+    from mobileclip_export.benchmarks.report import row_key
+
+    device, settings = doc.get("device") or {}, doc.get("settings") or {}
+    rows = doc.get("rows") or []
+    return {
+        "cpu": device.get("cpu"),
+        "cores": device.get("cores"),
+        "threads": settings.get("threads"),
+        "runtimes": {row_key(r): r["runtime"] for r in rows if r.get("runtime") and r.get("latency")},
+    }
+
+
+def host_differences(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, ...]:
+    """Why the baseline is not comparable (empty when it is); rows on one side only do not count."""
+    old, new = host_fingerprint(baseline), host_fingerprint(current)
+    out = [f"{k}: {old[k]!r} vs now {new[k]!r}" for k in ("cpu", "cores", "threads") if old[k] != new[k]]
+    rt_old, rt_new = old["runtimes"], new["runtimes"]
+    out += [
+        f"{k} runtime: {rt_old[k]!r} vs now {rt_new[k]!r}"
+        for k in rt_new
+        if rt_old.get(k, rt_new[k]) != rt_new[k]
+    ]
+    return tuple(out)
+
+
 def compare(baseline: Mapping[str, Any], current: Mapping[str, Any], threshold_pct: float) -> GateResult:
     if threshold_pct < 0:
         raise UsageError(f"--fail-on-regression must be >= 0, got {threshold_pct}")
     old, new = medians(baseline), medians(current)
     keys = list(new) + [k for k in old if k not in new]
-    return GateResult(threshold_pct, [RowChange(k, old.get(k), new.get(k)) for k in keys])
+    changes = [RowChange(k, old.get(k), new.get(k)) for k in keys]
+    return GateResult(threshold_pct, changes, host_differences(baseline, current))

@@ -174,3 +174,28 @@ def test_baseline_file_errors(tmp_path):
         regression.load_baseline(tmp_path / "x.json")
     with pytest.raises(UsageError, match=">= 0"):
         regression.compare(_doc({}), _doc({}), -1)
+
+
+def test_baseline_from_another_host_is_reported_but_never_gates():
+    slow = _doc({"a": 40.0})
+    other_cpu = _doc({"a": 4.0})
+    other_cpu["device"] = {**other_cpu["device"], "cpu": "Some Other CPU (x86_64)"}
+    gate = regression.compare(other_cpu, slow, threshold_pct=10)
+    assert gate.regressions and gate.passed and not gate.gated
+    text = "\n".join(gate.lines())
+    assert "NOT GATED, baseline from another host (cpu: 'Some Other CPU (x86_64)' vs now" in text
+    assert "would be FAILED" in text and "REGRESSED" in text
+    same = regression.compare(_doc({"a": 4.0}), slow, threshold_pct=10)
+    assert same.gated and not same.passed  # same fingerprint: the gate applies
+    threads = _doc({"a": 4.0})
+    threads["settings"] = {**threads["settings"], "threads": 4}
+    assert "threads: 4 vs now" in regression.compare(threads, slow, 10).host_differences[0]
+
+
+def test_another_runtime_version_is_another_host():
+    new = _doc({"a": 40.0})
+    old = _doc({"a": 4.0})
+    row = next(r for r in old["rows"] if r["target"] == "a")
+    row["runtime"] = "a-runtime 0.9"
+    (why,) = regression.compare(old, new, 10).host_differences
+    assert why.startswith("a/image/fp32 runtime: 'a-runtime 0.9' vs now")
