@@ -103,3 +103,19 @@ def test_output_dir_that_cannot_be_created(capsys, tmp_path) -> None:
     code = cli.main(["--model", "mobileclip_s0", "--target", "onnx", "--output-dir", "/proc/x"])
     assert code == 2 and "cannot create the output directory '/proc/x'" in capsys.readouterr().err
     assert not Path("/proc/x").exists()
+
+
+def test_bench_ctrl_c_exits_130_and_unpins(capsys, tmp_path, monkeypatch) -> None:
+    import os
+
+    from mobileclip_export.benchmarks import cli as bench_cli
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_cli, "_bench", interrupted)
+    before = os.sched_getaffinity(0)
+    assert bench_cli.main(["--model", "mobileclip_s0", "--output-dir", str(tmp_path), "--json"]) == 130
+    out, err = capsys.readouterr()
+    assert "interrupted" in err and '"exit_code": 130' in out
+    assert os.sched_getaffinity(0) == before  # the pinning to --threads cores is undone
