@@ -11,6 +11,11 @@ exact identity plus the bias, other branches zeroed, ``W - I`` where the module 
 the caller keeps one model form and our own reparameterization folds it back. A checkpoint saved from
 this project's fully fused model (``reparameterize_model(model).state_dict()``) is loaded into a model of
 that form: ``load_model_checkpoint`` handles that case, see ``needs_inference_form``.
+
+Image head bias: MobileCLIP2 heads (timm's classifier Linear) carry a trained bias, Apple's v1 heads have
+none. A bias-free head checkpoint loaded into a head with a bias gets a zero bias
+(``LoadReport.zero_filled``); a non-zero bias offered to a bias-free head is refused, naming the variants it
+fits.
 """
 
 from __future__ import annotations
