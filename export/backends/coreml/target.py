@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mobileclip_export.export.compression import KEEP_FP_HELP, KEEP_FP_OPTION, parse_layers
 from mobileclip_export.export.target import ArtifactInfo, EncoderExport, OptionSpec, Runner, Target
 
-from .options import COMPUTE_UNITS, DEPLOYMENT_TARGETS, parse_batch_sizes
+from .options import COMPRESSIONS, COMPUTE_UNITS, DEPLOYMENT_TARGETS, parse_batch_sizes
 
 
 class CoreMLTarget(Target):
@@ -20,7 +21,7 @@ class CoreMLTarget(Target):
     extra = "coreml"
     requires = ("coremltools",)
     version_dists = ("coremltools", "torch")
-    precisions = ("fp16", "fp32")
+    precisions = ("fp16", "fp32", *COMPRESSIONS)
     default_precision = "fp16"
     options = (
         OptionSpec(
@@ -35,6 +36,7 @@ class CoreMLTarget(Target):
             None,
             parse_batch_sizes,
         ),
+        OptionSpec(KEEP_FP_OPTION, KEEP_FP_HELP, None, None, parse_layers),
     )
 
     def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,6 +52,7 @@ class CoreMLTarget(Target):
         from .fp16_guard import fp16_guard
 
         opts = self.validate(precision, options)
+        compression, precision = (precision, "fp16") if precision in COMPRESSIONS else (None, precision)
         plan = input_plan(enc, opts["batch_sizes"])
         notes = [plan.normalization] if plan.normalization else []
         convert(enc, plan, precision, opts, set()).save(str(path))
@@ -65,6 +68,11 @@ class CoreMLTarget(Target):
             keep_fp32, guard_note = fp16_guard(enc, plan, opts, path)
             notes.append(guard_note)
             details["fp32_ops"] = sorted(keep_fp32)
+        if compression:  # weights compressed after the fp16 program passed its overflow guard
+            from .compress import compress_package
+
+            target, keep = opts["minimum_deployment_target"], parse_layers(opts.get(KEEP_FP_OPTION))
+            details.update(compress_package(path, compression, target, keep))
         return ArtifactInfo(
             path=path,
             inputs=(input_spec(enc, plan, opts),),
