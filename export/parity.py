@@ -72,3 +72,14 @@ def compare(reference: np.ndarray, actual: np.ndarray) -> ParityStats:
         ref_max_abs=peak,
         n_rows=int(ref2.shape[0]),
     )
+
+
+@dataclass(frozen=True)
+class TaskTolerance:
+    """Task-level pass criteria of a compressed artifact (image-to-text retrieval over the shipped photographs
+    and captions, against the fp32 train-time model): agreement of the top-1 caption, overlap of the top-5
+    captions, and the mean absolute change of the zero-shot probabilities."""
+
+    min_top1_agreement: float
+    min_top5_agreement: float
+    max_prob_change: float

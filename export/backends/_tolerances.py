@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from mobileclip_export.export.parity import Tolerance
+from mobileclip_export.export.parity import TaskTolerance, Tolerance
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,23 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("*", "palettize4"): Tolerance(min_cosine=0.97, max_abs_rel=3e-1, min_psnr_db=15.0),
     ("*", "palettize2"): Tolerance(min_cosine=0.97, max_abs_rel=3e-1, min_psnr_db=15.0),
 }
+
+
+# Accuracy guard of compressed precisions (export.guard): retrieval over the shipped photographs and captions
+# with the artifact for one encoder and fp32 for the other. Placeholder limits, measured below.
+TASK_TOLERANCES: dict[str, TaskTolerance] = {
+    "int8": TaskTolerance(min_top1_agreement=0.9, min_top5_agreement=0.9, max_prob_change=0.01),
+    "int8-static": TaskTolerance(min_top1_agreement=0.8, min_top5_agreement=0.8, max_prob_change=0.02),
+    "palettize8": TaskTolerance(min_top1_agreement=0.9, min_top5_agreement=0.9, max_prob_change=0.01),
+    "palettize6": TaskTolerance(min_top1_agreement=0.9, min_top5_agreement=0.85, max_prob_change=0.015),
+    "palettize4": TaskTolerance(min_top1_agreement=0.8, min_top5_agreement=0.8, max_prob_change=0.02),
+    "palettize2": TaskTolerance(min_top1_agreement=0.8, min_top5_agreement=0.8, max_prob_change=0.02),
+}
+
+
+def task_tolerance_for(precision: str) -> TaskTolerance | None:
+    """The guard's limits for a compressed precision; None for float precisions (no task guard)."""
+    return TASK_TOLERANCES.get(precision)
 
 
 def tolerance_for(stage: str, precision: str) -> Tolerance:

@@ -1,0 +1,62 @@
+"""Calibration and task data shipped with the toolkit: the sample photographs, preprocessed exactly as the
+variant's preprocessing says, and a caption set for the text encoder. Nothing is downloaded.
+
+The captions name what each photograph shows (``models.samples``) plus distractors, so image-to-text
+retrieval over them is a small but real task for the accuracy guard.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_DISTRACTORS = (
+    "a dog",
+    "a bowl of fruit",
+    "a city street at night",
+    "a mountain landscape",
+    "a bicycle",
+    "a plate of food",
+    "a bird on a branch",
+    "a red car",
+    "a group of people",
+    "a diagram",
+)
+
+
+def captions() -> tuple[str, ...]:
+    """``a photo of <subject>`` for every shipped photograph, then the distractors."""
+    from mobileclip_export.models.samples import SAMPLES
+
+    return tuple(f"a photo of {s.subject}" for s in SAMPLES) + tuple(f"a photo of {d}" for d in _DISTRACTORS)
+
+
+def caption_ids(context_length: int = 77) -> np.ndarray:
+    from mobileclip_export.models.tokenizer import tokenize
+
+    return tokenize(list(captions()), context_length).astype(np.int32)
+
+
+def photographs(spec: object, limit: int | None = None) -> np.ndarray:
+    """float32 ``[N, 3, S, S]`` in [0, 1]: the shipped photographs through the variant's exact preprocessing
+    (the encoders normalize themselves)."""
+    from mobileclip_export.models.preprocess import preprocess_batch
+    from mobileclip_export.models.samples import sample_paths
+
+    paths = sample_paths()[:limit] if limit else sample_paths()
+    return preprocess_batch(paths, spec.preprocessing).astype(np.float32)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Photographs and captions with the fp32 train-time embeddings the guard compares against."""
+
+    images: np.ndarray  # [N,3,S,S] float32 in [0,1]
+    ids: np.ndarray  # [M,77] int32
+    ref_image: np.ndarray  # [N,D] train-time fp32 image embeddings
+    ref_text: np.ndarray  # [M,D] train-time fp32 text embeddings
+    logit_scale: float  # exp of the model's log-space parameter (100 for CLIP-style models)

@@ -1,0 +1,143 @@
+"""The export stage that runs the accuracy guard on a compressed artifact (after its parity check).
+
+Past the task limits the artifact fails with a message naming the most sensitive layers. With the option
+``auto_keep_fp`` the stage instead re-exports with the most sensitive layers kept uncompressed (1, 2, 4, ...
+of them) until the guard passes, and records what was kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobileclip_export.errors import ExportFailure
+from mobileclip_export.export.backends._tolerances import task_tolerance_for
+from mobileclip_export.export.calibration import TaskData, caption_ids, photographs
+from mobileclip_export.export.compression import KEEP_FP_OPTION, is_compressed, parse_layers
+from mobileclip_export.export.guard import GuardReport, guard_artifact, layer_sensitivity
+from mobileclip_export.export.target import EncoderExport, RuntimeUnavailable, Target
+
+log = logging.getLogger(__name__)
+
+AUTO_KEEP_OPTION = "auto_keep_fp"
+AUTO_KEEP_HELP = (
+    "when a compressed artifact fails its accuracy guard, keep its most sensitive layers uncompressed "
+    "(1, 2, 4, ...) until it passes; the manifest lists them"
+)
+_MAX_KEEP_ROUNDS = 6  # keeps up to 2^5 = 32 layers
+_SENSITIVITY_INPUTS = 2  # photographs / captions the per-layer PyTorch pass runs (it only ranks)
+
+
+def task_data(train_model: Any, spec: Any) -> TaskData:
+    """Photographs, captions and their fp32 train-time embeddings (one batched forward each)."""
+    import torch
+
+    images = photographs(spec)
+    ids = caption_ids(spec.context_length)
+    with torch.no_grad():
+        ref_i = train_model.image_encoder(torch.from_numpy(images)).float().numpy()
+        ref_t = train_model.text_encoder(torch.from_numpy(ids)).float().numpy()
+    scale = float(train_model.logit_scale.detach().exp()) if hasattr(train_model, "logit_scale") else 100.0
+    return TaskData(images, ids, ref_i, ref_t, scale)
+
+
+def needs_guard(precision: str) -> bool:
+    return is_compressed(precision) and task_tolerance_for(precision) is not None
+
+
+def _embed_with(runner: Any, input_name: str) -> Callable[[np.ndarray], np.ndarray]:
+    def embed(x: np.ndarray) -> np.ndarray:
+        rows = [
+            np.asarray(runner.run({input_name: x[i : i + 1]}), np.float32).reshape(1, -1)
+            for i in range(len(x))
+        ]
+        return np.concatenate(rows)
+
+    return embed
+
+
+def _measure(
+    t: Target, path: Path, options: Mapping[str, Any], enc: EncoderExport, task: TaskData, precision: str
+) -> GuardReport:
+    runner = t.load(path, options)
+    try:
+        tol = task_tolerance_for(precision)
+        assert tol is not None
+        return guard_artifact(task, enc.encoder, _embed_with(runner, enc.inputs[0].name), precision, tol)
+    finally:
+        runner.close()
+
+
+def _sensitivity_inputs(enc: EncoderExport, task: TaskData) -> np.ndarray:
+    return (task.images if enc.encoder == "image" else task.ids)[:_SENSITIVITY_INPUTS]
+
+
+def run_guard(
+    t: Target,
+    precision: str,
+    options: Mapping[str, Any],
+    path: Path,
+    encs: Sequence[EncoderExport],
+    task: TaskData,
+    reexport: Callable[[Mapping[str, Any]], Any],
+) -> tuple[dict[str, Any], list[str]]:
+    """Guard each encoder of the artifact at ``path``; returns (manifest block, failure messages).
+
+    ``reexport(options)`` writes the artifact again at ``path`` with other options (used by auto keep)."""
+    block: dict[str, Any] = {}
+    failures: list[str] = []
+    for enc in encs:
+        try:
+            report = _measure(t, path, options, enc, task, precision)
+        except RuntimeUnavailable as err:
+            block[enc.encoder] = {"status": f"skipped: {err}"}
+            continue
+        if not report.passed:
+            ranked = layer_sensitivity(enc.module, _sensitivity_inputs(enc, task), precision)
+            report.worst_layers = ranked
+            if options.get(AUTO_KEEP_OPTION) and len(encs) == 1:
+                report = _auto_keep(t, precision, options, path, enc, task, reexport, ranked, report)
+        report.kept_layers = report.kept_layers or list(parse_layers(options.get(KEEP_FP_OPTION)))
+        block[enc.encoder] = report.to_dict()
+        if not report.passed:
+            failures.append(report.message())
+    return (block if len(encs) > 1 else block[encs[0].encoder]), failures
+
+
+def _auto_keep(
+    t: Target,
+    precision: str,
+    options: Mapping[str, Any],
+    path: Path,
+    enc: EncoderExport,
+    task: TaskData,
+    reexport: Callable[[Mapping[str, Any]], Any],
+    ranked: list[tuple[str, float]],
+    report: GuardReport,
+) -> GuardReport:
+    given = list(parse_layers(options.get(KEEP_FP_OPTION)))
+    order = given + [n for n, _ in ranked if n not in given]
+    for r in range(_MAX_KEEP_ROUNDS):
+        keep = order[: len(given) + (1 << r)]
+        log.info(
+            "guard: %s %s fails (%s); keeping %s uncompressed",
+            precision,
+            enc.encoder,
+            report.violations,
+            keep,
+        )
+        try:
+            reexport({**options, KEEP_FP_OPTION: ",".join(keep)})
+        except ExportFailure as err:
+            log.warning("re-export with kept layers failed: %s", err)
+            break
+        new = _measure(t, path, options, enc, task, precision)
+        new.worst_layers, new.kept_layers = ranked, keep
+        report = new
+        if report.passed or len(keep) >= len(order):
+            break
+    return report
