@@ -60,3 +60,21 @@ class TaskData:
     ref_image: np.ndarray  # [N,D] train-time fp32 image embeddings
     ref_text: np.ndarray  # [M,D] train-time fp32 text embeddings
     logit_scale: float  # exp of the model's log-space parameter (100 for CLIP-style models)
+
+
+def calibration_inputs(enc: object, limit: int | None = None) -> np.ndarray:
+    """Inputs for calibrating an encoder's activations: the photographs at the encoder's image size, or
+    the caption ids at its context length (``enc`` is an ``EncoderExport``)."""
+    from mobileclip_export.models import get_model_spec
+
+    spec = get_model_spec(enc.model_name)  # type: ignore[attr-defined]
+    if enc.encoder == "text":  # type: ignore[attr-defined]
+        return caption_ids(int(enc.inputs[0].shape[1]))[:limit]  # type: ignore[attr-defined]
+    images = photographs(spec, limit)
+    size = enc.image_size  # type: ignore[attr-defined]
+    if size and images.shape[-1] != size:  # reduced test variants run at a smaller size
+        import torch
+
+        t = torch.nn.functional.interpolate(torch.from_numpy(images), size=(size, size), mode="bilinear")
+        images = t.numpy()
+    return np.ascontiguousarray(images, dtype=np.float32)

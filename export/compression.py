@@ -26,6 +26,11 @@ INT8_STATIC = "int8-static"
 PALETTIZE_BITS = {"palettize8": 8, "palettize6": 6, "palettize4": 4, "palettize2": 2}
 COMPRESSED = (INT8, INT8_STATIC, *PALETTIZE_BITS)
 KEEP_FP_OPTION = "keep_fp"
+AUTO_KEEP_OPTION = "auto_keep_fp"
+AUTO_KEEP_HELP = (
+    "when a compressed artifact fails its accuracy guard, keep its most sensitive layers uncompressed "
+    "(1, 2, 4, ...) until it passes; the manifest lists them"
+)
 KEEP_FP_HELP = (
     "comma-separated layers (encoder parameter names without .weight) kept uncompressed in a compressed "
     "precision; the accuracy guard's report names candidates"

@@ -24,7 +24,7 @@ import numpy as np
 
 from mobileclip_export.export.calibration import TaskData
 from mobileclip_export.export.compression import PALETTIZE_BITS
-from mobileclip_export.export.parity import TaskTolerance
+from mobileclip_export.export.parity import TaskTolerance, Tolerance, compare
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +169,13 @@ def guard_artifact(
     encoder: str,
     embed: Callable[[np.ndarray], np.ndarray],
     precision: str,
-    tol: TaskTolerance,
+    tols: tuple[Tolerance, TaskTolerance],
+    verify: tuple[np.ndarray, np.ndarray],
 ) -> GuardReport:
-    """Run the artifact (``embed``: batch in, embeddings out) on its encoder's task inputs and judge it."""
+    """Judge an artifact (``embed``: batch in, embeddings out) on the verification inputs (``verify`` =
+    inputs, fp32 train-time outputs; cosine, max|diff|, PSNR) and on its encoder's task inputs."""
+    stats = compare(verify[1], embed(verify[0]))
     got = embed(task.images if encoder == "image" else task.ids)
     m = task_measures(task, got if encoder == "image" else None, got if encoder == "text" else None)
-    return GuardReport(precision, encoder, m, task_violations(m, tol))
+    m.update({"cosine": stats.cosine, "max_abs_diff": stats.max_abs_diff, "psnr_db": stats.psnr_db})
+    return GuardReport(precision, encoder, m, stats.violations(tols[0]) + task_violations(m, tols[1]))

@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mobileclip_export.errors import ExportFailure
-from mobileclip_export.export.backends._tolerances import task_tolerance_for
+from mobileclip_export.export.backends._tolerances import task_tolerance_for, tolerance_for
 from mobileclip_export.export.calibration import TaskData, caption_ids, photographs
-from mobileclip_export.export.compression import KEEP_FP_OPTION, is_compressed, parse_layers
+from mobileclip_export.export.compression import AUTO_KEEP_OPTION, KEEP_FP_OPTION, is_compressed, parse_layers
 from mobileclip_export.export.guard import GuardReport, guard_artifact, layer_sensitivity
 from mobileclip_export.export.target import EncoderExport, RuntimeUnavailable, Target
 
 log = logging.getLogger(__name__)
 
-AUTO_KEEP_OPTION = "auto_keep_fp"
-AUTO_KEEP_HELP = (
-    "when a compressed artifact fails its accuracy guard, keep its most sensitive layers uncompressed "
-    "(1, 2, 4, ...) until it passes; the manifest lists them"
-)
 _MAX_KEEP_ROUNDS = 6  # keeps up to 2^5 = 32 layers
 _SENSITIVITY_INPUTS = 2  # photographs / captions the per-layer PyTorch pass runs (it only ranks)
 
@@ -61,13 +58,24 @@ def _embed_with(runner: Any, input_name: str) -> Callable[[np.ndarray], np.ndarr
 
 
 def _measure(
-    t: Target, path: Path, options: Mapping[str, Any], enc: EncoderExport, task: TaskData, precision: str
+    t: Target,
+    path: Path,
+    options: Mapping[str, Any],
+    *,
+    enc: EncoderExport,
+    task: TaskData,
+    precision: str,
+    verify: tuple[np.ndarray, np.ndarray],
 ) -> GuardReport:
     runner = t.load(path, options)
     try:
         tol = task_tolerance_for(precision)
-        assert tol is not None
-        return guard_artifact(task, enc.encoder, _embed_with(runner, enc.inputs[0].name), precision, tol)
+        if tol is None:
+            raise ExportFailure(f"no accuracy guard limits for {precision!r} in the tolerance table")
+        tols = (tolerance_for(t.name, precision), tol)
+        return guard_artifact(
+            task, enc.encoder, _embed_with(runner, enc.inputs[0].name), precision, tols, verify
+        )
     finally:
         runner.close()
 
@@ -76,32 +84,48 @@ def _sensitivity_inputs(enc: EncoderExport, task: TaskData) -> np.ndarray:
     return (task.images if enc.encoder == "image" else task.ids)[:_SENSITIVITY_INPUTS]
 
 
+@dataclass(frozen=True)
+class GuardJob:
+    """One artifact under guard: where it is, how it was made, and how to make it again."""
+
+    target: Target
+    precision: str
+    options: Mapping[str, Any]
+    path: Path
+    reexport: Callable[[Mapping[str, Any]], Any]  # writes the artifact again at ``path`` with other options
+
+
 def run_guard(
-    t: Target,
-    precision: str,
-    options: Mapping[str, Any],
-    path: Path,
+    job: GuardJob,
     encs: Sequence[EncoderExport],
     task: TaskData,
-    reexport: Callable[[Mapping[str, Any]], Any],
+    verify: Mapping[str, tuple[np.ndarray, np.ndarray]],
 ) -> tuple[dict[str, Any], list[str]]:
-    """Guard each encoder of the artifact at ``path``; returns (manifest block, failure messages).
+    """Guard each encoder of the artifact; returns (manifest block, failure messages naming worst layers).
 
-    ``reexport(options)`` writes the artifact again at ``path`` with other options (used by auto keep)."""
+    ``verify[encoder]`` is (verification inputs, fp32 train-time outputs) of that encoder."""
     block: dict[str, Any] = {}
     failures: list[str] = []
     for enc in encs:
+        measure = partial(
+            _measure,
+            job.target,
+            job.path,
+            enc=enc,
+            task=task,
+            precision=job.precision,
+            verify=verify[enc.encoder],
+        )
         try:
-            report = _measure(t, path, options, enc, task, precision)
+            report = measure(job.options)
         except RuntimeUnavailable as err:
             block[enc.encoder] = {"status": f"skipped: {err}"}
             continue
         if not report.passed:
-            ranked = layer_sensitivity(enc.module, _sensitivity_inputs(enc, task), precision)
-            report.worst_layers = ranked
-            if options.get(AUTO_KEEP_OPTION) and len(encs) == 1:
-                report = _auto_keep(t, precision, options, path, enc, task, reexport, ranked, report)
-        report.kept_layers = report.kept_layers or list(parse_layers(options.get(KEEP_FP_OPTION)))
+            report.worst_layers = layer_sensitivity(enc.module, _sensitivity_inputs(enc, task), job.precision)
+            if job.options.get(AUTO_KEEP_OPTION) and len(encs) == 1:
+                report = _auto_keep(job, measure, report)
+        report.kept_layers = report.kept_layers or list(parse_layers(job.options.get(KEEP_FP_OPTION)))
         block[enc.encoder] = report.to_dict()
         if not report.passed:
             failures.append(report.message())
@@ -109,35 +133,23 @@ def run_guard(
 
 
 def _auto_keep(
-    t: Target,
-    precision: str,
-    options: Mapping[str, Any],
-    path: Path,
-    enc: EncoderExport,
-    task: TaskData,
-    reexport: Callable[[Mapping[str, Any]], Any],
-    ranked: list[tuple[str, float]],
-    report: GuardReport,
+    job: GuardJob, measure: Callable[[Mapping[str, Any]], GuardReport], report: GuardReport
 ) -> GuardReport:
-    given = list(parse_layers(options.get(KEEP_FP_OPTION)))
+    """Re-export keeping the given layers plus the 1, 2, 4, ... most sensitive ones until the guard passes."""
+    ranked = report.worst_layers
+    given = list(parse_layers(job.options.get(KEEP_FP_OPTION)))
     order = given + [n for n, _ in ranked if n not in given]
     for r in range(_MAX_KEEP_ROUNDS):
         keep = order[: len(given) + (1 << r)]
-        log.info(
-            "guard: %s %s fails (%s); keeping %s uncompressed",
-            precision,
-            enc.encoder,
-            report.violations,
-            keep,
-        )
+        log.info("guard: %s fails (%s); keeping %s uncompressed", job.precision, report.violations, keep)
+        opts = {**job.options, KEEP_FP_OPTION: ",".join(keep)}
         try:
-            reexport({**options, KEEP_FP_OPTION: ",".join(keep)})
+            job.reexport(opts)
         except ExportFailure as err:
             log.warning("re-export with kept layers failed: %s", err)
             break
-        new = _measure(t, path, options, enc, task, precision)
-        new.worst_layers, new.kept_layers = ranked, keep
-        report = new
+        report = measure(opts)
+        report.worst_layers, report.kept_layers = ranked, keep
         if report.passed or len(keep) >= len(order):
             break
     return report

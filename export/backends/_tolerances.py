@@ -41,7 +41,7 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("*", "palettize8"): INT8,
     ("*", "palettize6"): Tolerance(min_cosine=0.99, max_abs_rel=1.5e-1, min_psnr_db=22.0),
     ("*", "palettize4"): Tolerance(min_cosine=0.97, max_abs_rel=3e-1, min_psnr_db=15.0),
-    ("*", "palettize2"): Tolerance(min_cosine=0.97, max_abs_rel=3e-1, min_psnr_db=15.0),
+    ("*", "palettize2"): Tolerance(min_cosine=0.97, max_abs_rel=3e-1, min_psnr_db=15.0),  # = palettize4,
 }
 
 

@@ -22,6 +22,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mobileclip_export.errors import ExportFailure
+from mobileclip_export.export.compression import (
+    AUTO_KEEP_HELP,
+    AUTO_KEEP_OPTION,
+    INT8,
+    INT8_STATIC,
+    KEEP_FP_HELP,
+    KEEP_FP_OPTION,
+    parse_layers,
+)
 from mobileclip_export.export.image_input import IMAGE_INPUT_OPTION, wrap_runner
 from mobileclip_export.export.target import (
     ArtifactInfo,
@@ -38,6 +47,7 @@ if TYPE_CHECKING:  # torch stays out of target listing and --help (see export/ta
     from torch import nn
 
 log = logging.getLogger(__name__)
+QUANTIZED = (INT8, INT8_STATIC)  # onnxruntime.quantization of the fp32 graph (_onnx_quantize.py)
 
 _MAX_SINGLE_FILE = 2 * 1024**3 - 1
 _OUTPUT_NAME = "embedding"
@@ -133,6 +143,15 @@ class OnnxRunner(Runner):
         return np.asarray(self.session.run(None, feeds)[0], dtype=np.float32)
 
 
+def _quantize(enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    from mobileclip_export.export.calibration import calibration_inputs
+
+    from ._onnx_quantize import quantize_file
+
+    calib = (enc.inputs[0].name, calibration_inputs(enc)) if precision == INT8_STATIC else None
+    return quantize_file(path, precision, parse_layers(options.get(KEEP_FP_OPTION)), calib)
+
+
 class OnnxTarget(Target):
     name = "onnx"
     order = 20
@@ -142,7 +161,7 @@ class OnnxTarget(Target):
     extra = "onnx"
     requires = ("onnx", "onnxruntime", "onnxscript")
     version_dists = ("onnx", "onnxruntime", "onnxscript")
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", *QUANTIZED)
     default_precision = "fp32"
     options = (
         OptionSpec(
@@ -162,6 +181,8 @@ class OnnxTarget(Target):
         ),
         num_threads_option("onnxruntime"),
         IMAGE_INPUT_OPTION,
+        OptionSpec(KEEP_FP_OPTION, KEEP_FP_HELP, None, None, parse_layers),
+        OptionSpec(AUTO_KEEP_OPTION, AUTO_KEEP_HELP, False, None, bool),
     )
 
     def export(
@@ -170,7 +191,7 @@ class OnnxTarget(Target):
         import onnx
         import torch
 
-        module = enc.module if precision == "fp32" else _half_wrapper(enc.module)
+        module = _half_wrapper(enc.module) if precision == "fp16" else enc.module
         in_name = enc.inputs[0].name
         opset = int(options.get("opset", 18))
         dynamic = bool(options.get("dynamic_batch", False))
@@ -242,13 +263,11 @@ class OnnxTarget(Target):
         notes = [f"opset {got_opset}", "fixed batch 1" if not dynamic else "dynamic batch (dim 0)"]
         if precision == "fp16":
             notes.append("fp16 weights and compute; fp32 inputs/outputs (cast inside the graph)")
-        return ArtifactInfo(
-            path=Path(path),
-            inputs=inputs,
-            outputs=outputs,
-            notes=notes,
-            details={"opset": got_opset, "op_census": census, "n_nodes": len(model.graph.node)},
-        )
+        details = {"opset": got_opset, "op_census": census, "n_nodes": len(model.graph.node)}
+        if precision in QUANTIZED:
+            details.update(_quantize(enc, precision, options, Path(path)))
+            details["op_census"] = _census(onnx.load(str(path)))
+        return ArtifactInfo(path=Path(path), inputs=inputs, outputs=outputs, notes=notes, details=details)
 
     def load(self, path: Path, options: Mapping[str, Any]) -> Runner:
         if self.missing_dependencies():

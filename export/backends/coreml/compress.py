@@ -12,11 +12,20 @@ Layers in ``keep`` (``export.compression`` naming) are left uncompressed via per
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mobileclip_export.errors import ExportFailure, UsageError
-from mobileclip_export.export.compression import INT8, PALETTIZE_BITS, matches_layer
+from mobileclip_export.export.compression import (
+    INT8,
+    KEEP_FP_OPTION,
+    PALETTIZE_BITS,
+    matches_layer,
+    parse_layers,
+)
 
 from .options import COMPRESSIONS as PRECISIONS
 
@@ -43,21 +52,51 @@ def _op_config(cto: Any, precision: str, deployment_target: str) -> tuple[Any, d
     return cto.OpPalettizerConfig(**desc, weight_threshold=_WEIGHT_THRESHOLD), desc
 
 
+def _kept_consts(
+    weights: Mapping[str, Any], keep: tuple[str, ...], params: Mapping[str, np.ndarray]
+) -> dict[str, str]:
+    """const name -> kept layer: by name where the converter kept the parameter's name, else by value
+    (a folded transpose or reshape renames it: ``transpose_1_1``, ``view``)."""
+    kept: dict[str, str] = {}
+    for name in weights:
+        layer = matches_layer(name.removesuffix("_to_fp16"), keep)
+        if layer is not None:
+            kept[name] = layer
+    for layer in sorted(set(keep) - set(kept.values())):
+        p = params.get(layer)
+        if p is None:
+            continue
+        for name, meta in weights.items():
+            v = np.asarray(meta.val, np.float32)
+            if name not in kept and v.size == p.size and _same_values(v, p):
+                kept[name] = layer
+    return kept
+
+
+def _same_values(v: np.ndarray, p: np.ndarray) -> bool:
+    p16 = p.astype(np.float16).astype(np.float32)
+    cands = [p16.reshape(-1)] + ([p16.T.reshape(-1)] if p16.ndim == 2 else [])
+    return any(
+        np.array_equal(v.reshape(-1), c) or np.allclose(v.reshape(-1), c, rtol=1e-3, atol=1e-6) for c in cands
+    )
+
+
 def compress_package(
-    path: Path, precision: str, deployment_target: str, keep: tuple[str, ...] = ()
+    path: Path,
+    precision: str,
+    deployment_target: str,
+    keep: tuple[str, ...] = (),
+    params: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Compress the package at ``path`` in place; returns the manifest details of what was done."""
+    """Compress the package at ``path`` in place; returns the manifest details of what was done.
+    ``params`` (layer -> fp32 weight) lets kept layers be found when the converter renamed their const."""
     import coremltools as ct
     import coremltools.optimize.coreml as cto
 
     model = ct.models.MLModel(str(path), skip_model_load=True)
     op_cfg, desc = _op_config(cto, precision, deployment_target)
     weights = cto.get_weights_metadata(model, weight_threshold=_WEIGHT_THRESHOLD)
-    kept: dict[str, str] = {}
-    for name in weights:
-        layer = matches_layer(name.removesuffix("_to_fp16"), keep)
-        if layer is not None:
-            kept[name] = layer
+    kept = _kept_consts(weights, keep, params or {})
     unmatched = sorted(set(keep) - set(kept.values()))
     if unmatched:
         log.warning("--keep-fp: no compressible Core ML weight for %s", ", ".join(unmatched))
@@ -86,3 +125,11 @@ def compress_package(
         "kept_fp_layers": sorted(set(kept.values())),
         "kept_fp_weights": sorted(kept),
     }
+
+
+def compress_export(enc: Any, precision: str, opts: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """Compress the just-written fp16 package of encoder ``enc`` (an ``EncoderExport``) as ``opts`` say."""
+    keep = parse_layers(opts.get(KEEP_FP_OPTION))
+    params = {n.removesuffix(".weight"): p for n, p in enc.module.named_parameters()}
+    kept = {k: params[k].detach().float().numpy() for k in keep if k in params}
+    return compress_package(path, precision, opts["minimum_deployment_target"], keep, kept)

@@ -6,7 +6,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mobileclip_export.export.compression import KEEP_FP_HELP, KEEP_FP_OPTION, parse_layers
+from mobileclip_export.export.compression import (
+    AUTO_KEEP_HELP,
+    AUTO_KEEP_OPTION,
+    KEEP_FP_HELP,
+    KEEP_FP_OPTION,
+    parse_layers,
+)
 from mobileclip_export.export.target import ArtifactInfo, EncoderExport, OptionSpec, Runner, Target
 
 from .options import COMPRESSIONS, COMPUTE_UNITS, DEPLOYMENT_TARGETS, parse_batch_sizes
@@ -37,6 +43,7 @@ class CoreMLTarget(Target):
             parse_batch_sizes,
         ),
         OptionSpec(KEEP_FP_OPTION, KEEP_FP_HELP, None, None, parse_layers),
+        OptionSpec(AUTO_KEEP_OPTION, AUTO_KEEP_HELP, False, None, bool),
     )
 
     def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -69,10 +76,9 @@ class CoreMLTarget(Target):
             notes.append(guard_note)
             details["fp32_ops"] = sorted(keep_fp32)
         if compression:  # weights compressed after the fp16 program passed its overflow guard
-            from .compress import compress_package
+            from .compress import compress_export
 
-            target, keep = opts["minimum_deployment_target"], parse_layers(opts.get(KEEP_FP_OPTION))
-            details.update(compress_package(path, compression, target, keep))
+            details.update(compress_export(enc, compression, opts, path))
         return ArtifactInfo(
             path=path,
             inputs=(input_spec(enc, plan, opts),),
