@@ -32,7 +32,9 @@ from mobileclip_export.export.bundle import (
     remove_created,
     remove_path,
 )
+from mobileclip_export.export.calibration import TaskData
 from mobileclip_export.export.encoders import encoder_export
+from mobileclip_export.export.guard_stage import GuardJob, guard_record, needs_guard, task_data
 from mobileclip_export.export.manifest import (
     ArtifactRecord,
     ExportResult,
@@ -151,6 +153,7 @@ class _Prepared:
     exports: dict[str, EncoderExport]
     verify_inputs: dict[str, V.VerifyInputs] = field(default_factory=dict)
     references: dict[str, np.ndarray] = field(default_factory=dict)
+    task: TaskData | None = None  # photographs/captions + fp32 embeddings for the accuracy guard
 
 
 def export_model(
@@ -189,6 +192,10 @@ def export_model(
         train_model, inf_model = _build_models(model, checkpoint, seed, reduced, result, emit)
         prep = _prepare(model, spec, plan, train_model, inf_model, checkpoint, seed, reduced)
         _reparam_parity(train_model, inf_model, spec, plan, seed, prep, result, emit)
+        if verify and any(needs_guard(tp.precision) for tp in plan.targets):
+            with _Stage(emit, "guard data") as st:
+                prep.task = task_data(train_model, spec)
+                st.message = f"{len(prep.task.images)} photographs, {len(prep.task.ids)} captions"
         writer.open()
         for tp in plan.targets:
             _export_target(tp, prep, writer, model, verify, emit, result)
@@ -405,6 +412,12 @@ def _export_and_verify(
         if rec.parity.get("cosine") is not None:
             st.message = f"cos {rec.parity['cosine']:.7f}, max|diff| {rec.parity['max_abs_diff']:.2e}"
     rec.seconds["verify"] = round(st.seconds, 3)
+    if prep.task is not None and needs_guard(tp.precision) and rec.parity.get("cosine") is not None:
+        with _Stage(emit, "guard", t.name, rec.encoder) as st:  # compressed: parity + task, maybe re-export
+            job = GuardJob(t, tp.precision, tp.options, partial)
+            guard_record(rec, job, encs, prep.verify_inputs, prep.references, prep.task)
+            st.status = rec.status
+        rec.seconds["guard"] = round(st.seconds, 3)
 
 
 def _record_failure(rec: ArtifactRecord, err: Exception) -> None:

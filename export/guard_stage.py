@@ -92,7 +92,8 @@ class GuardJob:
     precision: str
     options: Mapping[str, Any]
     path: Path
-    reexport: Callable[[Mapping[str, Any]], Any]  # writes the artifact again at ``path`` with other options
+    # Writes the artifact again at ``path`` with other options (auto keep); guard_record supplies it.
+    reexport: Callable[[Mapping[str, Any]], Any] | None = None
 
 
 def run_guard(
@@ -144,6 +145,7 @@ def _auto_keep(
         log.info("guard: %s fails (%s); keeping %s uncompressed", job.precision, report.violations, keep)
         opts = {**job.options, KEEP_FP_OPTION: ",".join(keep)}
         try:
+            assert job.reexport is not None, "auto keep needs a reexport callable"
             job.reexport(opts)
         except ExportFailure as err:
             log.warning("re-export with kept layers failed: %s", err)
@@ -153,3 +155,33 @@ def _auto_keep(
         if report.passed or len(keep) >= len(order):
             break
     return report
+
+
+def guard_record(
+    rec: Any,
+    job: GuardJob,
+    encs: list[EncoderExport],
+    vins: Mapping[str, Any],
+    refs: Mapping[str, np.ndarray],
+    task: TaskData,
+) -> None:
+    """Guard the artifact of manifest record ``rec`` (after its parity check); with auto keep, re-export it
+    (``job.reexport`` is replaced) and check the mixed-precision artifact again. Sets ``rec.status/error``."""
+    from mobileclip_export.export.bundle import path_bytes, remove_path
+    from mobileclip_export.export.verify import verify_artifact
+
+    def reexport(opts: Mapping[str, Any]) -> None:
+        remove_path(job.path)
+        info = job.target.export(encs[0], job.precision, opts, job.path)
+        rec.details.update(info.details)
+
+    job = GuardJob(job.target, job.precision, job.options, job.path, reexport)
+    verify = {e.encoder: (vins[e.encoder].data, refs[e.encoder]) for e in encs}
+    block, failures = run_guard(job, encs, task, verify)
+    rec.details["accuracy_guard"] = block
+    if rec.details.get("kept_fp_layers") and not parse_layers(job.options.get(KEEP_FP_OPTION)):
+        rec.bytes = path_bytes(job.path)  # auto keep wrote a mixed-precision artifact: verify it again
+        rec.status, rec.error = "verified", None
+        verify_artifact(rec, job.target, job.precision, job.options, job.path, encs, vins, refs, True)
+    if failures:
+        rec.status, rec.error = "failed", "; ".join(failures)
