@@ -160,6 +160,7 @@ def test_reparam_parity_failure_raises_with_numbers(tmp_path, toy, monkeypatch) 
 def test_options_routing() -> None:
     p = plan.plan_export("onnx", "both", None, {"opset": 19, "dynamic_batch": True})
     want = {"opset": 19, "dynamic_batch": True, "num_threads": None, "image_input": "float-nchw"}
+    want.update(keep_fp=None, auto_keep_fp=False)  # compression options (export.compression)
     assert p.targets[0].options == want
     p = plan.plan_export(["onnx"], "image", None, {"onnx": {"opset": 20}})
     assert p.targets[0].options["opset"] == 20 and p.encoders == ("image",)
