@@ -3,7 +3,8 @@ sensitivity to say which layers to keep uncompressed.
 
 The task is image-to-text retrieval over the shipped photographs and captions (``export.calibration``):
 with the artifact standing in for one encoder and the fp32 train-time model for the other, it measures
-how often the top-1 caption agrees with fp32, how much the top-5 sets overlap, and the mean absolute change
+how often the top-1 caption agrees with fp32, how often fp32's top-1 caption stays in the artifact's top 5,
+and the mean absolute change
 of the zero-shot probabilities (softmax of the scaled cosine over the captions). Limits per precision are
 the ``TASK_TOLERANCES`` rows of the one tolerance table.
 
@@ -50,10 +51,10 @@ def task_measures(task: TaskData, image: np.ndarray | None, text: np.ndarray | N
     )
     k = min(5, ref.shape[1])
     top_ref, top_got = np.argsort(-ref, axis=1)[:, :k], np.argsort(-got, axis=1)[:, :k]
-    overlap = [len(set(a) & set(b)) / k for a, b in zip(top_ref, top_got)]
     return {
         "top1_agreement": float(np.mean(top_ref[:, 0] == top_got[:, 0])),
-        "top5_agreement": float(np.mean(overlap)),
+        # fp32's best caption still among the artifact's top 5 (robust to swaps among near-ties below it)
+        "top5_agreement": float(np.mean([a in b for a, b in zip(top_ref[:, 0], top_got)])),
         "mean_abs_prob_change": float(np.mean(np.abs(got - ref))),
         "n_images": int(ref.shape[0]),
         "n_captions": int(ref.shape[1]),

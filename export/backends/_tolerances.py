@@ -46,14 +46,16 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
 
 
 # Accuracy guard of compressed precisions (export.guard): retrieval over the shipped photographs and captions
-# with the artifact for one encoder and fp32 for the other. Placeholder limits, measured below.
+# with the artifact for one encoder and fp32 for the other. Random-weight models (all we have here) give
+# near-uniform zero-shot probabilities with near-ties, so agreement limits leave room for swaps among ties;
+# measured: int8 top-1 1.0 / top-5 1.0 / prob change <= 3e-4 on reduced S0 (onnx, coreml).
 TASK_TOLERANCES: dict[str, TaskTolerance] = {
-    "int8": TaskTolerance(min_top1_agreement=0.9, min_top5_agreement=0.9, max_prob_change=0.01),
-    "int8-static": TaskTolerance(min_top1_agreement=0.8, min_top5_agreement=0.8, max_prob_change=0.02),
-    "palettize8": TaskTolerance(min_top1_agreement=0.9, min_top5_agreement=0.9, max_prob_change=0.01),
-    "palettize6": TaskTolerance(min_top1_agreement=0.9, min_top5_agreement=0.85, max_prob_change=0.015),
-    "palettize4": TaskTolerance(min_top1_agreement=0.8, min_top5_agreement=0.8, max_prob_change=0.02),
-    "palettize2": TaskTolerance(min_top1_agreement=0.8, min_top5_agreement=0.8, max_prob_change=0.02),
+    "int8": TaskTolerance(min_top1_agreement=0.8, min_top5_agreement=0.9, max_prob_change=0.01),
+    "palettize8": TaskTolerance(min_top1_agreement=0.8, min_top5_agreement=0.9, max_prob_change=0.01),
+    "int8-static": TaskTolerance(min_top1_agreement=0.75, min_top5_agreement=0.9, max_prob_change=0.015),
+    "palettize6": TaskTolerance(min_top1_agreement=0.75, min_top5_agreement=0.9, max_prob_change=0.015),
+    "palettize4": TaskTolerance(min_top1_agreement=0.65, min_top5_agreement=0.85, max_prob_change=0.02),
+    "palettize2": TaskTolerance(min_top1_agreement=0.65, min_top5_agreement=0.85, max_prob_change=0.02),
 }
 
 
