@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from mobileclip_export.errors import ExportFailure, UsageError
 from mobileclip_export.export.backends.xnnpack_census import undelegated_census
+from mobileclip_export.export.compression import INT8
 from mobileclip_export.export.image_input import IMAGE_INPUT_OPTION, wrap_runner
 from mobileclip_export.export.target import (
     ArtifactInfo,
@@ -48,7 +49,7 @@ class ExecuTorchTarget(Target):
     extra = "executorch"
     requires = ("executorch",)
     version_dists = ("executorch", "torch", "coremltools")
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", INT8)
     default_precision = "fp32"
     options = (
         OptionSpec("delegate", "backend the graph is lowered to", "xnnpack", DELEGATES),
@@ -58,6 +59,8 @@ class ExecuTorchTarget(Target):
 
     def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
         opts = super().validate(precision, options)
+        if precision == INT8 and opts["delegate"] != "xnnpack":
+            raise UsageError("target 'executorch' supports int8 only with --delegate xnnpack")
         if precision == "fp16" and opts["delegate"] == "portable":
             raise UsageError(
                 "target 'executorch' with --delegate portable supports only fp32 "
@@ -74,7 +77,10 @@ class ExecuTorchTarget(Target):
         if delegate == "coreml":
             _require("coremltools", "the Core ML delegate", "coreml")
         module, example = _prepared(enc, precision, delegate)
+        details: dict[str, Any] = {}
         try:
+            if precision == INT8:
+                module, details = _quantized(enc, module, example)
             program, census = _lower(module, example, delegate, precision)
         except (UsageError, ExportFailure):
             raise
@@ -111,7 +117,7 @@ class ExecuTorchTarget(Target):
             inputs=inputs,
             outputs=outputs,
             notes=notes,
-            details={"delegate": delegate, "delegation": census, "io_dtype": io_dtype},
+            details={"delegate": delegate, "delegation": census, "io_dtype": io_dtype, **details},
         )
 
     # ------------------------------------------------------------------ load
@@ -192,6 +198,14 @@ def _set_threads(threads: int | None) -> int:
     if portable_lib._threadpool_get_thread_count() != threads:
         portable_lib._unsafe_reset_threadpool(threads)
     return threads
+
+
+def _quantized(enc: EncoderExport, module: Any, example: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
+    from mobileclip_export.export.calibration import calibration_inputs
+
+    from ._executorch_quantize import quantize_module
+
+    return quantize_module(module, example, calibration_inputs(enc, limit=6))
 
 
 def _prepared(enc: EncoderExport, precision: str, delegate: str) -> tuple[Any, tuple[Any, ...]]:
