@@ -26,7 +26,6 @@ from mobileclip_export.export.app_bundle import finish_bundle
 from mobileclip_export.export.backends._tolerances import tolerance_for
 from mobileclip_export.export.bundle import (
     BundleWriter,
-    artifact_name,
     check_output_dir,
     path_bytes,
     remove_created,
@@ -352,10 +351,8 @@ def _export_target(
     result: ExportResult,
 ) -> None:
     """Every artifact of one target into ``result``; the tokenizer files go next to its text encoders."""
-    from mobileclip_export.export.image_input import wrap_export
-
     t = tp.target
-    exports = {e: wrap_export(x, tp.options) for e, x in prep.exports.items()}  # NHWC/uint8 when asked
+    exports = {e: t.adapt_export(x, tp.options) for e, x in prep.exports.items()}  # e.g. NHWC/uint8 inputs
     records = []
     for label, run_export, encs in _jobs(tp, exports):
         rec = ArtifactRecord(target=t.name, encoder=label, precision=tp.precision, options=dict(tp.options))
@@ -365,7 +362,7 @@ def _export_target(
             rec.parity = V.parity_dict(None, "not run")
             emit(ProgressEvent("stage-end", "export", t.name, label, 0.0, None, "failed", tp.missing))
             continue
-        name = artifact_name(model, label.replace("+", "-"), tp.precision, t.extension)
+        name = t.artifact_name(model, label.replace("+", "-"), tp.precision, tp.options)
         partial = writer.partial_path(t.name, name)
         try:
             _export_and_verify(rec, tp, run_export, partial, [exports[e] for e in encs], prep, verify, emit)

@@ -194,6 +194,20 @@ class Target(ABC):
             out.setdefault(spec.name, spec.default)
         return out
 
+    # ---- how the pipeline presents an encoder to this target ----
+    def adapt_export(self, enc: EncoderExport, options: Mapping[str, Any]) -> EncoderExport:
+        """The encoder as this target exports and checks it under ``options`` (default: the image-input
+        layout a declared ``image_input`` option asks for; a target may also rename its I/O)."""
+        from mobileclip_export.export.image_input import wrap_export
+
+        return wrap_export(enc, options)
+
+    def artifact_name(self, model: str, encoder: str, precision: str, options: Mapping[str, Any]) -> str:
+        """File name of an artifact in the bundle (a target may follow an app's expected naming)."""
+        from mobileclip_export.export.bundle import artifact_name
+
+        return artifact_name(model, encoder, precision, self.extension)
+
     # ---- the work ----
     @abstractmethod
     def export(

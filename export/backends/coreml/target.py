@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mobileclip_export.errors import UsageError
 from mobileclip_export.export.compression import (
     AUTO_KEEP_HELP,
     AUTO_KEEP_OPTION,
@@ -15,6 +16,7 @@ from mobileclip_export.export.compression import (
 )
 from mobileclip_export.export.target import ArtifactInfo, EncoderExport, OptionSpec, Runner, Target
 
+from .naming import NAMINGS, apple_export, apple_file_name
 from .options import COMPRESSIONS, COMPUTE_UNITS, DEPLOYMENT_TARGETS, parse_batch_sizes
 
 
@@ -44,13 +46,34 @@ class CoreMLTarget(Target):
         ),
         OptionSpec(KEEP_FP_OPTION, KEEP_FP_HELP, None, None, parse_layers),
         OptionSpec(AUTO_KEEP_OPTION, AUTO_KEEP_HELP, False, None, bool),
+        OptionSpec(
+            "naming",
+            "coreml: 'apple' writes Apple's published MobileCLIP Core ML names "
+            "(mobileclip_s0_image.mlpackage, inputs image/text, output final_emb_1) so apps built on them "
+            "run ours unchanged",
+            "default",
+            NAMINGS,
+        ),
     )
 
     def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
         opts = dict(options)
         if opts.get("batch_sizes") is not None:
             opts["batch_sizes"] = parse_batch_sizes(opts["batch_sizes"])
-        return super().validate(precision, opts)
+        out = super().validate(precision, opts)
+        if out["naming"] == "apple" and out["batch_sizes"] not in (None, (1,)):
+            raise UsageError(
+                "--naming apple needs batch 1 (Apple's image input is one ImageType); drop --batch-sizes"
+            )
+        return out
+
+    def adapt_export(self, enc: EncoderExport, options: Mapping[str, Any]) -> EncoderExport:
+        return apple_export(enc) if options.get("naming") == "apple" else enc
+
+    def artifact_name(self, model: str, encoder: str, precision: str, options: Mapping[str, Any]) -> str:
+        if options.get("naming") == "apple":
+            return apple_file_name(model, encoder, self.extension)
+        return super().artifact_name(model, encoder, precision, options)
 
     def export(
         self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path
