@@ -79,3 +79,19 @@ def test_tflite_delegated_ops_walk_back_from_each_delegate():
         "TRANSPOSE": 1,
     }
     assert census["unexpected"] == ["TRANSPOSE"]
+
+
+def test_tiled_depthwise_is_the_same_convolution():
+    from mobileclip_export.export.backends.xnnpack_form import TiledDepthwise
+
+    for k, stride, size in ((7, 1, 16), (7, 2, 15), (11, 1, 9)):
+        conv = nn.Conv2d(8, 8, k, stride, k // 2, groups=8).eval()
+        x = torch.randn(1, 8, size, size, generator=torch.Generator().manual_seed(k))
+        with torch.no_grad():
+            ref, got = conv(x), TiledDepthwise(conv)(x)
+        assert ref.shape == got.shape
+        assert (ref - got).abs().max() < 1e-5  # same products, another summation order
+    shaped = xnnpack_module(
+        nn.Sequential(nn.Conv2d(4, 4, 7, 1, 3, groups=4), nn.Conv2d(4, 4, 3, 1, 1, groups=4))
+    )
+    assert [type(m).__name__ for m in shaped] == ["TiledDepthwise", "Conv2d"]  # 3x3 has a DWConv kernel

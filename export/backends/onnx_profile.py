@@ -32,6 +32,8 @@ def profile_onnx(path: Path, inputs: Mapping[str, np.ndarray], threads: int, run
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
         feeds = {k: np.ascontiguousarray(v) for k, v in inputs.items() if k in names}
+        if not feeds and len(names) == len(inputs) == 1:  # one input: its name does not matter
+            feeds = {names[0]: np.ascontiguousarray(next(iter(inputs.values())))}
         session.run(None, feeds)  # warm-up, dropped below
         for _ in range(runs):
             session.run(None, feeds)

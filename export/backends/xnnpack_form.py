@@ -9,6 +9,9 @@ their numerics and state-dict keys are untouched (only a deep copy is rewritten,
 - ``xnnpack_module``: module-level deploy forms: LayerNorm as ``linear`` reductions (mean and variance by
   a ones vector) + elementwise ops; the text encoder's EOT pooling as a one-hot ``bmm`` whose weights are
   computed from the ids before the delegate (integer ops stay outside, next to the embedding gather).
+- ``TiledDepthwise``: a depthwise convolution larger than 5x5 (MobileCLIP's 7x7 ConvFFN / PatchEmbed
+  mixers) as 5x5 depthwise tiles over shifted slices: XNNPACK has no depthwise microkernel above 25 taps
+  and runs 7x7 as a grouped IGEMM (~40x slower than onnxruntime for that op on this CPU).
 - ``ShapeOpsAsViews``: an edge-dialect pass: ``select`` -> ``slice`` + ``view``; ``squeeze`` /
   ``unsqueeze`` / same-size ``expand`` -> ``view``; 4-D ``mean`` over H, W without keepdim -> keepdim +
   ``view``. Pure data movement: bit-identical results.
@@ -42,6 +45,64 @@ class MatmulLayerNorm(nn.Module):
         return y * self.weight + self.bias if self.weight is not None else y
 
 
+class TiledDepthwise(nn.Module):
+    """A k x k depthwise convolution (k > 5) as a sum of 5x5 depthwise convolutions over shifted slices.
+
+    XNNPACK runs depthwise kernels of up to 25 taps with its DWConv microkernels; a 7x7 (49-tap) one falls
+    back to a grouped IGEMM, ~40x slower than onnxruntime's kernel for the same op (see the README). The
+    kernel is zero-padded to a multiple of 5 and cut into 5x5 tiles; tile (p, q) reads the padded input from
+    row p, column q with the same stride. Same products, summed in another order (fp32 rounding only).
+    """
+
+    TILE = 5
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        k, t = conv.kernel_size[0], self.TILE
+        n = -(-k // t) * t
+        w = conv.weight.detach()
+        padded = torch.zeros(w.shape[0], 1, n, n, dtype=w.dtype)
+        padded[:, :, :k, :k] = w
+        self.offsets = [(p, q) for p in range(0, n, t) for q in range(0, n, t)]
+        self.tiles = nn.ParameterList(
+            [
+                nn.Parameter(padded[:, :, p : p + t, q : q + t].clone(), requires_grad=False)
+                for p, q in self.offsets
+            ]
+        )
+        self.bias = conv.bias
+        self.k, self.extra = k, n - k
+        self.stride, self.pad, self.groups = conv.stride[0], conv.padding[0], conv.groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        s, t = self.stride, self.TILE
+        h, w = x.shape[-2:]
+        hp, wp = h + 2 * self.pad, w + 2 * self.pad
+        out_h, out_w = (hp - self.k) // s + 1, (wp - self.k) // s + 1
+        xp = nn.functional.pad(x, (self.pad, self.pad + self.extra, self.pad, self.pad + self.extra))
+        y = None
+        for (p, q), tile in zip(self.offsets, self.tiles):
+            part = xp[:, :, p : p + s * (out_h - 1) + t, q : q + s * (out_w - 1) + t]
+            z = nn.functional.conv2d(part, tile, None, s, 0, 1, self.groups)
+            y = z if y is None else y + z
+        return y + self.bias.reshape(1, -1, 1, 1) if self.bias is not None else y
+
+
+def _tileable(m: nn.Module) -> bool:
+    if type(m) is not nn.Conv2d:
+        return False
+    k = m.kernel_size
+    return (
+        k[0] == k[1] > TiledDepthwise.TILE
+        and m.groups == m.in_channels == m.out_channels
+        and m.stride[0] == m.stride[1]
+        and m.dilation == (1, 1)
+        and isinstance(m.padding, tuple)
+        and m.padding[0] == m.padding[1]
+        and m.padding_mode == "zeros"
+    )
+
+
 def _pooled_text_forward(self: Any, ids: Tensor) -> Tensor:
     """EOT pooling as ``one_hot(argmax(ids)) @ states``: exact (the other rows are multiplied by 0)."""
     x = self.forward_tokens(ids)
@@ -66,12 +127,18 @@ def xnnpack_module(module: nn.Module, *, layer_norm: bool = True) -> nn.Module:
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
         setattr(parent, attr, MatmulLayerNorm(norm))
+    convs = [(name, m) for name, m in module.named_modules() if _tileable(m) and name]
+    for name, conv in convs:
+        parent_name, _, attr = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attr, TiledDepthwise(conv))
     texts = [m for m in module.modules() if isinstance(m, TextTransformer)]
     for text in texts:
         text.forward = _pooled_text_forward.__get__(text)
     log.debug(
-        "XNNPACK form: %d LayerNorm(s) as linear reductions, %d text pooling(s)",
+        "XNNPACK form: %d LayerNorm(s) as linear reductions, %d tiled depthwise conv(s), %d text pooling(s)",
         len(norms),
+        len(convs),
         len(texts),
     )
     return module
