@@ -192,9 +192,7 @@ def export_model(
         prep = _prepare(model, spec, plan, train_model, inf_model, checkpoint, seed, reduced)
         _reparam_parity(train_model, inf_model, spec, plan, seed, prep, result, emit)
         if verify and any(needs_guard(tp.precision) for tp in plan.targets):
-            with _Stage(emit, "guard data") as st:
-                prep.task = task_data(train_model, spec)
-                st.message = f"{len(prep.task.images)} photographs, {len(prep.task.ids)} captions"
+            _guard_data(prep, train_model, spec, emit)
         writer.open()
         for tp in plan.targets:
             _export_target(tp, prep, writer, model, verify, emit, result)
@@ -206,9 +204,7 @@ def export_model(
         args = {"precision": precision, "checkpoint": str(checkpoint) if checkpoint else None, "seed": seed}
         args.update(reduced=reduced, verify=verify, force=force)
         manifest = _manifest(spec, prep, _export_args(model, plan, args), result)
-        with _Stage(
-            emit, "app files"
-        ):  # golden vectors and the other files an app needs beside the artifacts
+        with _Stage(emit, "app files"):  # golden vectors and the other files an app needs
             finish_bundle(writer.tmp_dir, manifest, result.artifacts, train_model, spec, verify)
         _commit(writer, manifest, result)
     finally:
@@ -217,6 +213,13 @@ def export_model(
         if result.bundle_dir is None:
             remove_created(created, out_dir)  # a run that wrote nothing leaves no empty folder behind
     return result
+
+
+def _guard_data(prep: _Prepared, train_model: nn.Module, spec: Any, emit: Any) -> None:
+    """The photographs and captions the accuracy guard of compressed precisions scores artifacts on."""
+    with _Stage(emit, "guard data") as st:
+        prep.task = task_data(train_model, spec)
+        st.message = f"{len(prep.task.images)} photographs, {len(prep.task.ids)} captions"
 
 
 def _export_args(model: str, plan: ExportPlan, args: dict[str, Any]) -> dict[str, Any]:
