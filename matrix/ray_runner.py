@@ -87,7 +87,9 @@ class RayRunner:
         try:
             largest = max((n.get("Resources", {}).get("memory", 0) for n in ray.nodes() if n.get("Alive")),
                           default=0)
-            task = ray.remote(_ray_cell)
+            # max_calls=1: a fresh worker process per cell, as in the local pool. A reused process carries
+            # converters' global name counters from its previous cell into the next artifact's bytes.
+            task = ray.remote(max_calls=1)(_ray_cell)
             refs = {}
             for job in jobs:
                 mem = job.estimate.memory_bytes
