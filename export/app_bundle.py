@@ -1,4 +1,4 @@
-"""What makes a bundle app-ready, added after the artifacts: golden vectors and the file hashes.
+"""What makes a bundle app-ready, added after the artifacts: golden vectors, model card, file hashes.
 
 Called once by the pipeline with the finished manifest dict (before it is written): it writes the extra
 files into the temporary bundle and records them (``golden``, ``files``) in the manifest.
@@ -29,5 +29,8 @@ def finish_bundle(
             "images": [i["name"] for i in index["images"]],
             "texts": [t["text"] for t in index["texts"]],
         }
+    from mobileclip_export.export.model_card import write_card
+
+    write_card(root, manifest)  # reads the artifact records and golden listing from the manifest dict
     artifacts = [r.path for r in records if r.ok and r.path]
     manifest["files"] = file_hashes(root, artifacts)

@@ -208,6 +208,11 @@ class Target(ABC):
 
         return artifact_name(model, encoder, precision, self.extension)
 
+    def card_section(self, records: list[dict[str, Any]], manifest: Mapping[str, Any]) -> str | None:
+        """Markdown for the bundle's model card: how an app feeds this target's artifacts (``records``: this
+        target's manifest entries), with the bundle's own file and tensor names. None: no section."""
+        return None
+
     # ---- the work ----
     @abstractmethod
     def export(

@@ -12,7 +12,10 @@ plus seeded inputs) drive the backend tests directly, without the pipeline.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -294,3 +297,46 @@ def structured_inputs(encoder: str, size: int = 256) -> np.ndarray:
     square = np.zeros((3, size, size), np.float32)
     square[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
     return np.ascontiguousarray(np.stack([noise, ramp, square]))
+
+
+# ---- model card checks (tests; markdown-it-py from the test extra) ----
+_CARD_GENERIC = {"mlmodelc"}  # literals a snippet needs that are not names of the bundle (file extension)
+
+
+def bundle_names(bundle: Path) -> set[str]:
+    """Every name a snippet may legitimately quote: files (path, name, stem), tensors, signatures."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    names = set()
+    for p in bundle.rglob("*"):
+        rel = p.relative_to(bundle)
+        names |= {
+            rel.as_posix(),
+            p.name,
+            p.stem if p.suffix in (".mlpackage", ".tflite", ".pte", ".onnx") else "",
+        }
+    for a in manifest["artifacts"]:
+        names |= {s["name"] for s in a["inputs"] + a["outputs"]}
+        names.add(a.get("details", {}).get("signature", ""))
+    return names - {""}
+
+
+def card_code_blocks(card: str) -> dict[str, list[str]]:
+    import markdown_it
+
+    tokens = markdown_it.MarkdownIt().parse(card.split("\n---\n", 1)[1])
+    out: dict[str, list[str]] = {}
+    for t in tokens:
+        if t.type == "fence":
+            out.setdefault(t.info, []).append(t.content)
+    return out
+
+
+def check_snippet_names(bundle: Path) -> set[str]:
+    card = (bundle / "README.md").read_text("utf-8")
+    quoted = set()
+    for blocks in card_code_blocks(card).values():
+        for block in blocks:
+            quoted |= set(re.findall(r'"([^"\s]+)"', block))
+    missing = quoted - bundle_names(bundle) - _CARD_GENERIC
+    assert not missing, f"snippet names not in the bundle: {missing}"
+    return quoted

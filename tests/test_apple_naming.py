@@ -10,6 +10,7 @@ import pytest
 from mobileclip_export.errors import UsageError
 from mobileclip_export.export.api import export_model
 from mobileclip_export.export.registry import get_target
+from mobileclip_export.export.testing import check_snippet_names
 
 ct = pytest.importorskip("coremltools")
 
@@ -41,6 +42,8 @@ def test_apple_naming(tmp_path, model) -> None:
     for rec in res.artifacts:
         assert rec.status == "verified" and rec.parity["status"] == "passed"
         assert rec.outputs[0]["name"] == "final_emb_1" and rec.options["naming"] == "apple"
+    quoted = check_snippet_names(res.bundle_dir)  # the Swift snippet quotes Apple's names, all in the bundle
+    assert {f"{model}_image", f"{model}_text", "image", "text", "final_emb_1"} <= quoted
 
 
 def test_apple_naming_needs_batch_one() -> None:

@@ -121,6 +121,11 @@ class ExecuTorchTarget(Target):
         )
 
     # ------------------------------------------------------------------ load
+    def card_section(self, records: list[dict[str, Any]], manifest: Mapping[str, Any]) -> str | None:
+        from mobileclip_export.export.backends.android_cards import executorch_section
+
+        return executorch_section(records)
+
     def load(self, path: Path, options: Mapping[str, Any]) -> Runner:
         from executorch.runtime import Runtime, Verification
 

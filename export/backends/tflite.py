@@ -300,6 +300,11 @@ class TFLiteTarget(Target):
             },
         )
 
+    def card_section(self, records: list[dict[str, Any]], manifest: Mapping[str, Any]) -> str | None:
+        from mobileclip_export.export.backends.android_cards import litert_section
+
+        return litert_section(records)
+
     def load(self, path: Path, options: Mapping[str, Any]) -> Runner:
         try:
             import ai_edge_litert.interpreter  # noqa: F401

@@ -70,6 +70,11 @@ class CoreMLTarget(Target):
     def adapt_export(self, enc: EncoderExport, options: Mapping[str, Any]) -> EncoderExport:
         return apple_export(enc) if options.get("naming") == "apple" else enc
 
+    def card_section(self, records: list[dict[str, Any]], manifest: Mapping[str, Any]) -> str | None:
+        from .card import card_section
+
+        return card_section(records, dict(manifest))
+
     def artifact_name(self, model: str, encoder: str, precision: str, options: Mapping[str, Any]) -> str:
         if options.get("naming") == "apple":
             return apple_file_name(model, encoder, self.extension)
