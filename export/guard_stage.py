@@ -39,7 +39,7 @@ def task_data(train_model: Any, spec: Any) -> TaskData:
         ref_i = train_model.image_encoder(torch.from_numpy(images)).float().numpy()
         ref_t = train_model.text_encoder(torch.from_numpy(ids)).float().numpy()
     scale = float(train_model.logit_scale.detach().exp()) if hasattr(train_model, "logit_scale") else 100.0
-    return TaskData(images, ids, ref_i, ref_t, scale)
+    return TaskData(images, ids, ref_i, ref_t, scale, not getattr(train_model, "random_init", False))
 
 
 def needs_guard(precision: str) -> bool:

@@ -107,3 +107,24 @@ def test_over_compressed_core_ml_fails_the_guard_then_passes_with_kept_layers(tm
     man = json.loads(Path(res.manifest_path).read_text())["artifacts"][0]
     assert man["details"]["kept_fp_layers"] and man["details"]["accuracy_guard"]["status"] == "passed"
     assert set(man["details"]["kept_fp_layers"]) <= {w["layer"] for w in worst}
+
+
+def test_task_limits_are_reported_not_enforced_for_random_weights() -> None:
+    from dataclasses import replace
+
+    from mobileclip_export.export.guard import guard_artifact
+    from mobileclip_export.export.parity import Tolerance
+
+    task = _task()
+    noisy = task.ref_image + 3.0 * np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)
+    loose = Tolerance(min_cosine=-1.0, max_abs_rel=1e9, min_psnr_db=-1e9)
+    tols = (loose, TASK_TOLERANCES["int8"])
+    verify = (task.images, task.ref_image)
+    calls = iter([task.ref_image, noisy])
+    enforced = guard_artifact(task, "image", lambda x: next(calls), "int8", tols, verify)
+    assert not enforced.passed and "top-1 agreement" in enforced.violations[0]
+    calls = iter([task.ref_image, noisy])
+    report = guard_artifact(
+        replace(task, enforce_task=False), "image", lambda x: next(calls), "int8", tols, verify
+    )
+    assert report.passed and "top-1 agreement" in report.measures["task_not_enforced"]

@@ -26,15 +26,22 @@ def quantize_module(
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torch import nn
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import ComposableQuantizer
 
-    quantizer = XNNPACKQuantizer()
-    quantizer.set_module_type(
-        nn.Linear, get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
+    # executorch 1.5.1 ignores set_module_type/set_operator_type here (nothing gets annotated), so two global
+    # quantizers split the graph by a node filter: linears dynamic, convolutions static.
+    def is_linear(n: Any) -> bool:
+        return "linear" in str(n.target)
+
+    def is_conv(n: Any) -> bool:
+        return "conv" in str(n.target)
+
+    dyn = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
     )
-    quantizer.set_module_type(nn.Conv2d, get_symmetric_quantization_config(is_per_channel=True))
-    quantizer.set_module_type(nn.Conv1d, get_symmetric_quantization_config(is_per_channel=True))
+    static = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = ComposableQuantizer([dyn.set_filter_function(is_linear), static.set_filter_function(is_conv)])
     with torch.no_grad():
         gm = torch.export.export(module, example).module()
         prepared = prepare_pt2e(gm, quantizer)
