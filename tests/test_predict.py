@@ -15,7 +15,7 @@ import pytest
 from mobileclip_export.cli import main
 from mobileclip_export.errors import UsageError
 from mobileclip_export.export import zeroshot as Z
-from mobileclip_export.models.samples import sample_dir, sample_paths
+from mobileclip_export.models.samples import sample_dir, sample_paths, sample_photos
 
 pytest.importorskip("skimage", reason="sample photographs need the zeroshot extra")
 LABELS = ["a cat", "a rocket", "a horse", "a cup of coffee", "a man with a camera"]
@@ -184,3 +184,39 @@ def test_labels_and_templates_parsing(tmp_path) -> None:
         Z.resolve_templates(["no placeholder"])
     with pytest.raises(UsageError, match="not readable"):
         Z.parse_labels(None, tmp_path / "missing.txt")
+
+
+def _runnable_targets() -> list[str]:
+    from mobileclip_export.export.registry import all_targets
+
+    return [name for name, t in all_targets().items() if not t.missing_dependencies()]
+
+
+@pytest.fixture(scope="module")
+def s0_bundle(tmp_path_factory):
+    from mobileclip_export.export import export_model
+
+    out = tmp_path_factory.mktemp("predict_s0")
+    result = export_model("mobileclip_s0", _runnable_targets(), output_dir=out, precision="fp32")
+    assert result.bundle_dir is not None
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", _runnable_targets())
+def test_full_s0_every_target_matches_pytorch(capsys, s0_bundle, target) -> None:
+    """Acceptance: same top-1 as PyTorch on every sample photograph, probabilities within 1e-3 (fp32)."""
+    recs = [a for a in s0_bundle.artifacts if a.target == target and a.path]
+    if len(recs) < 2 or any(a.status != "verified" for a in recs):
+        pytest.skip(f"{target}: artifacts not runnable here ({[a.parity.get('status') for a in recs]})")
+    labels = ",".join(p.subject for p in sample_photos()[:6])
+    argv = ["--bundle", str(s0_bundle.bundle_dir), "--target", target, "--image", *map(str, sample_paths())]
+    code, out, err = _cli(capsys, *argv, "--labels", labels,
+                          "--templates", "none", "--top-k", "3", "--compare", "--json")  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(out)
+    c = doc["compare"]
+    with capsys.disabled():
+        print(f"\nS0 fp32 {target}: top-1 {c['top1_agree']}/{c['n_images']}, max prob diff "
+              f"{c['max_prob_diff']:.2e}, {doc['seconds']:.1f} s ({doc['runtime']})")  # fmt: skip
+    assert c["top1_agree"] == c["n_images"] == len(sample_paths()) and c["max_prob_diff"] <= 1e-3

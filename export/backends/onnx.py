@@ -230,7 +230,7 @@ class OnnxTarget(Target):
         finally:
             reg_log.setLevel(old_level)
 
-        _set_io_names(model, [in_name], [_OUTPUT_NAME])
+        _set_io_names(model, [in_name], [s.name for s in enc.outputs] or [_OUTPUT_NAME])
         got_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
         if got_opset != opset:
             raise ExportFailure(f"onnx: asked for opset {opset} but the exporter wrote opset {got_opset}")
@@ -257,7 +257,7 @@ class OnnxTarget(Target):
             TensorSpec(s.name, (batch_dim, *s.shape[1:]), s.dtype, s.description) for s in enc.inputs
         )
         outputs = tuple(
-            TensorSpec(_OUTPUT_NAME, (batch_dim, *s.shape[1:]), "float32", s.description) for s in enc.outputs
+            TensorSpec(s.name, (batch_dim, *s.shape[1:]), "float32", s.description) for s in enc.outputs
         )
         census = _census(model)
         notes = [f"opset {got_opset}", "fixed batch 1" if not dynamic else "dynamic batch (dim 0)"]
@@ -296,8 +296,9 @@ class OnnxTarget(Target):
         want_in = [s.name for s in enc.inputs]
         if in_names != want_in:
             problems.append(f"inputs are {in_names}, expected {want_in}")
-        if out_names != [_OUTPUT_NAME]:
-            problems.append(f"outputs are {out_names}, expected ['{_OUTPUT_NAME}']")
+        want_out = [s.name for s in enc.outputs] or [_OUTPUT_NAME]
+        if out_names != want_out:
+            problems.append(f"outputs are {out_names}, expected {want_out}")
         if enc.encoder == "text":
             dtype = model.graph.input[0].type.tensor_type.elem_type
             if dtype != onnx.TensorProto.INT32:

@@ -52,8 +52,8 @@ def signature_name(encoder: str) -> str:
     return f"encode_{encoder}"
 
 
-def _named_io(module: Any, output_name: str) -> Any:
-    """``module`` with our input names (keyword arguments) in the traced signature and a named output."""
+def _named_io(module: Any, output_names: tuple[str, ...]) -> Any:
+    """``module`` with our input names (keyword arguments) in the traced signature and named outputs."""
     from torch import nn
 
     class NamedIO(nn.Module):
@@ -62,7 +62,8 @@ def _named_io(module: Any, output_name: str) -> Any:
             self.module = module
 
         def forward(self, **inputs: Any) -> dict[str, Any]:
-            return {output_name: self.module(*inputs.values())}
+            out = self.module(*inputs.values())
+            return dict(zip(output_names, out if isinstance(out, tuple) else (out,)))
 
     return NamedIO().eval()
 
@@ -90,7 +91,7 @@ def _convert(enc: EncoderExport) -> bytes:
     # LayerNorm is delegated as litert-torch lowers it; the EOT pooling becomes a one-hot matmul so the
     # XNNPACK delegate is one subgraph (the index arithmetic of a row gather would cut it in two).
     module = xnnpack_module(copy.deepcopy(enc.module).eval(), layer_norm=False)
-    wrapper = _named_io(module, enc.outputs[0].name)
+    wrapper = _named_io(module, tuple(s.name for s in enc.outputs))
     try:
         with torch.no_grad():
             model = (
@@ -201,7 +202,9 @@ class _LiteRTRunner(Runner):
         self.signature = next(iter(signatures))
         self._runner = self.interpreter.get_signature_runner(self.signature)
         self._inputs = self._runner.get_input_details()
-        self._output = signatures[self.signature]["outputs"][0]
+        declared = read_metadata(path).get("output_order", "").split(",")[0]
+        outputs = signatures[self.signature]["outputs"]
+        self._output = declared if declared in outputs else outputs[0]
         version = _version("ai-edge-litert") or "?"
         threads = f"{num_threads} thread" + ("s" if num_threads != 1 else "")
         self.label = f"ai-edge-litert {version} (interpreter, XNNPACK delegate, {threads})"
@@ -272,7 +275,9 @@ class TFLiteTarget(Target):
         if precision != "fp32":
             content = _quantize(content, precision)
         sig = signature_name(enc.encoder)
-        facts = {**enc.metadata, "precision": precision, "signature": sig}
+        # The signature lists outputs sorted by name; the runner returns the first one *declared*.
+        order = ",".join(s.name for s in enc.outputs)
+        facts = {**enc.metadata, "precision": precision, "signature": sig, "output_order": order}
         Path(path).write_bytes(_with_metadata(content, facts))
         ins = tuple(
             TensorSpec(s.name, s.shape, "int32" if s.dtype == "int64" else s.dtype, s.description)
