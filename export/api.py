@@ -153,6 +153,7 @@ class _Prepared:
     verify_inputs: dict[str, V.VerifyInputs] = field(default_factory=dict)
     references: dict[str, np.ndarray] = field(default_factory=dict)
     task: TaskData | None = None  # photographs/captions + fp32 embeddings for the accuracy guard
+    classifier: Any = None  # classifier_stage.ClassifierJob when labels are baked in (--classes)
 
 
 def export_model(
@@ -169,19 +170,20 @@ def export_model(
     reduced: bool = False,
     seed: int = 0,
     progress: ProgressCallback | None = None,
+    classes: Sequence[str] | None = None,
+    templates: str | Sequence[str] | None = None,
 ) -> ExportResult:
-    """Export ``model``'s encoders to ``targets`` into ``{output_dir}/{model}/`` and verify each artifact.
-
+    """Export ``model``'s encoders (and with ``classes`` a classifier) to ``targets``, verify each artifact.
     Raises UsageError (bad names/options/paths, existing bundle, missing extra for an explicit target, bad
     checkpoint) before any heavy work, VerificationError if reparameterization changed the model's outputs.
     Per-artifact conversion or parity failures do not raise: they are records with status "failed" and
-    ``result.ok`` is False. The bundle is only (re)placed when at least one artifact succeeded.
-    """
+    ``result.ok`` is False. The bundle ``{output_dir}/{model}/`` is only (re)placed when at least one
+    artifact succeeded."""
     emit: ProgressCallback = progress or (lambda ev: None)
     t_start = time.perf_counter()
     spec = _get_spec(model)  # UnknownNameError lists the models
     plan = plan_export(targets, encoders, precision, options)
-    _check_checkpoint(checkpoint)
+    _check_request(checkpoint, classes, plan)
     out_dir = Path(output_dir)
     created = check_output_dir(out_dir)
     writer = BundleWriter(out_dir, model, force)
@@ -193,6 +195,7 @@ def export_model(
         _reparam_parity(train_model, inf_model, spec, plan, seed, prep, result, emit)
         if verify and any(needs_guard(tp.precision) for tp in plan.targets):
             _guard_data(prep, train_model, spec, emit)
+        _prepare_classifier(prep, train_model, classes, templates, seed, emit)
         writer.open()
         for tp in plan.targets:
             _export_target(tp, prep, writer, model, verify, emit, result)
@@ -231,6 +234,27 @@ def _export_args(model: str, plan: ExportPlan, args: dict[str, Any]) -> dict[str
         **args,
         "options": {tp.target.name: tp.options for tp in plan.targets},
     }
+
+
+def _check_request(checkpoint: str | Path | None, classes: Sequence[str] | None, plan: ExportPlan) -> None:
+    """Cheap checks before any heavy work: the checkpoint file; --classes needs the image encoder."""
+    from mobileclip_export.errors import UsageError
+
+    _check_checkpoint(checkpoint)
+    if classes is not None and "image" not in plan.encoders:
+        raise UsageError("--classes bakes labels into the image encoder; it needs --encoder image or both")
+
+
+def _prepare_classifier(
+    prep: _Prepared, model: nn.Module, classes: Sequence[str] | None, templates: Any, seed: int, emit: Any
+) -> None:
+    """Label embeddings, the classifier graph and its two-tower reference (export/classifier_stage.py)."""
+    if classes is None:
+        return
+    from mobileclip_export.export.classifier_stage import prepare
+
+    with _Stage(emit, "classifier labels"):
+        prep.classifier = prepare(model, prep.exports["image"], classes, templates, prep.logit["value"], seed)
 
 
 def _build_models(
@@ -377,6 +401,11 @@ def _export_target(
         finally:
             if rec.path is None:
                 remove_path(partial)
+    if prep.classifier is not None:
+        from mobileclip_export.export.classifier_stage import export_classifiers
+
+        with _Stage(emit, "export", t.name, "classifier"):
+            records += export_classifiers([tp], prep.classifier, writer, model, verify)
     result.artifacts.extend(records)
     if any(r.ok and r.path and r.encoder in ("text", "image+text") for r in records):
         names = writer.add_files(t.name, prep.tokenizer_files)
@@ -451,7 +480,7 @@ def _carry_over(
 def _manifest(
     spec: Any, prep: _Prepared, export_args: dict[str, Any], result: ExportResult
 ) -> dict[str, Any]:
-    return build_manifest(
+    doc = build_manifest(
         result=result,
         spec_dict=spec.to_dict(),
         weights=prep.weights,
@@ -464,6 +493,9 @@ def _manifest(
         export_args=export_args,
         versions=prep.versions,
     )
+    if prep.classifier is not None:
+        doc["classifier"] = prep.classifier.manifest_block()
+    return doc
 
 
 def _commit(writer: BundleWriter, manifest: dict[str, Any], result: ExportResult) -> None:

@@ -119,7 +119,7 @@ def manifest_block(
             "dtype": "float32",
             "normalized": True,
             "scaled": False,
-            "note": f"rows L2-normalized, template-averaged; the graph's Linear holds them x {logit_scale:.6g}",
+            "note": f"rows L2-normalized, template-averaged; the graph holds T x {logit_scale:.6g}",
         },
         "logit_scale": float(logit_scale),
         "outputs": ["logits", "embedding"],

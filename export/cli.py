@@ -66,6 +66,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights and verification inputs")
     p.add_argument("--reduced", action="store_true", help="small test-size variant with the same block types")
+    p.add_argument(
+        "--classes",
+        type=Path,
+        help="labels file (one per line): also export per target an image classifier with these labels "
+        "baked in (outputs logits, embedding)",
+    )
+    p.add_argument(
+        "--templates",
+        help="with --classes: templates averaged per label: clip, photo, none or a file (default: clip)",
+    )
     p.add_argument("--list-models", action="store_true", help="list model names and exit")
     p.add_argument(
         "--list-targets", action="store_true", help="list targets, installed extras and pip commands"
@@ -161,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     from mobileclip_export.export.progress import StderrProgress
     from mobileclip_export.stdio import stdout_to_stderr
 
+    classifier = _classifier_args(args)  # bad --classes/--templates fail before any heavy work
     with stdout_to_stderr():  # converters print to stdout, even from C++; stdout is kept for --json
         result = export_model(
             args.model,
@@ -175,11 +186,22 @@ def run(args: argparse.Namespace) -> int:
             reduced=args.reduced,
             seed=args.seed,
             progress=StderrProgress() if args.verbosity >= 0 else None,
+            **classifier,
         )
     _print_summary(result, args)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     return 0 if result.ok else 1
+
+
+def _classifier_args(args: argparse.Namespace) -> dict[str, Any]:
+    if args.classes is None:
+        if args.templates is not None:
+            raise UsageError("--templates applies to --classes (the labels baked into a classifier)")
+        return {}
+    from mobileclip_export.export.classifier_stage import read_classes
+
+    return {"classes": read_classes(args.classes), "templates": args.templates}
 
 
 def _print_summary(result: Any, args: argparse.Namespace) -> None:

@@ -58,9 +58,7 @@ def convert(
         model = ct.convert(
             ep,
             inputs=[_ct_input(ct, enc, plan, batch_sizes)],
-            outputs=[
-                ct.TensorType(name=enc.outputs[0].name if enc.outputs else "embedding", dtype=np.float32)
-            ],
+            outputs=[ct.TensorType(name=s.name, dtype=np.float32) for s in output_specs(enc, opts)],
             convert_to="mlprogram",
             minimum_deployment_target=getattr(ct.target, opts["minimum_deployment_target"]),
             compute_precision=compute_precision,
@@ -190,8 +188,13 @@ def _set_metadata(
         model.input_description[in_name] = (
             "int32 token ids [batch, context_length] from the CLIP BPE tokenizer (zero padded, EOT kept)"
         )
-    out_name = model.output_description._fd_spec[0].name
-    model.output_description[out_name] = "float32 embedding [batch, embed_dim], not L2-normalized"
+    for out in model.output_description._fd_spec:
+        spec = next((s for s in enc.outputs if s.name == out.name), None)
+        model.output_description[out.name] = (
+            f"float32 {spec.name} {list(spec.shape)}: {spec.description}"
+            if spec is not None and len(enc.outputs) > 1
+            else "float32 embedding [batch, embed_dim], not L2-normalized"
+        )
     meta = model.user_defined_metadata
     for key, value in enc.metadata.items():
         meta[str(key)] = str(value)
@@ -220,11 +223,11 @@ def input_spec(enc: EncoderExport, plan: InputPlan, opts: Mapping[str, Any]) -> 
     return TensorSpec(name, shape, dtype, "enumerated batch sizes" if opts["batch_sizes"] else "")
 
 
-def output_spec(enc: EncoderExport, opts: Mapping[str, Any]) -> TensorSpec:
-    base = enc.outputs[0] if enc.outputs else TensorSpec("embedding", (1, 0), "float32")
-    return TensorSpec(
-        base.name, (max(opts["batch_sizes"] or (1,)), *base.shape[1:]), "float32", base.description
-    )
+def output_specs(enc: EncoderExport, opts: Mapping[str, Any]) -> tuple[TensorSpec, ...]:
+    """Every declared output (the embedding; a classifier adds logits first), at the largest batch size."""
+    batch = max(opts["batch_sizes"] or (1,))
+    bases = enc.outputs or (TensorSpec("embedding", (1, 0), "float32"),)
+    return tuple(TensorSpec(b.name, (batch, *b.shape[1:]), "float32", b.description) for b in bases)
 
 
 def feeds(plan: InputPlan, enc: EncoderExport, x: np.ndarray) -> dict[str, np.ndarray]:

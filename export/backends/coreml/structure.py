@@ -23,11 +23,11 @@ def structural_checks(path: Path, enc: EncoderExport) -> dict[str, Any]:
         return {"problems": [f"saved package does not reload: {err}"]}
     io = _io_summary(spec)
     want_in = enc.inputs[0].name if enc.inputs else ("image" if enc.encoder == "image" else "text")
-    want_out = enc.outputs[0].name if enc.outputs else "embedding"
+    want_out = [s.name for s in enc.outputs] or ["embedding"]
     if [i["name"] for i in io["inputs"]] != [want_in]:
         problems.append(f"inputs are {[i['name'] for i in io['inputs']]}, expected [{want_in!r}]")
-    if [o["name"] for o in io["outputs"]] != [want_out]:
-        problems.append(f"outputs are {[o['name'] for o in io['outputs']]}, expected [{want_out!r}]")
+    if [o["name"] for o in io["outputs"]] != want_out:
+        problems.append(f"outputs are {[o['name'] for o in io['outputs']]}, expected {want_out}")
     if io["inputs"]:
         problems += _check_input(io["inputs"][0], enc)
     out_shape = io["outputs"][0]["shape"] if io["outputs"] else []

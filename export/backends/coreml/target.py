@@ -83,7 +83,7 @@ class CoreMLTarget(Target):
     def export(
         self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path
     ) -> ArtifactInfo:
-        from .convert import convert, input_plan, input_spec, output_spec
+        from .convert import convert, input_plan, input_spec, output_specs
         from .fp16_guard import fp16_guard
 
         opts = self.validate(precision, options)
@@ -110,7 +110,7 @@ class CoreMLTarget(Target):
         return ArtifactInfo(
             path=path,
             inputs=(input_spec(enc, plan, opts),),
-            outputs=(output_spec(enc, opts),),
+            outputs=output_specs(enc, opts),
             notes=notes,
             details=details,
         )
