@@ -91,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     common = {"precision": args.precision, "compare": args.compare, "checkpoint": args.checkpoint}
-    with tempfile.TemporaryDirectory(prefix="mobileclip-predict-") as tmp:
+    from mobileclip_export.stdio import stdout_to_stderr
+
+    # Converters and runtimes print to stdout (even from C++); stdout is kept for the result.
+    with tempfile.TemporaryDirectory(prefix="mobileclip-predict-") as tmp, stdout_to_stderr():
         src = _source(args, Path(tmp))
         if args.text:
             doc = P.retrieve(src, args.target, args.image, args.text, top_k=args.top_k, **common)
