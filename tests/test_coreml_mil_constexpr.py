@@ -186,3 +186,24 @@ def test_constexpr_results_are_cached_per_program(
     b = prog.run({"x": x})
     assert len(prog._folded) == n
     np.testing.assert_array_equal(a[next(iter(a))], b[next(iter(b))])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["int8", "palettize4"])
+def test_full_size_s0_compressed_program_matches_its_dense_decompression(
+    precision: str, tmp_path: Path
+) -> None:
+    """Full-size S0 image encoder: the compressed program through our constexpr ops equals, bit for bit, the
+    program coremltools decompresses back to dense fp16 weights (its own dequantized reference)."""
+    from mobileclip_export.export.registry import get_target
+    from mobileclip_export.export.testing import randomized_encoder_export
+
+    enc = randomized_encoder_export("mobileclip_s0", "image", reduced=False)
+    path = tmp_path / f"s0-{precision}.mlpackage"
+    get_target("coreml").export(enc, precision, {}, path)
+    prog = load_program(path)
+    dense = load_program(cto.decompress_weights(ct.models.MLModel(str(path), skip_model_load=True)))
+    feeds = {prog.inputs[0].name: np.random.default_rng(0).random((1, 3, 256, 256), dtype=np.float32) * 255}
+    out, ref = prog.run(feeds), dense.run(feeds)
+    for k in ref:
+        np.testing.assert_array_equal(out[k], ref[k])
