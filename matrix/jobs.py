@@ -96,6 +96,34 @@ def cell_key(job: Job) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """sha256 over the sources that shape an artifact (models, reparam, export, core), so a changed working
+    tree at the same package version never reuses a cell exported by other code."""
+    import mobileclip_export
+    import mobileclip_export.export
+    import mobileclip_export.models
+    import mobileclip_export.reparam
+
+    h = hashlib.sha256()
+    for pkg in (mobileclip_export, mobileclip_export.models, mobileclip_export.reparam,
+                mobileclip_export.export):
+        root = Path(pkg.__file__).parent
+        recurse = pkg is not mobileclip_export  # core/ holds only the top package's own files
+        files = root.rglob("*") if recurse else root.glob("*")
+        for path in sorted(f for f in files if f.suffix in (".py", ".json") and f.is_file()):
+            name = f"{pkg.__name__}/{path.relative_to(root).as_posix()}"
+            h.update(name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def job_versions(target: Any) -> dict[str, str]:
+    """Tool versions of ``target`` plus the source digest: the versions part of a cell's key."""
+    from mobileclip_export.export.manifest import tool_versions
+
+    return {**tool_versions([target]), "mobileclip_export_source": source_digest()}
+
+
 def find_checkpoint(checkpoint_dir: Path | None, model: str) -> Path | None:
     """``{dir}/{model}.safetensors|.pt|.pth``; None (random weights) when the dir has none for ``model``."""
     if checkpoint_dir is None:
@@ -142,7 +170,6 @@ def _target_options(targets: Sequence[str], encoders: Sequence[str], options: di
 
 def plan_matrix(req: MatrixRequest) -> MatrixPlan:
     """Every cell of the request, validated before any heavy work (UsageError names bad input)."""
-    from mobileclip_export.export.manifest import tool_versions
     from mobileclip_export.export.plan import resolve_encoders
     from mobileclip_export.hashing import file_sha256
     from mobileclip_export.models import get_model_spec
@@ -158,7 +185,7 @@ def plan_matrix(req: MatrixRequest) -> MatrixPlan:
         ckpt = find_checkpoint(req.checkpoint_dir, model)
         sha = file_sha256(ckpt) if ckpt else None
         for name, (target, opts) in per_target.items():
-            versions = tool_versions([target])
+            versions = job_versions(target)
             for prec in _precisions(target, req.precisions, plan.skipped):
                 valid = target.validate(prec, opts)
                 for enc in encoders:

@@ -30,11 +30,11 @@ CONVERTING = "converting"
 
 def _mismatch(job: Job) -> str | None:
     """Why this node must not produce ``job``'s key (other tool versions, other checkpoint), or None."""
-    from mobileclip_export.export.manifest import tool_versions
     from mobileclip_export.export.registry import get_target
     from mobileclip_export.hashing import file_sha256
+    from mobileclip_export.matrix.jobs import job_versions
 
-    here = tool_versions([get_target(job.target)])
+    here = job_versions(get_target(job.target))
     diff = sorted(k for k in set(here) | set(job.versions) if here.get(k) != job.versions.get(k))
     if diff:
         return "tool versions on this node differ from the plan's: " + ", ".join(
