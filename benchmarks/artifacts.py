@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from mobileclip_export.errors import UsageError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+BUNDLE_KEY = "bundle_dir"  # set on records of a merged bundle: the dir their path is relative to
 
 
 @dataclass
@@ -60,6 +62,60 @@ def read_bundle(bundle_dir: str | Path, model: str) -> Bundle:
     )
 
 
+def artifact_path(bundle: Bundle, rec: Mapping[str, Any]) -> Path:
+    """Where a record's artifact lives: its own bundle dir when several bundles were merged."""
+    return Path(rec.get(BUNDLE_KEY) or bundle.bundle_dir) / rec["path"]
+
+
+def parse_precisions(precision: str | None) -> tuple[str, ...] | None:
+    """``--precision fp32,int8`` -> ("fp32", "int8"); None keeps each target's default."""
+    if not precision:
+        return None
+    return tuple(dict.fromkeys(p.strip() for p in precision.split(",") if p.strip()))
+
+
+def export_bundles(
+    model: str,
+    targets: list[str],
+    encoders: tuple[str, ...],
+    precision: str | None,
+    output_dir: Path,
+    **kwargs: Any,
+) -> Bundle:
+    """One export per precision (``output_dir/<precision>``, targets that offer it), merged into one bundle
+    so the precisions of a target are timed side by side. Compressed precisions are exported with
+    verification on: their accuracy guard runs only then, and its figures go into the report."""
+    from mobileclip_export.export.registry import get_target
+
+    precs = parse_precisions(precision)
+    if precs is None or len(precs) == 1:
+        single = precs[0] if precs else None
+        return export_bundle(model, targets, encoders, single, output_dir, verify=_guarded(single), **kwargs)
+    parts = []
+    for prec in precs:
+        chosen = [t for t in targets if prec in get_target(t).precisions]
+        if not chosen:
+            raise UsageError(f"--precision {prec}: none of the targets {', '.join(targets)} offers it")
+        out = output_dir / prec
+        part = export_bundle(model, chosen, encoders, prec, out, verify=_guarded(prec), **kwargs)
+        for rec in part.artifacts:
+            rec[BUNDLE_KEY] = str(part.bundle_dir)
+        parts.append(part)
+    return Bundle(
+        model,
+        parts[0].bundle_dir,
+        [rec for part in parts for rec in part.artifacts],
+        export_args=parts[0].export_args,
+        random_init=parts[0].random_init,
+    )
+
+
+def _guarded(precision: str | None) -> bool:
+    from mobileclip_export.export.compression import is_compressed
+
+    return bool(precision) and is_compressed(precision)
+
+
 def export_bundle(
     model: str,
     targets: list[str],
@@ -71,8 +127,10 @@ def export_bundle(
     seed: int,
     checkpoint: str | None,
     progress: Any = None,
+    verify: bool = False,
 ) -> Bundle:
-    """Export with ``verify=False``: the benchmark measures parity itself, same run, on its own inputs."""
+    """Export, by default with ``verify=False``: the benchmark measures parity itself, same run, on its own
+    inputs (compressed precisions verify, for their accuracy guard)."""
     from mobileclip_export.export import export_model
 
     result = export_model(
@@ -83,7 +141,7 @@ def export_bundle(
         precision=precision,
         output_dir=output_dir,
         force=True,
-        verify=False,
+        verify=verify,
         reduced=reduced,
         seed=seed,
         progress=progress,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mobileclip_export.benchmarks import harness as H
-from mobileclip_export.benchmarks.artifacts import Bundle
+from mobileclip_export.benchmarks.artifacts import BUNDLE_KEY, Bundle, parse_precisions
 from mobileclip_export.benchmarks.rows import ReportRow
 
 THREAD_OPTION_NAMES = ("threads", "num_threads", "intra_op_num_threads")
@@ -72,6 +72,7 @@ def artifact_candidate(
             "thread count not settable through the target's options: the runtime picks its own, "
             "confined to the pinned cores"
         )
+    bundle_dir = Path(rec.get(BUNDLE_KEY) or bundle_dir)
     path = bundle_dir / rec["path"]
     check_artifact(path, rec.get("sha256"), bundle_dir / "manifest.json")  # never time an altered file
     specs = rec.get("inputs") or []
@@ -98,6 +99,7 @@ def artifact_candidate(
         artifact=str(path),
         close=close,
         notes=notes,
+        guard=guard_figures(rec),
     )
 
 
@@ -110,19 +112,47 @@ def failed_row(rec: Mapping[str, Any]) -> ReportRow:
         status=f"failed: {rec.get('error') or 'export failed'}",
         artifact=rec.get("path"),
         size_mb=(rec.get("bytes") or 0) / 1e6 or None,
+        guard=guard_figures(rec),
     )
+
+
+GUARD_FIGURES = (
+    "status",
+    "cosine",
+    "max_abs_diff",
+    "top1_agreement",
+    "top5_agreement",
+    "mean_abs_prob_change",
+)
+
+
+def guard_figures(rec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The accuracy-guard figures of a compressed artifact's manifest record (``details.accuracy_guard``),
+    for its report row; None for uncompressed artifacts or exports that ran no guard."""
+    block = (rec.get("details") or {}).get("accuracy_guard")
+    if not isinstance(block, Mapping):
+        return None
+    if "status" not in block:  # one artifact holding several encoders: a block per encoder
+        block = block.get(rec.get("encoder")) or next(iter(block.values()), None)
+        if not isinstance(block, Mapping):
+            return None
+    figures = {k: block[k] for k in GUARD_FIGURES if k in block}
+    if block.get("kept_fp_layers"):
+        figures["kept_fp_layers"] = list(block["kept_fp_layers"])
+    return figures
 
 
 def select(
     bundle: Bundle, targets: tuple[str, ...], encoders: tuple[str, ...], precision: str | None
 ) -> list[dict[str, Any]]:
-    """The bundle's records for the chosen targets, encoders and precision."""
+    """The bundle's records for the chosen targets, encoders and precision(s) (comma-separated)."""
+    precs = parse_precisions(precision)
     return [
         a
         for a in bundle.artifacts
         if a.get("target") in targets
         and a.get("encoder") in encoders
-        and (precision is None or a.get("precision") == precision)
+        and (precs is None or a.get("precision") in precs)
     ]
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from mobileclip_export.benchmarks import harness as H
 from mobileclip_export.benchmarks import regression, report
-from mobileclip_export.benchmarks.artifacts import Bundle, export_bundle, read_bundle
+from mobileclip_export.benchmarks.artifacts import Bundle, artifact_path, export_bundles, read_bundle
 from mobileclip_export.benchmarks.config import BenchConfig, config_from_args
 from mobileclip_export.benchmarks.devices import runner_names
 from mobileclip_export.benchmarks.rows import ReportRow
@@ -46,7 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="target(s) to benchmark, comma-separated or repeated (default: all)",
     )
-    p.add_argument("--precision", default=None, help="precision (default: each target's default)")
+    p.add_argument(
+        "--precision",
+        default=None,
+        help="precision, or several comma-separated (e.g. fp32,fp16,int8: each exported and timed side by "
+        "side, compressed ones with their accuracy-guard figures; default: each target's default)",
+    )
     p.add_argument("--encoder", default="both", help="image, text or both (default: both)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for every runtime (default: 1)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per candidate (default: 50)")
@@ -243,7 +248,7 @@ def _resolve_bundle(config: BenchConfig, progress: Any) -> tuple[Bundle, BenchCo
             seed=int(bundle.export_args.get("seed", config.seed)),
             checkpoint=config.checkpoint or bundle.export_args.get("checkpoint"),
         )
-    bundle = export_bundle(
+    bundle = export_bundles(
         config.model,
         list(config.targets),
         config.encoders,
@@ -287,7 +292,7 @@ def _device_rows(runner: Any, bundle: Bundle, config: BenchConfig) -> list[Repor
     for rec in select(bundle, config.targets, config.encoders, config.precision):
         if rec.get("status") == "failed" or not rec.get("path"):
             continue
-        path = bundle.bundle_dir / rec["path"]
+        path = artifact_path(bundle, rec)
         tool_name = runner.tool_for(path)
         if tool_name is None:
             continue

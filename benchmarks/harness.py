@@ -47,6 +47,7 @@ class Candidate:
     artifact: str | None = None
     close: Callable[[], None] | None = None
     notes: list[str] = field(default_factory=list)
+    guard: dict[str, Any] | None = None  # accuracy-guard figures of a compressed artifact (its manifest)
 
     @property
     def key(self) -> str:

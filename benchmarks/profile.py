@@ -25,6 +25,7 @@ def profile_artifacts(
     bundle: Any, config: Any, data: Mapping[str, np.ndarray], runs: int = PROFILE_RUNS
 ) -> list[dict[str, Any]]:
     """One entry per selected artifact: its profile summary, or why there is none."""
+    from mobileclip_export.benchmarks.artifacts import artifact_path
     from mobileclip_export.benchmarks.candidates import _cast, select
     from mobileclip_export.export.registry import get_target
 
@@ -36,9 +37,7 @@ def profile_artifacts(
         specs = rec.get("inputs") or [{"name": rec["encoder"]}]
         feeds = {specs[0]["name"]: _cast(data[rec["encoder"]][:1], specs[0].get("dtype"))}
         try:
-            prof = get_target(rec["target"]).profile(
-                bundle.bundle_dir / rec["path"], feeds, config.threads, runs
-            )
+            prof = get_target(rec["target"]).profile(artifact_path(bundle, rec), feeds, config.threads, runs)
         except Exception as err:  # noqa: BLE001 - one profiler failing must not lose the others
             log.warning("profile of %s %s failed: %s", rec["target"], rec["encoder"], err)
             entry["error"] = f"{type(err).__name__}: {err}"

@@ -11,7 +11,8 @@ JSON document (``report.json``), schema ``mobileclip-export.bench/1``::
       "rows": [ one summary per candidate: target, encoder, precision, kind (deployment|reference|baseline),
                 status, runtime, artifact, size_mb, parity_cosine, load_ms, first_ms, rss_delta_mb,
                 latency {n, median, p90, trimmed_mean, mean, std, min, max} (ms), gmacs, gflops_per_s,
-                fraction_of_peak, speedup_vs_reparam ],
+                fraction_of_peak, speedup_vs_reparam, guard (compressed artifacts: status, cosine,
+                max_abs_diff, top1_agreement, top5_agreement, mean_abs_prob_change, kept_fp_layers) ],
       "records": [ flat metric records, shaped like ExecuTorch's benchmark results:
                    {"benchmarkModel": {"name", "backend", "precision", "quantization", "encoder"},
                     "metric": "median_inference_latency(ms)", "actualValue": 3.2, "unit": "ms",
@@ -277,6 +278,30 @@ def _footnotes(doc: Mapping[str, Any], notes: list[str]) -> list[str]:
     return lines
 
 
+def _guard_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Accuracy-guard figures of the compressed artifacts (from their manifests), next to their size."""
+    guarded = [r for r in rows if r.get("guard")]
+    if not guarded:
+        return []
+    lines = [
+        "",
+        "### Accuracy guard (compressed artifacts vs the fp32 train-time model, from the export)",
+        "",
+        "| target | encoder | precision | size MB | guard | cosine | top-1 agree | top-5 agree "
+        "| mean abs dprob | kept fp layers |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in guarded:
+        g = r["guard"]
+        kept = ", ".join(g.get("kept_fp_layers") or []) or "—"
+        lines.append(
+            f"| {r['target']} | {r['encoder']} | {r['precision']} | {_fmt(r.get('size_mb'))} | "
+            f"{g.get('status', '—')} | {_cos(g.get('cosine'))} | {_fmt(g.get('top1_agreement'), 3)} | "
+            f"{_fmt(g.get('top5_agreement'), 3)} | {_fmt(g.get('mean_abs_prob_change'), 4)} | {kept} |"
+        )
+    return lines
+
+
 def _estimates_table(estimates: list[Mapping[str, Any]]) -> list[str]:
     lines = [
         "",
@@ -312,6 +337,7 @@ def markdown(doc: Mapping[str, Any]) -> str:
     notes: list[str] = []
     lines += [_row_line(r, notes) for r in doc["rows"]]
     lines += _footnotes(doc, notes)
+    lines += _guard_table(doc["rows"])
     if doc.get("estimates"):
         lines += _estimates_table(doc["estimates"])
     return "\n".join(lines) + "\n"

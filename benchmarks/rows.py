@@ -36,6 +36,7 @@ class ReportRow:
     notes: list[str] = field(default_factory=list)
     record_kind: str = "host"  # "host" | "device"
     device: dict[str, Any] | None = None  # set for device rows; host rows use the report's device
+    guard: dict[str, Any] | None = None  # accuracy guard of a compressed artifact (candidates.guard_figures)
 
     @property
     def median_ms(self) -> float | None:
@@ -83,6 +84,7 @@ def host_rows(results: Sequence[Any], macs: Mapping[str, Any], peak_gflops: floa
             latency=m.stats.to_dict() if m.stats else None,
             gmacs=macs[c.encoder].gmacs,
             notes=list(c.notes),
+            guard=c.guard,
         )
         ref = reference.get(c.encoder)
         if m.output is not None and ref is not None and c.target != TRAIN:
