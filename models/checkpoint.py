@@ -554,24 +554,11 @@ def _biased_variants_hint(ck: Checkpoint) -> str:
     return f" (it fits: {', '.join(names)})" if names else ""
 
 
-def load_checkpoint(model: nn.Module, path: str | Path | Checkpoint) -> LoadReport:
-    """Load ``path`` into ``model`` in place (strict: every key and shape must match); returns a LoadReport.
-
-    Accepts apple/open_clip/timm names, train-time or Apple/timm inference form (lifted). A timm image
-    tower loads only ``image_encoder``; the text encoder and logit_scale keep their values.
-    """
-    ck = path if isinstance(path, Checkpoint) else read_checkpoint(path)
-    model_sd = model.state_dict()
-    shapes = {k: v.shape for k, v in model_sd.items()}
-    kmap = _keymap_for(model, ck.format)
-    canon, unknown, problems = kmap.to_canonical(ck.state_dict, shapes)
-    if problems:
-        raise CheckpointError(f"{ck.path}: " + "; ".join(problems) + _biased_variants_hint(ck))
-    canon, lifted = lift_inference_form(canon, model)
-    zero_filled = _zero_fill_head_bias(canon, shapes)
-
+def _check_keys(
+    ck: Checkpoint, model: nn.Module, canon: dict, unknown: list, shapes: dict, image_only: bool
+) -> set[str]:
+    """The model keys this checkpoint must fill; raises naming missing/unexpected keys and bad shapes."""
     expected = set(shapes)
-    image_only = ck.format == "timm"
     if image_only:
         expected = {k for k in expected if k.startswith(IMAGE_PREFIX)}
     missing = sorted(k for k in expected - set(canon) if not k.endswith("num_batches_tracked"))
@@ -590,6 +577,43 @@ def load_checkpoint(model: nn.Module, path: str | Path | Checkpoint) -> LoadRepo
                 "does this)"
             )
         raise _mismatch_error(ck, model, missing, unexpected, bad_shapes)
+    return expected
+
+
+def _add_notes(report: LoadReport, ck: Checkpoint, zero_filled: list[str], image_only: bool) -> None:
+    """What a user must know about a load that succeeded (zero-filled bias, image tower only)."""
+    if zero_filled:
+        report.notes.append(
+            f"the checkpoint's image head has no bias (Apple v1 form): {zero_filled[0]} set to zero, so the "
+            "head computes exactly what the checkpoint's does"
+        )
+        log.info("%s: bias-free image head, %s zero-filled", ck.path, zero_filled[0])
+    if image_only:
+        report.notes.append(
+            "timm checkpoints hold the image tower only: text_encoder and logit_scale are "
+            "unchanged (random unless loaded separately)"
+        )
+        log.warning("%s: image tower only; the text encoder stays random", ck.path)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path | Checkpoint) -> LoadReport:
+    """Load ``path`` into ``model`` in place (strict: every key and shape must match); returns a LoadReport.
+
+    Accepts apple/open_clip/timm names, train-time or Apple/timm inference form (lifted). A timm image
+    tower loads only ``image_encoder``; the text encoder and logit_scale keep their values.
+    """
+    ck = path if isinstance(path, Checkpoint) else read_checkpoint(path)
+    model_sd = model.state_dict()
+    shapes = {k: v.shape for k, v in model_sd.items()}
+    kmap = _keymap_for(model, ck.format)
+    canon, unknown, problems = kmap.to_canonical(ck.state_dict, shapes)
+    if problems:
+        raise CheckpointError(f"{ck.path}: " + "; ".join(problems) + _biased_variants_hint(ck))
+    canon, lifted = lift_inference_form(canon, model)
+    zero_filled = _zero_fill_head_bias(canon, shapes)
+
+    image_only = ck.format == "timm"
+    expected = _check_keys(ck, model, canon, unknown, shapes, image_only)
 
     with torch.no_grad():
         for k in expected & set(canon):
@@ -604,18 +628,7 @@ def load_checkpoint(model: nn.Module, path: str | Path | Checkpoint) -> LoadRepo
         lifted_modules=lifted,
         zero_filled=zero_filled,
     )
-    if zero_filled:
-        report.notes.append(
-            f"the checkpoint's image head has no bias (Apple v1 form): {zero_filled[0]} set to zero, so the "
-            "head computes exactly what the checkpoint's does"
-        )
-        log.info("%s: bias-free image head, %s zero-filled", ck.path, zero_filled[0])
-    if image_only:
-        report.notes.append(
-            "timm checkpoints hold the image tower only: text_encoder and logit_scale are "
-            "unchanged (random unless loaded separately)"
-        )
-        log.warning("%s: image tower only; the text encoder stays random", ck.path)
+    _add_notes(report, ck, zero_filled, image_only)
     return report
 
 
