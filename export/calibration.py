@@ -41,6 +41,14 @@ def caption_ids(context_length: int = 77) -> np.ndarray:
     return tokenize(list(captions()), context_length).astype(np.int32)
 
 
+def calibration_captions() -> tuple[str, ...]:
+    """The captions, plus the empty text and all of them joined into one text the tokenizer truncates: the
+    activations of every token position (padding after an early end of text, a full context) get a
+    calibrated range, not only those short captions reach."""
+    caps = captions()
+    return (*caps, "", ", ".join(caps), ", ".join(reversed(caps)))
+
+
 def photographs(spec: object, limit: int | None = None) -> np.ndarray:
     """float32 ``[N, 3, S, S]`` in [0, 1]: the shipped photographs through the variant's exact preprocessing
     (the encoders normalize themselves)."""
@@ -72,7 +80,10 @@ def calibration_inputs(enc: object, limit: int | None = None) -> np.ndarray:
 
     spec = get_model_spec(enc.model_name)  # type: ignore[attr-defined]
     if enc.encoder == "text":  # type: ignore[attr-defined]
-        return caption_ids(int(enc.inputs[0].shape[1]))[:limit]  # type: ignore[attr-defined]
+        from mobileclip_export.models.tokenizer import tokenize
+
+        length = int(enc.inputs[0].shape[1])  # type: ignore[attr-defined]
+        return tokenize(list(calibration_captions()), length).astype(np.int32)[:limit]
     images = photographs(spec, limit)
     size = enc.image_size  # type: ignore[attr-defined]
     if size and images.shape[-1] != size:  # reduced test variants run at a smaller size

@@ -150,9 +150,9 @@ def test_structural_checks_flag_a_wrong_input_dtype(tmp_path):
 
 def test_registry_options_and_precision_errors():
     assert get_target("litert") is get_target("tflite")
-    assert TARGET.precisions == ("fp32", "fp16", "int8") and TARGET.default_precision == "fp32"
-    assert TARGET.validate("fp32", {}) == {"num_threads": None}
-    assert TARGET.validate("int8", {"num_threads": 2}) == {"num_threads": 2}
+    assert TARGET.precisions == ("fp32", "fp16", "int8", "int8-static") and TARGET.default_precision == "fp32"
+    assert TARGET.validate("fp32", {})["num_threads"] is None
+    assert TARGET.validate("int8-static", {"num_threads": 2})["num_threads"] == 2
     with pytest.raises(UsageError, match="positive integer"):
         TARGET.validate("fp32", {"num_threads": 0})
     with pytest.raises(UsageError, match="--multifunction is not supported"):
@@ -196,6 +196,25 @@ def test_reduced_s0_parity_fp32(tmp_path, encoder):
     assert delegation["delegated_subgraphs"] == 1 and delegation["unexpected"] == [], delegation
     # image: everything delegated; text: only the allow-listed integer ops on the ids stay outside
     assert (set(delegation["undelegated"]) >= {"EMBEDDING_LOOKUP", "ARG_MAX"}) == (encoder == "text")
+
+
+@pytest.mark.parametrize("encoder", ["image", pytest.param("text", marks=pytest.mark.slow)])
+def test_reduced_s0_int8_static_full_integer(tmp_path, encoder):
+    """Full-integer int8 calibrated on the shipped photographs / captions: float I/O become int8 tensors that
+    the runner quantizes / dequantizes; parity within the int8-static tolerance (checked in _roundtrip)."""
+    from mobileclip_export.export.calibration import calibration_inputs
+
+    enc = real_export("mobileclip_s0", encoder)
+    path, info, checks, stats, _ = _roundtrip(tmp_path, enc, "int8-static", _real_inputs(enc))
+    assert info.details["calibration_inputs"] == len(calibration_inputs(enc))
+    census = checks["op_census"]
+    assert census.get("FULLY_CONNECTED", 0) + census.get("CONV_2D", 0) > 0
+    if encoder == "image":  # the float image input became int8 with its own scale / zero point
+        image = checks["inputs"]["image"]
+        assert image["dtype"] == "int8" and image["quantization"][0] > 0
+    fp32_bytes = TARGET.export(enc, "fp32", {}, tmp_path / "fp32.tflite").path.stat().st_size
+    assert path.stat().st_size < 0.5 * fp32_bytes if encoder == "image" else fp32_bytes
+    print(f"reduced S0 {encoder} int8-static: cosine {stats.cosine:.6f}, {path.stat().st_size} bytes")
 
 
 @pytest.mark.slow

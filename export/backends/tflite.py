@@ -7,7 +7,9 @@ converter fails to legalize ``tfl.arg_max``.
 
 Precisions: ``fp32``; ``fp16`` = fp16 weights with fp32 activations (ai-edge-quantizer float casting, the
 standard TFLite "float16 quantization": DEQUANTIZE ops feed the kernels; GPU/XNNPACK may compute in fp16 on
-devices that support it); ``int8`` = dynamic-range int8 weights (``recipe.dynamic_wi8_afp32()``).
+devices that support it); ``int8`` = dynamic-range int8 weights (``recipe.dynamic_wi8_afp32()``);
+``int8-static`` = full-integer int8 weights and activations calibrated on the shipped photographs / captions
+(``recipe.static_wi8_ai8()``, see ``_tflite_quantize``; float inputs and the output become int8 tensors).
 litert-torch's own PT2E dynamic quantization is not used: it fails at run time on EMBEDDING_LOOKUP.
 
 The export facts (``EncoderExport.metadata`` plus precision and signature) are embedded as JSON in the
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError, install_hint
+from mobileclip_export.export.backends._tflite_quantize import from_output, is_quantized, quantize, to_input
 from mobileclip_export.export.backends.xnnpack_census import delegated_ops
 from mobileclip_export.export.image_input import IMAGE_INPUT_OPTION, layout_of, wrap_runner
 from mobileclip_export.export.target import (
@@ -106,27 +109,6 @@ def _convert(enc: EncoderExport) -> bytes:
         ) from err
 
 
-def _quantize(content: bytes, precision: str) -> bytes:
-    """fp16 weights (float casting) or dynamic-range int8 weights, by ai-edge-quantizer."""
-    aeq = _require("ai_edge_quantizer.quantizer", "ai-edge-quantizer")
-    recipe = _require("ai_edge_quantizer.recipe", "ai-edge-quantizer")
-    qtyping = _require("ai_edge_quantizer.qtyping", "ai-edge-quantizer")
-    try:
-        q = aeq.Quantizer(bytearray(content))
-        if precision == "int8":
-            q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
-        else:
-            q.add_weight_only_config(
-                regex=".*",
-                operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-                num_bits=16,
-                algorithm_key=aeq.AlgorithmName.FLOAT_CASTING,
-            )
-        return bytes(q.quantize(enable_progress_bar=False).quantized_model)
-    except Exception as err:  # noqa: BLE001
-        raise ExportFailure(f"ai-edge-quantizer {precision} quantization failed: {err}") from err
-
-
 def _with_metadata(content: bytes, facts: Mapping[str, str]) -> bytes:
     """Append (or replace) our JSON facts in the flatbuffer's metadata table."""
     from ai_edge_litert import schema_py_generated as fb
@@ -190,6 +172,14 @@ def op_census(path: Path) -> tuple[dict[str, int], list[str]]:
     return dict(sorted(census.items())), sorted(set(custom))
 
 
+def _io_entry(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """Shape and dtype of a signature tensor, plus (scale, zero point) of a quantized float tensor."""
+    entry = {"shape": detail["shape"].tolist(), "dtype": np.dtype(detail["dtype"]).name}
+    if is_quantized(detail):
+        entry["quantization"] = [float(v) for v in detail["quantization"]]
+    return entry
+
+
 class _LiteRTRunner(Runner):
     """The artifact's one signature, fed by our input names; a batch-1 artifact runs rows one by one."""
 
@@ -202,6 +192,7 @@ class _LiteRTRunner(Runner):
         self.signature = next(iter(signatures))
         self._runner = self.interpreter.get_signature_runner(self.signature)
         self._inputs = self._runner.get_input_details()
+        self._output_details = self._runner.get_output_details()
         declared = read_metadata(path).get("output_order", "").split(",")[0]
         outputs = signatures[self.signature]["outputs"]
         self._output = declared if declared in outputs else outputs[0]
@@ -227,8 +218,9 @@ class _LiteRTRunner(Runner):
                 info = np.iinfo(dtype)
                 if value.min() < info.min or value.max() > info.max:
                     raise UsageError(f"input {name!r} has values outside the {np.dtype(dtype).name} range")
+            value = to_input(value, self._inputs[name])  # int8-static: a quantized float input
             feeds[name] = np.ascontiguousarray(value.astype(dtype, copy=False))
-        return np.asarray(self._runner(**feeds)[self._output], dtype=np.float32)
+        return from_output(self._runner(**feeds)[self._output], self._output_details[self._output])
 
     def close(self) -> None:
         self._runner = None
@@ -253,7 +245,7 @@ class TFLiteTarget(Target):
     extra = "tflite"
     requires = ("litert_torch", "ai_edge_litert")
     version_dists = ("litert-torch", "ai-edge-litert", "ai-edge-quantizer")
-    precisions = ("fp32", "fp16", "int8")
+    precisions = ("fp32", "fp16", "int8", "int8-static")
     default_precision = "fp32"
     options = (
         num_threads_option("the LiteRT interpreter"),
@@ -262,7 +254,7 @@ class TFLiteTarget(Target):
 
     def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
         out = super().validate(precision, options)
-        if precision in ("fp16", "int8") and importlib.util.find_spec("ai_edge_quantizer") is None:
+        if precision != "fp32" and importlib.util.find_spec("ai_edge_quantizer") is None:
             raise MissingDependencyError(
                 f"tflite precision {precision} needs ai-edge-quantizer; install it with: {_PIP_HINT}"
             )
@@ -272,9 +264,10 @@ class TFLiteTarget(Target):
         self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path
     ) -> ArtifactInfo:
         content = _convert(enc)
-        if precision != "fp32":
-            content = _quantize(content, precision)
         sig = signature_name(enc.encoder)
+        quant: dict[str, Any] = {}
+        if precision != "fp32":
+            content, quant = quantize(content, precision, enc, sig)
         # The signature lists outputs sorted by name; the runner returns the first one *declared*.
         order = ",".join(s.name for s in enc.outputs)
         facts = {**enc.metadata, "precision": precision, "signature": sig, "output_order": order}
@@ -287,6 +280,11 @@ class TFLiteTarget(Target):
             "fp32": [],
             "fp16": ["fp16 weights, fp32 activations (ai-edge-quantizer float casting + DEQUANTIZE)"],
             "int8": ["dynamic-range int8 weights, fp32 activations (ai-edge-quantizer dynamic_wi8_afp32)"],
+            "int8-static": [
+                "full-integer int8 weights and activations calibrated on the shipped photographs/captions "
+                "(ai-edge-quantizer static_wi8_ai8); float inputs and the output are int8 tensors: quantize "
+                "and dequantize with each tensor's scale and zero point"
+            ],
         }[precision]
         notes.append(f"image input {layout_of(options)}; metadata JSON embedded under 'mobileclip_export'")
         return ArtifactInfo(
@@ -302,6 +300,7 @@ class TFLiteTarget(Target):
                 },
                 "metadata_name": METADATA_NAME,
                 "precision": precision,
+                **quant,
             },
         )
 
@@ -334,16 +333,14 @@ class TFLiteTarget(Target):
                 "problems": problems + [f"no signature {sig!r} (has {sorted(signatures)})"],
             }
         details = interp.get_signature_runner(sig).get_input_details()
-        inputs = {
-            n: {"shape": d["shape"].tolist(), "dtype": np.dtype(d["dtype"]).name} for n, d in details.items()
-        }
+        inputs = {n: _io_entry(d) for n, d in details.items()}
         for spec in enc.inputs:
             got = inputs.get(spec.name)
             if got is None:
                 problems.append(f"input {spec.name!r} missing (has {sorted(inputs)})")
                 continue
             want = np.dtype(_EXPECTED_INPUT_DTYPES.get(spec.dtype, np.float32)).name
-            if got["dtype"] != want:
+            if got["dtype"] != want and not (want == "float32" and "quantization" in got):
                 problems.append(f"input {spec.name!r} is {got['dtype']}, expected {want}")
             if tuple(got["shape"]) != tuple(spec.shape):
                 problems.append(f"input {spec.name!r} has shape {got['shape']}, expected {list(spec.shape)}")
