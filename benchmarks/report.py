@@ -206,6 +206,10 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return f"{v:.{digits}f}"
 
 
+def _sci(v: Any) -> str:
+    return "—" if not _finite(v) else f"{v:.1e}"
+
+
 def _cos(v: Any) -> str:
     return "—" if not _finite(v) else f"{v:.6f}"
 
@@ -297,7 +301,7 @@ def _guard_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         lines.append(
             f"| {r['target']} | {r['encoder']} | {r['precision']} | {_fmt(r.get('size_mb'))} | "
             f"{g.get('status', '—')} | {_cos(g.get('cosine'))} | {_fmt(g.get('top1_agreement'), 3)} | "
-            f"{_fmt(g.get('top5_agreement'), 3)} | {_fmt(g.get('mean_abs_prob_change'), 4)} | {kept} |"
+            f"{_fmt(g.get('top5_agreement'), 3)} | {_sci(g.get('mean_abs_prob_change'))} | {kept} |"
         )
     return lines
 
