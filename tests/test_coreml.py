@@ -72,7 +72,14 @@ def test_names_aliases_and_defaults(target):
         "coreml",
     )
     opts = target.validate("fp16", {})
-    assert opts == {"minimum_deployment_target": "iOS17", "compute_units": "all", "batch_sizes": None}
+    assert opts == {
+        "minimum_deployment_target": "iOS17",
+        "compute_units": "all",
+        "batch_sizes": None,
+        "naming": "default",
+        "keep_fp": None,
+        "auto_keep_fp": False,
+    }
     assert target.validate("fp32", {"batch_sizes": "8, 1,4"})["batch_sizes"] == (1, 4, 8)
     assert set(target.versions()) >= {"coremltools", "torch"}
 

@@ -88,7 +88,11 @@ def test_names_and_defaults(target):
         ".pte",
         "executorch",
     )
-    assert target.validate("fp32", {}) == {"delegate": "xnnpack", "num_threads": None}
+    assert target.validate("fp32", {}) == {
+        "delegate": "xnnpack",
+        "num_threads": None,
+        "image_input": "float-nchw",
+    }
     assert set(target.versions()) >= {"executorch", "torch"}
 
 
