@@ -262,3 +262,30 @@ def test_full_size_encoders_lower_to_one_xnnpack_subgraph(target, tmp_path, mode
     x = structured_inputs(encoder, enc.example_inputs[0].shape[-1])
     stats = compare(_reference(enc.module, x), target.load(path, {}).run({enc.inputs[0].name: x}))
     assert stats.cosine >= 0.99999, stats
+
+
+_INT8_IMAGE_BROKEN = pytest.mark.xfail(
+    strict=True,
+    reason="XNNPACK cannot compile the int8 image program here (load: XNNCompiler::compileModel 0x1); full "
+    "size it does not even lower (partition cycles). Remove this mark once it loads.",
+)
+
+
+@pytest.mark.parametrize(
+    "encoder", [pytest.param("image", marks=_INT8_IMAGE_BROKEN), pytest.param("text", marks=pytest.mark.slow)]
+)
+def test_xnnpack_int8_parity_and_quantization_mode(target, tmp_path, encoder):
+    """int8 (dynamic linears, static convs) lowers to XNNPACK and stays within the int8
+    tolerance. The image encoder is a known failure (the xfail mark says how)."""
+    enc, train = _reduced("mobileclip_s0", encoder)
+    path = tmp_path / "m8.pte"
+    info = target.export(enc, "int8", target.validate("int8", {}), path)
+    assert info.details["delegation"]["delegated_subgraphs"] >= 1  # int8 text: 6 (dynamic quant splits it)
+    assert info.details["compression"]["linear"].endswith("dynamic activations")
+    fp32 = target.export(enc, "fp32", target.validate("fp32", {}), tmp_path / "m32.pte").path.stat().st_size
+    if encoder == "image":  # text: the fp32 token embedding dominates the reduced encoder's size
+        assert path.stat().st_size < 0.6 * fp32  # reduced: fixed program overhead next to ~1 MB of weights
+    x = _verify_inputs(enc)
+    runner = target.load(path, {"num_threads": 1})
+    stats = compare(_reference(train, x), runner.run({enc.inputs[0].name: x}))
+    assert stats.violations(tolerance_for("executorch", "int8")) == [], stats
