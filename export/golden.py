@@ -155,6 +155,12 @@ def _run_artifact(root: Path, rec: Any, enc: str, inputs: list[np.ndarray]) -> d
         runner = get_target(rec.target).load(root / rec.path, options)
     except RuntimeUnavailable as err:
         return art | {"runtime": None, "embeddings": None, "note": f"no embeddings: {err}"}
+    cap = runner.max_verify_inputs
+    if cap is not None and cap < len(inputs):  # a reference runtime (seconds per input): verified on a subset
+        runner.close()
+        return art | {"runtime": None, "embeddings": None, "note": (
+            f"no embeddings: {runner.label} is a reference runtime here (verification ran {cap} inputs); "
+            "compare with reference_embedding within this artifact's tolerance")}  # fmt: skip
     try:
         rows = [np.asarray(runner.run({name: x}), np.float32).reshape(-1) for x in inputs]
     finally:
