@@ -304,6 +304,7 @@ def test_reduced_families_parity_fp32(tmp_path, name, encoder):
     ["fp32", pytest.param("fp16", marks=pytest.mark.slow)],  # fp16 reference runtime: ~2 min
 )
 @pytest.mark.parametrize("encoder", ["image", "text"])
+@pytest.mark.slow  # the CI main job exports and verifies full-size S0 to every target
 def test_full_size_s0(tmp_path, encoder, precision):
     enc = real_export("mobileclip_s0", encoder, reduced=False)
     assert find_coreai_hazards(_decomposed(enc.module, *enc.example_inputs)) == []

@@ -230,6 +230,7 @@ def test_reduced_families_parity(tmp_path, name, encoder, precision):
 
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("fp16", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("encoder", ["image", "text"])
+@pytest.mark.slow  # the CI main job exports and verifies full-size S0 to every target
 def test_full_size_s0(tmp_path, encoder, precision):
     enc = real_export("mobileclip_s0", encoder, reduced=False)
     *_, stats, seconds = _roundtrip(tmp_path, enc, precision, _real_inputs(enc))
