@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
+import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,9 +14,21 @@ BARE = re.compile(r"^\s*(?:import|from)\s+(models|export|reparam|benchmarks)(?:\
 SOURCE_DIRS = ["core", "models", "reparam", "export", "benchmarks", "matrix", "tests"]
 
 
-def test_generic_folder_names_are_not_importable() -> None:
-    for name in ("models", "export", "reparam", "benchmarks"):
-        assert importlib.util.find_spec(name) is None, f"bare package {name!r} is importable"
+def test_generic_folder_names_are_not_importable(tmp_path) -> None:
+    """A fresh interpreter outside the checkout (what an installed user gets) must not see the bare names.
+
+    Checked in a subprocess: converters and runtimes imported by earlier tests may put the working directory
+    (the repository root) on this process's sys.path, which says nothing about the install.
+    """
+    code = (
+        "import importlib.util, json\n"
+        "print(json.dumps([n for n in ('models', 'export', 'reparam', 'benchmarks', 'matrix') "
+        "if importlib.util.find_spec(n) is not None]))\n"
+        "import mobileclip_export.models\n"
+    )
+    proc = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [], f"bare packages importable: {proc.stdout}"
 
 
 def test_subpackages_resolve_to_the_root_folders() -> None:

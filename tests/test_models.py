@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 
@@ -30,11 +29,6 @@ OPENAI_NORM = {
     "mobileclip2_s4",
     "mobileclip2_l14",
 }
-
-
-def test_bare_folder_names_are_not_importable():
-    for name in ("models", "reparam", "export", "benchmarks"):
-        assert importlib.util.find_spec(name) is None, name
 
 
 def test_list_models():
