@@ -152,6 +152,69 @@ def _quantize(enc: EncoderExport, precision: str, options: Mapping[str, Any], pa
     return quantize_file(path, precision, parse_layers(options.get(KEEP_FP_OPTION)), calib)
 
 
+def _trace(enc: EncoderExport, precision: str, opset: int, dynamic: bool) -> Any:
+    """The encoder as an ONNX ModelProto from the dynamo exporter (converter errors wrapped with context)."""
+    import torch
+
+    module = _half_wrapper(enc.module) if precision == "fp16" else enc.module
+    dynamic_shapes = None
+    example = tuple(enc.example_inputs)
+    if dynamic:
+        dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},)
+        # torch.export specializes a size-1 dimension to the constant 1, so trace with batch 2.
+        example = tuple(torch.cat([x, x]) for x in example)
+    # The exporter logs one warning per optional torchvision op it cannot register; not our concern.
+    reg_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    old_level = reg_log.level
+    reg_log.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.onnx.export(
+                module,
+                example,
+                dynamo=True,
+                opset_version=opset,
+                external_data=False,
+                dynamic_shapes=dynamic_shapes,
+                verbose=False,
+                optimize=True,
+            )
+    except Exception as err:  # converter errors come in many types; wrap with context
+        raise ExportFailure(f"onnx: torch.onnx.export failed for the {enc.encoder} encoder: {err}") from err
+    finally:
+        reg_log.setLevel(old_level)
+    if program is None:
+        raise ExportFailure("torch.onnx.export returned no program")
+    return program.model_proto
+
+
+def _finalize(model: Any, enc: EncoderExport, precision: str, opset: int, path: Path) -> int:
+    """Names, opset check, metadata, checker, then the single-file write; returns the opset written."""
+    import onnx
+
+    _set_io_names(model, [enc.inputs[0].name], [s.name for s in enc.outputs] or [_OUTPUT_NAME])
+    got_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if got_opset != opset:
+        raise ExportFailure(f"onnx: asked for opset {opset} but the exporter wrote opset {got_opset}")
+    model.producer_name = "mobileclip-export"
+    meta = {**enc.metadata, "precision": precision, "io_precision": "fp32"}
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = str(key), str(value)
+    model.doc_string = f"{enc.model_name} {enc.encoder} encoder ({precision}); embedding is not L2-normalized"
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as err:
+        raise ExportFailure(f"onnx: checker rejected the {enc.encoder} graph: {err}") from err
+    blob = model.SerializeToString()
+    if len(blob) > _MAX_SINGLE_FILE:
+        raise ExportFailure(f"onnx: model is {len(blob) / 1e9:.2f} GB, above the 2 GB single-file limit")
+    path.write_bytes(blob)
+    return got_opset
+
+
 class OnnxTarget(Target):
     name = "onnx"
     order = 20
@@ -189,69 +252,11 @@ class OnnxTarget(Target):
         self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path
     ) -> ArtifactInfo:
         import onnx
-        import torch
 
-        module = _half_wrapper(enc.module) if precision == "fp16" else enc.module
-        in_name = enc.inputs[0].name
         opset = int(options.get("opset", 18))
         dynamic = bool(options.get("dynamic_batch", False))
-        dynamic_shapes = None
-        example = tuple(enc.example_inputs)
-        if dynamic:
-            dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},)
-            # torch.export specializes a size-1 dimension to the constant 1, so trace with batch 2.
-            example = tuple(torch.cat([x, x]) for x in example)
-        # The exporter logs one warning per optional torchvision op it cannot register; not our concern.
-        reg_log = logging.getLogger("torch.onnx._internal.exporter._registration")
-        old_level = reg_log.level
-        reg_log.setLevel(logging.ERROR)
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                program = torch.onnx.export(
-                    module,
-                    example,
-                    dynamo=True,
-                    opset_version=opset,
-                    external_data=False,
-                    dynamic_shapes=dynamic_shapes,
-                    verbose=False,
-                    optimize=True,
-                )
-            if program is None:
-                raise ExportFailure("torch.onnx.export returned no program")
-            model = program.model_proto
-        except ExportFailure:
-            raise
-        except Exception as err:  # converter errors come in many types; wrap with context
-            raise ExportFailure(
-                f"onnx: torch.onnx.export failed for the {enc.encoder} encoder: {err}"
-            ) from err
-        finally:
-            reg_log.setLevel(old_level)
-
-        _set_io_names(model, [in_name], [s.name for s in enc.outputs] or [_OUTPUT_NAME])
-        got_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-        if got_opset != opset:
-            raise ExportFailure(f"onnx: asked for opset {opset} but the exporter wrote opset {got_opset}")
-        model.producer_name = "mobileclip-export"
-        meta = {**enc.metadata, "precision": precision, "io_precision": "fp32"}
-        del model.metadata_props[:]
-        for key, value in meta.items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = str(key), str(value)
-        model.doc_string = (
-            f"{enc.model_name} {enc.encoder} encoder ({precision}); embedding is not L2-normalized"
-        )
-        try:
-            onnx.checker.check_model(model, full_check=True)
-        except Exception as err:
-            raise ExportFailure(f"onnx: checker rejected the {enc.encoder} graph: {err}") from err
-        blob = model.SerializeToString()
-        if len(blob) > _MAX_SINGLE_FILE:
-            raise ExportFailure(f"onnx: model is {len(blob) / 1e9:.2f} GB, above the 2 GB single-file limit")
-        Path(path).write_bytes(blob)
-
+        model = _trace(enc, precision, opset, dynamic)
+        got_opset = _finalize(model, enc, precision, opset, Path(path))
         batch_dim = -1 if dynamic else 1
         inputs = tuple(
             TensorSpec(s.name, (batch_dim, *s.shape[1:]), s.dtype, s.description) for s in enc.inputs
@@ -259,11 +264,10 @@ class OnnxTarget(Target):
         outputs = tuple(
             TensorSpec(s.name, (batch_dim, *s.shape[1:]), "float32", s.description) for s in enc.outputs
         )
-        census = _census(model)
         notes = [f"opset {got_opset}", "fixed batch 1" if not dynamic else "dynamic batch (dim 0)"]
         if precision == "fp16":
             notes.append("fp16 weights and compute; fp32 inputs/outputs (cast inside the graph)")
-        details = {"opset": got_opset, "op_census": census, "n_nodes": len(model.graph.node)}
+        details = {"opset": got_opset, "op_census": _census(model), "n_nodes": len(model.graph.node)}
         if precision in QUANTIZED:
             details.update(_quantize(enc, precision, options, Path(path)))
             details["op_census"] = _census(onnx.load(str(path)))
