@@ -1,7 +1,7 @@
 """This machine's fp32 GEMM ceiling, measured in the same run as the candidates.
 
-Every GEMM available here (``torch.mm``; onnxruntime's MatMul; XNNPACK's fully-connected kernel through
-ExecuTorch) becomes a harness candidate of kind ``peak``, timed round-robin with the model candidates so a
+Every GEMM available here (``torch.mm``, and each target runtime's own, from its backend's ``Target.gemm``)
+becomes a harness candidate of kind ``peak``, timed round-robin with the model candidates so a
 noisy host slows both alike. The ceiling is the fastest provider's best run, 2 n^3 FLOP / min time: a model
 row's median GFLOP/s can only approach it, so "% of peak" stays at or under 100 % unless a model kernel
 beats every GEMM we have (the report then says so).
@@ -13,8 +13,6 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from mobileclip_export.benchmarks import harness as H
 
@@ -32,49 +30,17 @@ def _torch_gemm(n: int, threads: int) -> tuple[H.RunFn, str]:
     return (lambda feeds: torch.mm(a, b, out=out)), f"torch {torch.__version__} torch.mm"
 
 
-def _ort_gemm(n: int, threads: int) -> tuple[H.RunFn, str]:
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+def _target_gemms() -> dict[str, Callable[[int, int], tuple[H.RunFn, str]]]:
+    """The GEMM each registered target's runtime offers (its backend builds it; no runtime is named here)."""
+    from mobileclip_export.export.registry import all_targets
 
-    w = numpy_helper.from_array(np.random.default_rng(0).random((n, n), dtype=np.float32), "W")
-    spec = [helper.make_tensor_value_info(v, TensorProto.FLOAT, [n, n]) for v in ("X", "Y")]
-    node = helper.make_node("MatMul", ["X", "W"], ["Y"])
-    graph = helper.make_graph([node], "gemm", [spec[0]], [spec[1]], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(1).random((n, n), dtype=np.float32)
-    return (lambda feeds: session.run(None, {"X": x})), f"onnxruntime {ort.__version__} MatMul"
-
-
-def _xnnpack_gemm(n: int, threads: int) -> tuple[H.RunFn, str]:
-    """A bias-free Linear lowered to XNNPACK through ExecuTorch (what its deployment runtimes execute)."""
-    import torch
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-    from executorch.runtime import Runtime
-
-    x = torch.rand(n, n, generator=torch.Generator().manual_seed(1))
-    linear = torch.nn.Linear(n, n, bias=False).eval()
-    program = to_edge_transform_and_lower(
-        torch.export.export(linear, (x,)), partitioner=[XnnpackPartitioner()]
-    ).to_executorch()
-    buffer = program.buffer
-    loaded = Runtime.get().load_program(buffer)
-    method = loaded.load_method("forward")
-
-    def run(feeds: Mapping[str, np.ndarray], keep: tuple = (buffer, loaded)) -> Any:
-        return method.execute([x])  # ``keep``: the method dies with its program; hold both as long as it
-
-    return run, "XNNPACK fully-connected (ExecuTorch runtime)"
+    return {t.gemm_name: t.gemm for t in all_targets().values() if t.gemm_name}
 
 
 # Tried in order; a provider whose library is not installed (or fails to build) is left out and logged.
 PROVIDERS: dict[str, Callable[[int, int], tuple[H.RunFn, str]]] = {
     "torch.mm": _torch_gemm,
-    "onnxruntime MatMul": _ort_gemm,
-    "XNNPACK": _xnnpack_gemm,
+    **_target_gemms(),
 }
 
 

@@ -235,6 +235,14 @@ class Target(ABC):
         a key ``problems`` (list[str]) non-empty means the artifact is wrong."""
         return {}
 
+    #: Name of this runtime's fp32 GEMM in the benchmark's peak measurement (``None``: it offers none).
+    gemm_name: str | None = None
+
+    def gemm(self, n: int, threads: int) -> tuple[Callable[[Any], Any], str]:
+        """An ``n x n`` fp32 GEMM in this target's runtime, as (run(feeds), runtime label), for the
+        benchmark's machine ceiling; only called when ``gemm_name`` is set."""
+        raise NotImplementedError(f"{self.name} declares no GEMM")
+
     def profile(
         self, path: Path, inputs: Mapping[str, np.ndarray], threads: int, runs: int
     ) -> OpProfile | None:

@@ -126,6 +126,29 @@ class ExecuTorchTarget(Target):
 
         return executorch_section(records)
 
+    gemm_name = "XNNPACK"
+
+    def gemm(self, n: int, threads: int) -> tuple[Any, str]:
+        """A bias-free Linear lowered to XNNPACK (what the deployment runtimes execute)."""
+        import torch
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+        from executorch.runtime import Runtime
+
+        x = torch.rand(n, n, generator=torch.Generator().manual_seed(1))
+        linear = torch.nn.Linear(n, n, bias=False).eval()
+        program = to_edge_transform_and_lower(
+            torch.export.export(linear, (x,)), partitioner=[XnnpackPartitioner()]
+        ).to_executorch()
+        buffer = program.buffer
+        loaded = Runtime.get().load_program(buffer)
+        method = loaded.load_method("forward")
+
+        def run(feeds: Any, keep: tuple = (buffer, loaded)) -> Any:
+            return method.execute([x])  # ``keep``: the method dies with its program; hold both as long as it
+
+        return run, "XNNPACK fully-connected (ExecuTorch runtime)"
+
     def load(self, path: Path, options: Mapping[str, Any]) -> Runner:
         from executorch.runtime import Runtime, Verification
 

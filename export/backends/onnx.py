@@ -273,6 +273,24 @@ class OnnxTarget(Target):
             details["op_census"] = _census(onnx.load(str(path)))
         return ArtifactInfo(path=Path(path), inputs=inputs, outputs=outputs, notes=notes, details=details)
 
+    gemm_name = "onnxruntime MatMul"
+
+    def gemm(self, n: int, threads: int) -> tuple[Any, str]:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        w = numpy_helper.from_array(np.random.default_rng(0).random((n, n), dtype=np.float32), "W")
+        spec = [helper.make_tensor_value_info(v, TensorProto.FLOAT, [n, n]) for v in ("X", "Y")]
+        node = helper.make_node("MatMul", ["X", "W"], ["Y"])
+        graph = helper.make_graph([node], "gemm", [spec[0]], [spec[1]], [w])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(1).random((n, n), dtype=np.float32)
+        return (lambda feeds: session.run(None, {"X": x})), f"onnxruntime {ort.__version__} MatMul"
+
     def load(self, path: Path, options: Mapping[str, Any]) -> Runner:
         if self.missing_dependencies():
             raise RuntimeUnavailable(
