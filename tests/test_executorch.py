@@ -264,31 +264,24 @@ def test_full_size_encoders_lower_to_one_xnnpack_subgraph(target, tmp_path, mode
     assert stats.cosine >= 0.99999, stats
 
 
-_INT8_IMAGE_BROKEN = pytest.mark.xfail(
-    strict=True,
-    reason="XNNPACK cannot compile the int8 image program here (load: XNNCompiler::compileModel 0x1); full "
-    "size it does not even lower (partition cycles). Remove this mark once it loads.",
-)
-
-
-@pytest.mark.parametrize(
-    "encoder",
-    [
-        pytest.param("image", marks=[_INT8_IMAGE_BROKEN, pytest.mark.slow]),  # 45 s to confirm the failure
-        pytest.param("text", marks=pytest.mark.slow),
-    ],
-)
+@pytest.mark.parametrize("encoder", ["image", "text"])
 def test_xnnpack_int8_parity_and_quantization_mode(target, tmp_path, encoder):
-    """int8 (dynamic linears, static convs) lowers to XNNPACK and stays within the int8
-    tolerance. The image encoder is a known failure (the xfail mark says how)."""
+    """int8 (dynamic linears, static convs, int8 embedding rows) lowers to ONE XNNPACK subgraph, leaves no
+    large fp32 weight behind, runs in the ExecuTorch runtime and stays within the int8 tolerance."""
     enc, train = _reduced("mobileclip_s0", encoder)
     path = tmp_path / "m8.pte"
     info = target.export(enc, "int8", target.validate("int8", {}), path)
-    assert info.details["delegation"]["delegated_subgraphs"] >= 1  # int8 text: 6 (dynamic quant splits it)
-    assert info.details["compression"]["linear"].endswith("dynamic activations")
-    fp32 = target.export(enc, "fp32", target.validate("fp32", {}), tmp_path / "m32.pte").path.stat().st_size
-    if encoder == "image":  # text: the fp32 token embedding dominates the reduced encoder's size
-        assert path.stat().st_size < 0.6 * fp32  # reduced: fixed program overhead next to ~1 MB of weights
+    census = info.details["delegation"]
+    assert census["delegated_subgraphs"] == 1 and census["unexpected"] == [], census
+    compression = info.details["compression"]
+    assert compression["linear"].endswith("dynamic activations")
+    assert compression["projection_heads_as_linear"], compression  # the x @ W head is quantized too
+    params = sum(p.numel() for p in train.parameters())
+    if encoder == "text":
+        assert compression["embedding"]["layers"] == ["embedding_layer"]
+        assert path.stat().st_size < 1.25 * params  # fp32 embedding alone would be > 2.5 B/param here
+    else:  # reduced image: ~0.25 M params, so the program's fixed overhead shows
+        assert path.stat().st_size < 2.5 * params
     x = _verify_inputs(enc)
     runner = target.load(path, {"num_threads": 1})
     stats = compare(_reference(train, x), runner.run({enc.inputs[0].name: x}))

@@ -100,6 +100,11 @@ class ExecuTorchTarget(Target):
                 "fp16: the XNNPACK serializer (executorch 1.5.1) stores convolution weights in fp32 and "
                 "converts them at load, so conv-heavy encoders shrink less than linear-heavy ones"
             )
+        if "embedding" in details.get("compression", {}):
+            notes.append(
+                "int8 token embedding (quantized_decomposed::embedding_byte): the app's ExecuTorch runtime "
+                "must link the quantized kernels (quantized_ops_lib / kernels_quantized) next to XNNPACK"
+            )
         if delegate == "coreml":
             notes.append(
                 "Core ML delegate: lowered ahead of time; runs only where CoreMLBackend is registered (Apple)"
@@ -150,6 +155,7 @@ class ExecuTorchTarget(Target):
         return run, "XNNPACK fully-connected (ExecuTorch runtime)"
 
     def load(self, path: Path, options: Mapping[str, Any]) -> Runner:
+        import executorch.kernels.quantized  # noqa: F401 - registers embedding_byte & co. (int8 text programs)
         from executorch.runtime import Runtime, Verification
 
         runtime = Runtime.get()
@@ -251,7 +257,9 @@ def _prepared(enc: EncoderExport, precision: str, delegate: str) -> tuple[Any, t
     module = copy.deepcopy(enc.module).eval()
     example = tuple(x.detach().clone() for x in enc.example_inputs)
     if delegate == "xnnpack":
-        module = xnnpack_module(module, layer_norm=precision == "fp32")
+        # int8 keeps 7x7 depthwise convs whole: a tiled one starts with a pad, and XNNPACK refuses a quantized
+        # pad whose input and output scales differ (compileModel: StaticConstantPad invalid parameter)
+        module = xnnpack_module(module, layer_norm=precision != "fp16", tile_depthwise=precision != INT8)
     # The Core ML delegate takes fp32 graphs and applies fp16 as its compute precision.
     if precision == "fp16" and delegate != "coreml":
         module = _half_with_fp32_layer_norms(module)

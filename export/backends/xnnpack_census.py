@@ -15,10 +15,13 @@ _INTEGER_OPS = "integer op on the token ids before the float graph (XNNPACK comp
 # ExecuTorch edge operator name (as ``get_delegation_info`` spells it) -> why it stays outside XNNPACK.
 ALLOWED_UNDELEGATED: dict[str, str] = {
     "aten_embedding_default": "token-embedding table gather by integer ids: XNNPACK has no gather op",
+    "quantized_decomposed_embedding_byte_default": "int8 token-embedding gather (quantized kernels): "
+    "XNNPACK has no gather op",
     "aten_argmax_default": f"EOT position: {_INTEGER_OPS}",
     "aten_arange_start_step": f"positions for the one-hot EOT mask: {_INTEGER_OPS}",
     "aten_eq_tensor": f"one-hot EOT mask: {_INTEGER_OPS}",
-    "dim_order_ops__to_dim_order_copy_default": "one-hot EOT mask bool -> float: XNNPACK converts no dtypes",
+    "dim_order_ops__to_dim_order_copy_default": "casts on the ids side (one-hot EOT mask bool -> float; int8 "
+    "embedding ids int32 -> int64): XNNPACK converts no dtypes",
 }
 
 

@@ -29,18 +29,25 @@ log = logging.getLogger(__name__)
 
 
 class MatmulLayerNorm(nn.Module):
-    """LayerNorm over the last axis with its mean and variance as ``linear`` reductions (XNNPACK FC)."""
+    """LayerNorm over the last axis with its mean and variance as ``linear`` reductions (XNNPACK FC).
+
+    The averaging weights are named ``MEAN_WEIGHTS`` so quantizers can leave these reductions in fp32.
+    """
+
+    MEAN_WEIGHTS = "layer_norm_mean_weights"
 
     def __init__(self, norm: nn.LayerNorm) -> None:
         super().__init__()
         (d,) = norm.normalized_shape
         self.eps = norm.eps
         self.weight, self.bias = norm.weight, norm.bias
-        self.register_buffer("avg", torch.full((1, d), 1.0 / d, dtype=norm.weight.dtype), persistent=False)
+        mean = torch.full((1, d), 1.0 / d, dtype=norm.weight.dtype)
+        self.register_buffer(self.MEAN_WEIGHTS, mean, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        centered = x - nn.functional.linear(x, self.avg)
-        var = nn.functional.linear(centered * centered, self.avg)
+        mean = getattr(self, self.MEAN_WEIGHTS)
+        centered = x - nn.functional.linear(x, mean)
+        var = nn.functional.linear(centered * centered, mean)
         y = centered * torch.rsqrt(var + self.eps)
         return y * self.weight + self.bias if self.weight is not None else y
 
@@ -111,10 +118,11 @@ def _pooled_text_forward(self: Any, ids: Tensor) -> Tensor:
     return (onehot @ x).reshape(x.shape[0], x.shape[-1]) @ self.projection_layer
 
 
-def xnnpack_module(module: nn.Module, *, layer_norm: bool = True) -> nn.Module:
+def xnnpack_module(module: nn.Module, *, layer_norm: bool = True, tile_depthwise: bool = True) -> nn.Module:
     """Rewrite ``module`` (a deep copy owned by the caller) in place into its XNNPACK deploy form.
 
-    ``layer_norm=False`` keeps the LayerNorms (fp16 graphs compute them in fp32 islands instead).
+    ``layer_norm=False`` keeps the LayerNorms (fp16 graphs compute them in fp32 islands instead);
+    ``tile_depthwise=False`` keeps large depthwise kernels whole.
     """
     from mobileclip_export.models.text import TextTransformer
 
@@ -127,7 +135,7 @@ def xnnpack_module(module: nn.Module, *, layer_norm: bool = True) -> nn.Module:
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
         setattr(parent, attr, MatmulLayerNorm(norm))
-    convs = [(name, m) for name, m in module.named_modules() if _tileable(m) and name]
+    convs = [(name, m) for name, m in module.named_modules() if tile_depthwise and _tileable(m) and name]
     for name, conv in convs:
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
