@@ -67,14 +67,18 @@ def _quantizer() -> Any:
     from .xnnpack_form import MatmulLayerNorm
 
     # executorch 1.5.1 ignores set_module_type/set_operator_type here (nothing gets annotated), so two global
-    # quantizers split the graph by a node filter: linears dynamic, convolutions static. LayerNorm's mean and
-    # variance reductions (linears in the XNNPACK form) stay fp32: int8 there would shift every normalization.
+    # quantizers split the graph by a node filter: linears dynamic, convolutions static. The filter also sees
+    # each op's weight and bias nodes, which must pass (judging them by name left e.g. ``se.fc1`` in fp32).
+    # LayerNorm's mean and variance reductions (linears in the XNNPACK form) stay fp32: int8 there would
+    # shift every normalization.
     def is_linear(n: Any) -> bool:
+        if n.op != "call_function":
+            return True
         weight = str(getattr(n.args[1], "target", "")) if len(n.args) > 1 else ""
         return "linear" in str(n.target) and not weight.endswith(MatmulLayerNorm.MEAN_WEIGHTS)
 
-    def is_conv(n: Any) -> bool:
-        return "conv" in str(n.target)
+    def is_conv(n: Any) -> bool:  # conv + relu is one pattern, the relu included
+        return n.op != "call_function" or any(k in str(n.target) for k in ("conv", "relu"))
 
     dyn = XNNPACKQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
