@@ -8,8 +8,9 @@ converter fails to legalize ``tfl.arg_max``.
 Precisions: ``fp32``; ``fp16`` = fp16 weights with fp32 activations (ai-edge-quantizer float casting, the
 standard TFLite "float16 quantization": DEQUANTIZE ops feed the kernels; GPU/XNNPACK may compute in fp16 on
 devices that support it); ``int8`` = dynamic-range int8 weights (``recipe.dynamic_wi8_afp32()``);
-``int8-static`` = full-integer int8 weights and activations calibrated on the shipped photographs / captions
-(``recipe.static_wi8_ai8()``, see ``_tflite_quantize``; float inputs and the output become int8 tensors).
+``int8-static`` = int8 weights and activations calibrated on the shipped photographs / captions
+(``recipe.static_wi8_ai8()``, see ``_tflite_quantize``; float inputs and the output become int8 tensors), with
+the LayerNorm ops in float32 and an int8 embedding table (``details.float32_ops`` lists what stays float).
 litert-torch's own PT2E dynamic quantization is not used: it fails at run time on EMBEDDING_LOOKUP.
 
 The export facts (``EncoderExport.metadata`` plus precision and signature) are embedded as JSON in the
@@ -150,15 +151,21 @@ def read_metadata(path: Path) -> dict[str, str]:
     return {}
 
 
-def op_census(path: Path) -> tuple[dict[str, int], list[str]]:
-    """Builtin op counts over all subgraphs, read from the flatbuffer (no runtime); custom/Flex op names."""
-    fb, model = _root(path)
+def _opcodes(fb: Any, model: Any) -> list[tuple[str, str]]:
+    """(builtin name, custom code) of each operator code of the flatbuffer."""
     names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
     codes = []
     for i in range(model.OperatorCodesLength()):
         oc = model.OperatorCodes(i)
         code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())  # small codes live in the deprecated field
         codes.append((names.get(code, f"BUILTIN_{code}"), _as_str(oc.CustomCode())))
+    return codes
+
+
+def op_census(path: Path) -> tuple[dict[str, int], list[str]]:
+    """Builtin op counts over all subgraphs, read from the flatbuffer (no runtime); custom/Flex op names."""
+    fb, model = _root(path)
+    codes = _opcodes(fb, model)
     census: dict[str, int] = {}
     custom: list[str] = []
     for s in range(model.SubgraphsLength()):
@@ -170,6 +177,27 @@ def op_census(path: Path) -> tuple[dict[str, int], list[str]]:
                 custom.append(name)
             census[name] = census.get(name, 0) + 1
     return dict(sorted(census.items())), sorted(set(custom))
+
+
+def ops_by_output_type(content: bytes) -> dict[str, dict[str, int]]:
+    """Op counts of the main subgraph by the type of each op's first output, e.g. ``{"FLOAT32": {"MEAN":
+    10}, "INT8": {...}}``: which ops of a quantized model compute in float, int16 or int8. QUANTIZE /
+    DEQUANTIZE (the conversions the quantizer inserts) are left out."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.Model.GetRootAs(content, 0)
+    codes = _opcodes(fb, model)
+    types = {v: k for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
+    graph = model.Subgraphs(0)
+    out: dict[str, dict[str, int]] = {}
+    for o in range(graph.OperatorsLength()):
+        op = graph.Operators(o)
+        name = codes[op.OpcodeIndex()][0]
+        if name in ("QUANTIZE", "DEQUANTIZE") or op.OutputsLength() == 0:
+            continue
+        kind = types.get(graph.Tensors(op.Outputs(0)).Type(), "?")
+        out.setdefault(kind, {})[name] = out.get(kind, {}).get(name, 0) + 1
+    return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
 
 
 def _io_entry(detail: Mapping[str, Any]) -> dict[str, Any]:
@@ -268,6 +296,9 @@ class TFLiteTarget(Target):
         quant: dict[str, Any] = {}
         if precision != "fp32":
             content, quant = quantize(content, precision, enc, sig)
+        if precision == "int8-static":  # what computes in float / 16 bits, read back from the flatbuffer
+            by_type = ops_by_output_type(content)
+            quant.update(float32_ops=by_type.get("FLOAT32", {}), int16_ops=by_type.get("INT16", {}))
         # The signature lists outputs sorted by name; the runner returns the first one *declared*.
         order = ",".join(s.name for s in enc.outputs)
         facts = {**enc.metadata, "precision": precision, "signature": sig, "output_order": order}
@@ -281,9 +312,10 @@ class TFLiteTarget(Target):
             "fp16": ["fp16 weights, fp32 activations (ai-edge-quantizer float casting + DEQUANTIZE)"],
             "int8": ["dynamic-range int8 weights, fp32 activations (ai-edge-quantizer dynamic_wi8_afp32)"],
             "int8-static": [
-                "full-integer int8 weights and activations calibrated on the shipped photographs/captions "
-                "(ai-edge-quantizer static_wi8_ai8); float inputs and the output are int8 tensors: quantize "
-                "and dequantize with each tensor's scale and zero point"
+                "int8 weights and activations calibrated on the shipped photographs/captions "
+                "(ai-edge-quantizer static_wi8_ai8) except the LayerNorm ops, which compute in float32, and "
+                "an int8 token-embedding table with float rows (details: float32_ops); float inputs and the "
+                "output are int8 tensors: quantize and dequantize with each tensor's scale and zero point"
             ],
         }[precision]
         notes.append(f"image input {layout_of(options)}; metadata JSON embedded under 'mobileclip_export'")
