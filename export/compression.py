@@ -5,7 +5,8 @@ A precision name means the same thing on every target that offers it:
 - ``int8``: 8-bit weights, per output channel, activations in float (dynamic quantization where the runtime
   quantizes activations on the fly).
 - ``int8-static``: 8-bit weights and activations, activation ranges calibrated on the shipped photographs /
-  captions (``export.calibration``).
+  captions (``export.calibration``); a backend may keep numerically fragile ops in float (TFLite: the
+  LayerNorm ops), and its manifest details say which.
 - ``palettize8`` / ``palettize6`` / ``palettize4`` / ``palettize2``: weights as indices into a k-means
   lookup table of 2^n values (per grouped channels where the format allows); ``palettize2`` exists to show
   what over-compression does and is expected to need kept layers.
