@@ -184,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: failed: {err}", file=sys.stderr)
         _json_error(args, err, err.exit_code)
         return err.exit_code
+    except BrokenPipeError:  # the reader closed stdout (``--help | head``): stop quietly, like Unix tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0 if args is None else 1
     except KeyboardInterrupt as err:
         print(f"\n{PROG}: interrupted; no partial artifact was left behind", file=sys.stderr)
         _json_error(args, err, 130)

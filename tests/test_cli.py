@@ -52,6 +52,16 @@ def test_help_does_not_import_converters() -> None:
     assert "--opset" in proc.stdout and "--target" in proc.stdout
 
 
+def test_help_into_a_closed_pipe_exits_quietly() -> None:
+    """``mobileclip-export --help | head -1``: the reader is gone before we write; no traceback, exit 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mobileclip_export", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # before the interpreter has started: every write meets EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_every_target_option_is_a_flag() -> None:
     parser = cli.build_parser()
     flags = {s for a in parser._actions for s in a.option_strings}
