@@ -61,21 +61,33 @@ def _lock(output: Path) -> Any:
 
 
 def _calibrated(jobs: list[Job], output: Path) -> list[Job]:
-    """Re-estimate times from the export seconds of cells already in the store (this machine's numbers), per
-    target where it has cells of that target (converters differ several-fold), else over all targets."""
-    samples: dict[str, list[tuple[float, float]]] = {}
+    """Re-estimate times from the cells already in the store (this machine's numbers): a cell's whole work
+    (export, verification, guard), fitted per target and precision where the store has that pair (a 4-bit
+    Core ML palettization or a Core AI verification takes many times an fp32 ONNX export), else per target,
+    else over all cells."""
+    samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for path in (output / CELLS).glob(f"*/{CELL_JSON}"):  # timings only: no need to re-hash artifacts
         try:
             cell = json.loads(path.read_text("utf-8"))
-            sample = (float(cell["job"]["mparams"]), float(cell["record"]["seconds"]["export"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            seconds = sum(float(v) for v in cell["record"]["seconds"].values())
+            sample = (float(cell["job"]["mparams"]), seconds)
+            key = (cell["job"]["target"], cell["job"]["precision"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
-        samples.setdefault(cell["job"]["target"], []).append(sample)
+        samples.setdefault(key, []).append(sample)
     if not samples:
         return jobs
     overall = calibrate(s for group in samples.values() for s in group)
-    rates = {t: calibrate(group) for t, group in samples.items()}
-    return [replace(j, estimate=estimate(j.mparams, rates.get(j.target, overall))) for j in jobs]
+    by_target: dict[str, list[tuple[float, float]]] = {}
+    for (target, _), group in samples.items():
+        by_target.setdefault(target, []).extend(group)
+    rates = {k: calibrate(group) for k, group in samples.items()}
+    target_rates = {t: calibrate(group) for t, group in by_target.items()}
+
+    def rate(job: Job) -> float:
+        return rates.get((job.target, job.precision), target_rates.get(job.target, overall))
+
+    return [replace(j, estimate=estimate(j.mparams, rate(j))) for j in jobs]
 
 
 def dry_run(req: MatrixRequest, output_dir: str | Path) -> list[dict[str, Any]]:

@@ -167,12 +167,13 @@ def test_dry_run_shows_reuse_and_calibrated_estimates(pool_run, capsys) -> None:
     plan = json.loads(capsys.readouterr().out)["plan"]
     assert [(c["cell"].split("-")[2], c["reuse"]) for c in plan] == [
         ("fp16", True), ("fp16", True), ("fp32", False), ("fp32", False)]
-    measured = pool_run[1].rows
-    rate = calibrate((r["mparams"], r["export_s"]) for r in measured)
-    above_fixed = sum(max(r["export_s"] - BASE_SECONDS, 0) for r in measured)
+    measured = pool_run[1].rows  # (onnx, fp16) cells: a cell's work is its export + verification seconds
+    rate = calibrate((r["mparams"], r["export_s"] + r["verify_s"]) for r in measured)
+    above_fixed = sum(max(r["export_s"] + r["verify_s"] - BASE_SECONDS, 0) for r in measured)
     assert rate == pytest.approx(above_fixed / sum(r["mparams"] for r in measured))
     expect = [round(estimate(r["mparams"], rate).seconds, 1) for r in measured]
     assert [c["seconds"] for c in plan[:2]] == expect
+    assert [c["seconds"] for c in plan[2:]] == expect  # no fp32 cell measured: the target's rate
 
 
 @pytest.fixture(scope="module")
