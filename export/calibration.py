@@ -74,8 +74,8 @@ class TaskData:
 
 
 def calibration_inputs(enc: object, limit: int | None = None) -> np.ndarray:
-    """Inputs for calibrating an encoder's activations: the photographs at the encoder's image size, or
-    the caption ids at its context length (``enc`` is an ``EncoderExport``)."""
+    """Inputs for calibrating an encoder's activations: the photographs at the encoder's image size (in the
+    artifact's input layout), or the caption ids at its context length (``enc`` is an ``EncoderExport``)."""
     from mobileclip_export.models import get_model_spec
 
     spec = get_model_spec(enc.model_name)  # type: ignore[attr-defined]
@@ -91,4 +91,10 @@ def calibration_inputs(enc: object, limit: int | None = None) -> np.ndarray:
 
         t = torch.nn.functional.interpolate(torch.from_numpy(images), size=(size, size), mode="bilinear")
         images = t.numpy()
-    return np.ascontiguousarray(images, dtype=np.float32)
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    layout = enc.metadata.get("image_input")  # type: ignore[attr-defined]
+    if layout:  # an artifact taking NHWC / uint8 input calibrates on the same pixels in its own layout
+        from mobileclip_export.export.image_input import to_layout
+
+        images = to_layout(images, layout)
+    return images

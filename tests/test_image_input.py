@@ -74,3 +74,17 @@ def test_float_nhwc_onnx(tmp_path) -> None:
 @pytest.mark.parametrize("target", ["tflite", "executorch"])
 def test_float_nhwc(tmp_path, target) -> None:
     _check_layout(tmp_path, target, "float-nhwc")
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_uint8_nhwc_int8_static_calibrates_in_its_own_layout(tmp_path, target) -> None:
+    """Full-integer artifacts calibrate on the shipped photographs; with uint8 NHWC input the calibration
+    pixels must arrive as uint8 NHWC too (NCHW floats would not even fit the graph's input)."""
+    res = export_model(
+        "mobileclip_s0", target, encoders="image", output_dir=tmp_path, reduced=True, seed=5,
+        precision="int8-static", options={"image_input": "uint8-nhwc"},
+    )  # fmt: skip
+    assert res.ok, [a.error for a in res.artifacts]
+    (rec,) = res.artifacts
+    assert rec.inputs[0]["dtype"] == "uint8" and rec.parity["status"] == "passed", rec.parity
+    assert rec.details["accuracy_guard"]["status"] == "passed", rec.details["accuracy_guard"]
