@@ -182,14 +182,18 @@ def export_classifiers(
 def _export_one(rec: ArtifactRecord, job: ClassifierJob, tp: Any, partial: Path, verify: bool) -> None:
     import time
 
+    from mobileclip_export.export.image_input import wrap_export
+
+    # The image-input layout applies (a classifier takes an image); I/O renames such as Apple naming do not.
+    enc = wrap_export(job.export, tp.options)
     t0 = time.perf_counter()
-    info = tp.target.export(job.export, tp.precision, tp.options, partial)
+    info = tp.target.export(enc, tp.precision, tp.options, partial)
     rec.seconds["export"] = round(time.perf_counter() - t0, 3)
     rec.inputs = [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in info.inputs]
     rec.outputs = [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in info.outputs]
     rec.notes, rec.details = list(info.notes), dict(info.details)
     rec.details["labels"] = list(job.labels)
-    checks = tp.target.structural_checks(partial, job.export) or {}
+    checks = tp.target.structural_checks(partial, enc) or {}
     rec.details["structural_checks"] = checks
     if checks.get("problems"):
         rec.status, rec.error = "failed", "structural check failed: " + "; ".join(checks["problems"])

@@ -64,9 +64,10 @@ def _layout_module(module: Any, layout: str) -> Any:
 
 
 def wrap_export(enc: EncoderExport, options: Mapping[str, Any]) -> EncoderExport:
-    """``enc`` with its image input in the layout ``options["image_input"]`` asks for (text: unchanged)."""
+    """``enc`` with its image input in the layout ``options["image_input"]`` asks for. Anything whose input
+    is an NCHW image is wrapped (image encoders, classifier artifacts); text encoders stay unchanged."""
     layout = layout_of(options)
-    if enc.encoder != "image" or layout == DEFAULT:
+    if layout == DEFAULT or len(enc.inputs[0].shape) != 4:
         return enc
     import torch
 

@@ -79,6 +79,26 @@ def test_both_outputs_in_onnxruntime(onnx_bundle) -> None:
         np.testing.assert_allclose(logits, want, atol=1e-4)
 
 
+def test_uint8_nhwc_classifier(onnx_bundle, tmp_path) -> None:
+    """``--image-input uint8-nhwc`` reaches classifier artifacts too: Android bitmap bytes in, the same logits
+    as the float NCHW classifier (onnxruntime on both files, independent of our runners)."""
+    import onnxruntime as ort
+
+    from mobileclip_export.export.image_input import to_layout
+    from mobileclip_export.export.verify import image_inputs
+
+    res = _export(tmp_path, ["onnx"], reduced=True, options={"image_input": "uint8-nhwc"})
+    rec = next(a for a in res.artifacts if a.encoder == C.CLASSIFIER)
+    assert rec.status == "verified", rec.error
+    assert rec.inputs[0]["dtype"] == "uint8" and rec.inputs[0]["shape"][-1] == 3
+    u8 = ort.InferenceSession(str(next(res.bundle_dir.glob("onnx/*-classifier-*.onnx"))))
+    f32 = ort.InferenceSession(str(next(onnx_bundle.bundle_dir.glob("onnx/*-classifier-*.onnx"))))
+    for row in image_inputs(256, seed=3).data[:3]:  # 8-bit pixels: the uint8 artifact sees exactly these
+        (want, _) = f32.run(None, {"image": row[None]})
+        (got, _) = u8.run(None, {"image": to_layout(row[None], "uint8-nhwc")})
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
 def test_module_formula() -> None:
     torch.manual_seed(0)
     enc = torch.nn.Linear(6, 4)
