@@ -41,6 +41,32 @@ def test_task_measures_are_perfect_for_identical_embeddings_and_drop_with_noise(
     assert task_violations(same, TASK_TOLERANCES["int8"]) == []
 
 
+def test_retrieval_is_judged_on_decisive_photos_only() -> None:
+    """A flip among captions fp32 itself ranks within DECISIVE_MARGIN logits is no failure; the same flip on
+    a decisively ranked photo is. With no decisive photo at all, the guard waives top-1/top-5 by measurement
+    (a random-weights checkpoint is not flagged as random, so the flag alone cannot decide)."""
+    from dataclasses import replace
+
+    from mobileclip_export.export.guard import DECISIVE_MARGIN, guard_artifact
+    from mobileclip_export.export.parity import Tolerance
+
+    task = _task()
+    assert task_measures(task, task.ref_image, None)["decisive_images"] == 8  # clear matches
+    # Near ties: every photo scores every caption within the margin (logit scale shrunk to make it so).
+    tied = replace(task, logit_scale=DECISIVE_MARGIN / 10)
+    noisy = task.ref_image + 3.0 * np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)
+    m = task_measures(tied, noisy, None)
+    assert m["decisive_images"] == 0 and m["top1_agreement"] < 1.0
+    loose = Tolerance(min_cosine=-1.0, max_abs_rel=1e9, min_psnr_db=-1e9)
+    tols = (loose, TASK_TOLERANCES["int8"])
+    calls = iter([task.ref_image, noisy])
+    report = guard_artifact(tied, "image", lambda x: next(calls), "int8", tols, (task.images, task.ref_image))
+    assert report.passed and "top-1 agreement" in report.measures["task_not_enforced"], report.measures
+    calls = iter([task.ref_image, noisy])  # the same noise against decisive rankings fails
+    report = guard_artifact(task, "image", lambda x: next(calls), "int8", tols, (task.images, task.ref_image))
+    assert not report.passed and "top-1 agreement" in report.violations[0]
+
+
 def test_every_compressed_precision_has_guard_limits() -> None:
     for p in COMPRESSED:
         assert task_tolerance_for(p) is not None, p
