@@ -280,7 +280,7 @@ def test_xnnpack_int8_parity_and_quantization_mode(target, tmp_path, encoder):
     if encoder == "text":
         assert compression["embedding"]["layers"] == ["embedding_layer"]
         assert path.stat().st_size < 1.25 * params  # fp32 embedding alone would be > 2.5 B/param here
-    else:  # reduced image (0.4 M params, 1.23 B/param measured; fp32 4): fixed program overhead shows
+    else:  # reduced image (0.4 M params, 1.34 B/param measured; fp32 4): fixed program overhead shows
         assert path.stat().st_size < 1.5 * params
     x = _verify_inputs(enc)
     runner = target.load(path, {"num_threads": 1})

@@ -83,8 +83,58 @@ def _quantizer() -> Any:
     dyn = XNNPACKQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
     )
-    static = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    return ComposableQuantizer([dyn.set_filter_function(is_linear), static.set_filter_function(is_conv)])
+    static_config = get_symmetric_quantization_config(is_per_channel=True)
+    static = XNNPACKQuantizer().set_global(static_config)
+    pads = _shared_pad_quantizer(static_config.input_activation)
+    parts = [dyn.set_filter_function(is_linear), static.set_filter_function(is_conv), pads]
+    return ComposableQuantizer(parts)
+
+
+def _shared_pad_quantizer(activation: Any) -> Any:
+    """A quantizer that gives every pad one scale for input and output, shared by the slices read from it.
+
+    The XNNPACK form's tiled 7x7 depthwise convolution starts with a pad; left to itself the pad ends up
+    between a dequantize and a quantize of different scales, which XNNPACK refuses ("StaticConstantPad ...
+    invalid parameter"). Zero padding is exact at its input's scale: the pad takes its producer's output
+    scale, or a calibrated ``activation`` one when the producer is float.
+    """
+    import torch
+    from torchao.quantization.pt2e.quantizer import (
+        QuantizationAnnotation,
+        Quantizer,
+        SharedQuantizationSpec,
+    )
+
+    aten = torch.ops.aten
+    pads = (aten.pad.default, aten.constant_pad_nd.default)
+    slices = (aten.slice.Tensor, aten.slice_copy.Tensor)
+    key = "quantization_annotation"
+
+    def annotate(node: Any, src: Any, input_spec: Any) -> None:
+        node.meta[key] = QuantizationAnnotation(
+            input_qspec_map={src: input_spec},
+            output_qspec=SharedQuantizationSpec((src, node)),
+            _annotated=True,
+        )
+        for user in node.users:  # the tiles' (chained) slices keep the same scale
+            if user.target in slices and key not in user.meta:
+                annotate(user, node, SharedQuantizationSpec(node))
+
+    class SharedPad(Quantizer):
+        def annotate(self, model: Any) -> Any:
+            for node in model.graph.nodes:
+                if node.op != "call_function" or node.target not in pads or key in node.meta:
+                    continue
+                src = node.args[0]
+                produced = src.meta.get(key)
+                shared = produced is not None and produced.output_qspec is not None
+                annotate(node, src, SharedQuantizationSpec(src) if shared else activation)
+            return model
+
+        def validate(self, model: Any) -> None:
+            return None
+
+    return SharedPad()
 
 
 def _matmuls_as_linears(gm: Any) -> list[str]:

@@ -257,9 +257,7 @@ def _prepared(enc: EncoderExport, precision: str, delegate: str) -> tuple[Any, t
     module = copy.deepcopy(enc.module).eval()
     example = tuple(x.detach().clone() for x in enc.example_inputs)
     if delegate == "xnnpack":
-        # int8 keeps 7x7 depthwise convs whole: a tiled one starts with a pad, and XNNPACK refuses a quantized
-        # pad whose input and output scales differ (compileModel: StaticConstantPad invalid parameter)
-        module = xnnpack_module(module, layer_norm=precision != "fp16", tile_depthwise=precision != INT8)
+        module = xnnpack_module(module, layer_norm=precision != "fp16")
     # The Core ML delegate takes fp32 graphs and applies fp16 as its compute precision.
     if precision == "fp16" and delegate != "coreml":
         module = _half_with_fp32_layer_norms(module)

@@ -118,11 +118,10 @@ def _pooled_text_forward(self: Any, ids: Tensor) -> Tensor:
     return (onehot @ x).reshape(x.shape[0], x.shape[-1]) @ self.projection_layer
 
 
-def xnnpack_module(module: nn.Module, *, layer_norm: bool = True, tile_depthwise: bool = True) -> nn.Module:
+def xnnpack_module(module: nn.Module, *, layer_norm: bool = True) -> nn.Module:
     """Rewrite ``module`` (a deep copy owned by the caller) in place into its XNNPACK deploy form.
 
-    ``layer_norm=False`` keeps the LayerNorms (fp16 graphs compute them in fp32 islands instead);
-    ``tile_depthwise=False`` keeps large depthwise kernels whole.
+    ``layer_norm=False`` keeps the LayerNorms (fp16 graphs compute them in fp32 islands instead).
     """
     from mobileclip_export.models.text import TextTransformer
 
@@ -135,7 +134,7 @@ def xnnpack_module(module: nn.Module, *, layer_norm: bool = True, tile_depthwise
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
         setattr(parent, attr, MatmulLayerNorm(norm))
-    convs = [(name, m) for name, m in module.named_modules() if tile_depthwise and _tileable(m) and name]
+    convs = [(name, m) for name, m in module.named_modules() if _tileable(m) and name]
     for name, conv in convs:
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
