@@ -53,12 +53,13 @@ class MatmulLayerNorm(nn.Module):
 
 
 class TiledDepthwise(nn.Module):
-    """A k x k depthwise convolution (k > 5) as a sum of 5x5 depthwise convolutions over shifted slices.
+    """A k x k depthwise convolution (k > 5) as a sum of small depthwise convolutions over shifted slices.
 
     XNNPACK runs depthwise kernels of up to 25 taps with its DWConv microkernels; a 7x7 (49-tap) one falls
     back to a grouped IGEMM, ~40x slower than onnxruntime's kernel for the same op (see the README). The
-    kernel is zero-padded to a multiple of 5 and cut into 5x5 tiles; tile (p, q) reads the padded input from
-    row p, column q with the same stride. Same products, summed in another order (fp32 rounding only).
+    kernel's rows and columns are cut into spans of at most 5 (7 = 5 + 2), giving 5x5, 5x2, 2x5 and 2x2
+    tiles with no zero taps; tile (p, q) reads the padded input from row p, column q with the same stride.
+    Same products, summed in another order (fp32 rounding only).
     """
 
     TILE = 5
@@ -66,30 +67,28 @@ class TiledDepthwise(nn.Module):
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         k, t = conv.kernel_size[0], self.TILE
-        n = -(-k // t) * t
         w = conv.weight.detach()
-        padded = torch.zeros(w.shape[0], 1, n, n, dtype=w.dtype)
-        padded[:, :, :k, :k] = w
-        self.offsets = [(p, q) for p in range(0, n, t) for q in range(0, n, t)]
+        spans = [(start, min(t, k - start)) for start in range(0, k, t)]
+        self.offsets = [(p, q, ph, qw) for p, ph in spans for q, qw in spans]
         self.tiles = nn.ParameterList(
             [
-                nn.Parameter(padded[:, :, p : p + t, q : q + t].clone(), requires_grad=False)
-                for p, q in self.offsets
+                nn.Parameter(w[:, :, p : p + ph, q : q + qw].clone(), requires_grad=False)
+                for p, q, ph, qw in self.offsets
             ]
         )
         self.bias = conv.bias
-        self.k, self.extra = k, n - k
+        self.k = k
         self.stride, self.pad, self.groups = conv.stride[0], conv.padding[0], conv.groups
 
     def forward(self, x: Tensor) -> Tensor:
-        s, t = self.stride, self.TILE
+        s = self.stride
         h, w = x.shape[-2:]
         hp, wp = h + 2 * self.pad, w + 2 * self.pad
         out_h, out_w = (hp - self.k) // s + 1, (wp - self.k) // s + 1
-        xp = nn.functional.pad(x, (self.pad, self.pad + self.extra, self.pad, self.pad + self.extra))
+        xp = nn.functional.pad(x, (self.pad, self.pad, self.pad, self.pad))
         y = None
-        for (p, q), tile in zip(self.offsets, self.tiles):
-            part = xp[:, :, p : p + s * (out_h - 1) + t, q : q + s * (out_w - 1) + t]
+        for (p, q, ph, qw), tile in zip(self.offsets, self.tiles):
+            part = xp[:, :, p : p + s * (out_h - 1) + ph, q : q + s * (out_w - 1) + qw]
             z = nn.functional.conv2d(part, tile, None, s, 0, 1, self.groups)
             y = z if y is None else y + z
         return y + self.bias.reshape(1, -1, 1, 1) if self.bias is not None else y
