@@ -111,7 +111,7 @@ def export_bundles(
 
 
 def _guarded(precision: str | None) -> bool:
-    from mobileclip_export.export.compression import is_compressed
+    from mobileclip_export.export.compression.precisions import is_compressed
 
     return bool(precision) and is_compressed(precision)
 

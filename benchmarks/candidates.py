@@ -58,7 +58,7 @@ def torch_candidate(target: str, encoder: str, module: Any, data: np.ndarray, si
 def artifact_candidate(
     rec: Mapping[str, Any], bundle_dir: Path, data: np.ndarray, threads: int
 ) -> H.Candidate:
-    from mobileclip_export.export.integrity import check_artifact
+    from mobileclip_export.export.bundle.integrity import check_artifact
     from mobileclip_export.export.registry import get_target
 
     target = get_target(rec["target"])

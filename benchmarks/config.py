@@ -57,7 +57,7 @@ def _check_counts(runs: int, warmup: int, reference_runs: int, threads: int) -> 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """Validate the flags (cheap: names are resolved against the registries, nothing heavy is imported)."""
-    from mobileclip_export.export.plan import resolve_encoders, resolve_targets
+    from mobileclip_export.export.pipeline.plan import resolve_encoders, resolve_targets
     from mobileclip_export.models import get_model_spec
 
     runs, warmup = (FAST_RUNS, FAST_WARMUP) if args.fast else (args.runs, args.warmup)

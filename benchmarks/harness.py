@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mobileclip_export.benchmarks.stats import LatencyStats, summarize
-from mobileclip_export.export.progress import ProgressCallback, ProgressEvent
+from mobileclip_export.export.pipeline.progress import ProgressCallback, ProgressEvent
 from mobileclip_export.export.target import RuntimeUnavailable
 
 log = logging.getLogger(__name__)

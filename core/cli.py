@@ -6,7 +6,7 @@ Adding a subcommand is ONE module plus ONE line in ``COMMANDS`` below:
     def add_arguments(parser: argparse.ArgumentParser) -> None: ...   # the command's own flags
     def run(args: argparse.Namespace) -> int: ...                     # returns the exit code
 
-    COMMANDS = {..., "predict": ("mobileclip_export.export.predict_cli", "zero-shot labels for images")}
+    COMMANDS = {..., "predict": ("mobileclip_export.commands.predict", "zero-shot labels for images")}
 
 The dispatcher adds ``--version``, ``-v``/``-q`` (``args.verbosity``: -1 quiet, 0 default, 1 info, 2 debug)
 to every command, sets up logging, and maps errors to exit codes, so a command only raises errors from
@@ -42,11 +42,11 @@ DEFAULT_COMMAND = "export"
 
 # name -> (module with add_arguments/run, one-line summary shown in --help). Order is the --help order.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "export": ("mobileclip_export.export.cli", "export encoders to verified on-device artifacts (default)"),
-    "bench": ("mobileclip_export.benchmarks.cli", "time every artifact that runs here and report"),
-    "predict": ("mobileclip_export.export.predict_cli", "zero-shot labels for images, or text search"),
-    "matrix": ("mobileclip_export.matrix.cli", "every model x target x precision cell, resumable"),
-    "check": ("mobileclip_export.export.check_cli", "re-hash a bundle against its manifest, re-run parity"),
+    "export": ("mobileclip_export.commands.export", "export encoders to verified artifacts (default)"),
+    "bench": ("mobileclip_export.commands.bench", "time every artifact that runs here and report"),
+    "predict": ("mobileclip_export.commands.predict", "zero-shot labels for images, or text search"),
+    "matrix": ("mobileclip_export.commands.matrix", "every model x target x precision cell, resumable"),
+    "check": ("mobileclip_export.commands.check", "re-hash a bundle against its manifest, re-run parity"),
 }
 
 

@@ -204,7 +204,7 @@ class Target(ABC):
 
     def artifact_name(self, model: str, encoder: str, precision: str, options: Mapping[str, Any]) -> str:
         """File name of an artifact in the bundle (a target may follow an app's expected naming)."""
-        from mobileclip_export.export.bundle import artifact_name
+        from mobileclip_export.export.bundle.layout import artifact_name
 
         return artifact_name(model, encoder, precision, self.extension)
 

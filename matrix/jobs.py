@@ -119,7 +119,7 @@ def source_digest() -> str:
 
 def job_versions(target: Any) -> dict[str, str]:
     """Tool versions of ``target`` plus the source digest: the versions part of a cell's key."""
-    from mobileclip_export.export.manifest import tool_versions
+    from mobileclip_export.export.bundle.manifest import tool_versions
 
     return {**tool_versions([target]), "mobileclip_export_source": source_digest()}
 
@@ -160,7 +160,7 @@ def encoder_mparams(model: str, encoder: str, reduced: bool) -> float:
 
 def _target_options(targets: Sequence[str], encoders: Sequence[str], options: dict[str, Any]) -> dict:
     """Validate option names once across all chosen targets; per target name -> its own options."""
-    from mobileclip_export.export.plan import plan_export
+    from mobileclip_export.export.pipeline.plan import plan_export
 
     plan = plan_export(list(targets), list(encoders), None, options)
     if any(tp.multifunction for tp in plan.targets):
@@ -170,7 +170,7 @@ def _target_options(targets: Sequence[str], encoders: Sequence[str], options: di
 
 def plan_matrix(req: MatrixRequest) -> MatrixPlan:
     """Every cell of the request, validated before any heavy work (UsageError names bad input)."""
-    from mobileclip_export.export.plan import resolve_encoders
+    from mobileclip_export.export.pipeline.plan import resolve_encoders
     from mobileclip_export.hashing import file_sha256
     from mobileclip_export.models import get_model_spec
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mobileclip_export.export.bundle import remove_path
+from mobileclip_export.export.bundle.layout import remove_path
 from mobileclip_export.matrix.jobs import Job
 from mobileclip_export.matrix.store import commit, new_staging
 from mobileclip_export.matrix.worker import RESULT

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mobileclip_export.errors import UsageError
-from mobileclip_export.export.bundle import MANIFEST, write_json_atomic
+from mobileclip_export.export.bundle.layout import MANIFEST, write_json_atomic
 from mobileclip_export.hashing import path_sha256
 from mobileclip_export.matrix.store import CELL_JSON, CELLS, REUSABLE, _replace_dir, read_cell
 

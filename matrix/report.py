@@ -8,8 +8,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from mobileclip_export.export.bundle import write_json_atomic
-from mobileclip_export.export.progress import human_bytes
+from mobileclip_export.export.bundle.layout import write_json_atomic
+from mobileclip_export.export.pipeline.progress import human_bytes
 
 log = logging.getLogger(__name__)
 

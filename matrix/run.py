@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mobileclip_export.errors import UsageError
-from mobileclip_export.export.bundle import check_output_dir
+from mobileclip_export.export.bundle.layout import check_output_dir
 from mobileclip_export.matrix.estimate import calibrate, estimate
 from mobileclip_export.matrix.jobs import Job, MatrixRequest, plan_matrix
 from mobileclip_export.matrix.merge import merge_bundle, merge_outputs

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from mobileclip_export.export.bundle import MANIFEST, remove_path, write_json_atomic
+from mobileclip_export.export.bundle.layout import MANIFEST, remove_path, write_json_atomic
 from mobileclip_export.hashing import path_sha256
 from mobileclip_export.matrix.jobs import Job
 from mobileclip_export.matrix.worker import RESULT

@@ -58,8 +58,8 @@ def _marker(staging: Path) -> Any:
 def run_job(job: Job, staging: Path, node: str | None = None) -> dict[str, Any]:
     """Export ``job`` into ``staging``; returns (and writes) the result. Conversion failures are results."""
     from mobileclip_export.errors import MobileClipExportError
-    from mobileclip_export.export.api import export_model
-    from mobileclip_export.export.bundle import write_json_atomic
+    from mobileclip_export.export.bundle.layout import write_json_atomic
+    from mobileclip_export.export.pipeline.api import export_model
 
     staging.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mobileclip_export.export.api import export_model
+from mobileclip_export.export.pipeline.api import export_model
 from mobileclip_export.models import app_tokenizer as at
 from mobileclip_export.models.tokenizer import get_tokenizer
 

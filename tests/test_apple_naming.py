@@ -8,9 +8,10 @@ import json
 import pytest
 
 from mobileclip_export.errors import UsageError
-from mobileclip_export.export.api import export_model
+from mobileclip_export.export.pipeline.api import export_model
 from mobileclip_export.export.registry import get_target
-from mobileclip_export.export.testing import check_snippet_names
+
+from _toys import check_snippet_names
 
 ct = pytest.importorskip("coremltools")
 

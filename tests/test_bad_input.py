@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from mobileclip_export.commands import export as cli
 from mobileclip_export.errors import BundleStateError, CheckpointError
-from mobileclip_export.export import api, cli
-from mobileclip_export.export.api import export_model
-from mobileclip_export.export.backends.onnx import OnnxTarget
-from mobileclip_export.export.bundle import BundleWriter
-from mobileclip_export.export.testing import use_toy_models
+from mobileclip_export.export.backends.onnx.target import OnnxTarget
+from mobileclip_export.export.bundle.layout import BundleWriter
+from mobileclip_export.export.pipeline import api
+from mobileclip_export.export.pipeline.api import export_model
+
+from _toys import use_toy_models
 
 
 def test_text_checkpoint_rejected_before_the_model_is_built(capsys, tmp_path, monkeypatch) -> None:
@@ -50,7 +52,7 @@ def test_failed_run_leaves_no_empty_output_folder(capsys, tmp_path, monkeypatch)
 
 def test_our_bug_is_not_a_quiet_export_failure(tmp_path, monkeypatch, caplog) -> None:
     use_toy_models(monkeypatch)
-    from mobileclip_export.export.manifest import artifact_metadata
+    from mobileclip_export.export.bundle.manifest import artifact_metadata
 
     def buggy_export(self, enc, precision, options, path):
         return artifact_metadata("m", "image", None, {}, {}, {}, {}, False)  # AttributeError in our code
@@ -108,12 +110,13 @@ def test_output_dir_that_cannot_be_created(capsys, tmp_path) -> None:
 def test_bench_ctrl_c_exits_130_and_unpins(capsys, tmp_path, monkeypatch) -> None:
     import os
 
-    from mobileclip_export.benchmarks import cli as bench_cli
+    from mobileclip_export.benchmarks import run as bench_run
+    from mobileclip_export.commands import bench as bench_cli
 
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bench_cli, "_bench", interrupted)
+    monkeypatch.setattr(bench_run, "_bench", interrupted)
     before = os.sched_getaffinity(0)
     assert bench_cli.main(["--model", "mobileclip_s0", "--output-dir", str(tmp_path), "--json"]) == 130
     out, err = capsys.readouterr()

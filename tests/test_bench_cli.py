@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mobileclip_export.benchmarks.cli import main
-from mobileclip_export.export import plan, registry
+from mobileclip_export.commands.bench import main
+from mobileclip_export.export import registry
+from mobileclip_export.export.pipeline import plan
 from mobileclip_export.export.target import OptionSpec, Runner, RuntimeUnavailable, Target
 from mobileclip_export.hashing import path_sha256
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mobileclip_export.benchmarks.cli import main
+from mobileclip_export.commands.bench import main
 
 pytest.importorskip("onnxruntime")
 

@@ -11,8 +11,8 @@ import pytest
 
 from mobileclip_export.cli import main
 from mobileclip_export.errors import IntegrityError
-from mobileclip_export.export.api import export_model
-from mobileclip_export.export.integrity import require_intact
+from mobileclip_export.export.bundle.integrity import require_intact
+from mobileclip_export.export.pipeline.api import export_model
 
 
 @pytest.fixture(scope="module")

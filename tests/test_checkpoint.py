@@ -722,8 +722,8 @@ def test_trained_head_bias_reaches_every_target(
 ) -> None:
     """open_clip checkpoint with a trained head bias -> export_model to every target in fp32 -> each artifact
     in its runtime matches (cosine >= 0.99999) the model create_model loads, which is bitwise the writer."""
-    from mobileclip_export.export import verify as V
-    from mobileclip_export.export.api import export_model
+    from mobileclip_export.export.pipeline import verify as V
+    from mobileclip_export.export.pipeline.api import export_model
 
     src = _writer(name, reduced=reduced)
     path = _save(ck.export_state_dict(src, "open_clip"), tmp_path / f"{name}.safetensors")

@@ -12,9 +12,9 @@ import torch
 
 from mobileclip_export.cli import main
 from mobileclip_export.errors import UsageError
-from mobileclip_export.export import classifier as C
-from mobileclip_export.export import zeroshot as Z
-from mobileclip_export.export.classifier_stage import read_classes, top1_check
+from mobileclip_export.export.pipeline.classifier import read_classes, top1_check
+from mobileclip_export.export.zeroshot import classifier as C
+from mobileclip_export.export.zeroshot import prompts as Z
 
 LABELS = [
     "a cat", "a rocket", "a horse", "a cup of coffee", "a motorcycle",
@@ -85,7 +85,7 @@ def test_uint8_nhwc_classifier(onnx_bundle, tmp_path) -> None:
     import onnxruntime as ort
 
     from mobileclip_export.export.image_input import to_layout
-    from mobileclip_export.export.verify import image_inputs
+    from mobileclip_export.export.pipeline.verify import image_inputs
 
     res = _export(tmp_path, ["onnx"], reduced=True, options={"image_input": "uint8-nhwc"})
     rec = next(a for a in res.artifacts if a.encoder == C.CLASSIFIER)

@@ -10,10 +10,11 @@ import types
 import pytest
 
 from mobileclip_export import __version__
-from mobileclip_export.export import cli
-from mobileclip_export.export.backends.onnx import OnnxTarget
+from mobileclip_export.commands import export as cli
+from mobileclip_export.export.backends.onnx.target import OnnxTarget
 from mobileclip_export.export.registry import all_targets
-from mobileclip_export.export.testing import use_toy_models
+
+from _toys import use_toy_models
 
 HEAVY = (
     "torch",
@@ -42,7 +43,7 @@ def run_s0(capsys, output_dir, *argv: str) -> tuple[int, str, str]:
 def test_help_does_not_import_converters() -> None:
     code = (
         "import sys\n"
-        "from mobileclip_export.export.cli import main\n"
+        "from mobileclip_export.commands.export import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
         f"print([m for m in {HEAVY!r} if m in sys.modules])\n"
     )
@@ -239,10 +240,10 @@ def test_verification_failure_exits_1_with_numbers(capsys, tmp_path, monkeypatch
 
 def test_bench_is_delegated(capsys, monkeypatch) -> None:
     seen = {}
-    fake = types.ModuleType("mobileclip_export.benchmarks.cli")
+    fake = types.ModuleType("mobileclip_export.commands.bench")
     fake.add_arguments = lambda p: p.add_argument("--model") and p.add_argument("--runs", type=int)
     fake.run = lambda args: seen.setdefault("args", args) and 0
-    monkeypatch.setitem(sys.modules, "mobileclip_export.benchmarks.cli", fake)
+    monkeypatch.setitem(sys.modules, "mobileclip_export.commands.bench", fake)
     import mobileclip_export.benchmarks as bench_pkg
 
     monkeypatch.setattr(bench_pkg, "cli", fake, raising=False)

@@ -17,16 +17,17 @@ pytest.importorskip("coreai_torch")
 pytest.importorskip("coreai.runtime")
 
 from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError  # noqa: E402
-from mobileclip_export.export.backends._tolerances import tolerance_for  # noqa: E402
 from mobileclip_export.export.backends.coreai import CoreAITarget  # noqa: E402
 from mobileclip_export.export.backends.coreai.hazards import find_coreai_hazards  # noqa: E402
 from mobileclip_export.export.parity import compare  # noqa: E402
 from mobileclip_export.export.registry import get_target  # noqa: E402
 from mobileclip_export.export.target import EncoderExport, TensorSpec  # noqa: E402
-from mobileclip_export.export.testing import TOY_EMBED as EMBED  # noqa: E402
-from mobileclip_export.export.testing import DeployToyImage, deploy_toy_text  # noqa: E402
-from mobileclip_export.export.testing import toy_ids as _ids  # noqa: E402
-from mobileclip_export.export.testing import toy_image_input as _image_input  # noqa: E402
+from mobileclip_export.export.tolerances import tolerance_for  # noqa: E402
+
+from _toys import TOY_EMBED as EMBED  # noqa: E402
+from _toys import DeployToyImage, deploy_toy_text  # noqa: E402
+from _toys import toy_ids as _ids  # noqa: E402
+from _toys import toy_image_input as _image_input  # noqa: E402
 
 TARGET = CoreAITarget()
 
@@ -73,7 +74,7 @@ def _check_parity(runner, enc: EncoderExport, precision: str) -> None:
     ref, out = _reference(enc, x), runner.run({enc.inputs[0].name: x})
     stats = compare(ref, out)
     assert stats.n_rows == 2
-    assert not stats.violations(tolerance_for("coreai", precision)), (precision, enc.encoder, stats)
+    assert not stats.violations(tolerance_for(precision)), (precision, enc.encoder, stats)
     if precision == "fp32":
         assert stats.cosine >= 0.99999 and stats.max_abs_diff <= 1e-4 * max(stats.ref_max_abs, 1.0), stats
         centered = compare(ref - ref.mean(0), out - out.mean(0))  # the input-dependent part matches too
@@ -248,12 +249,12 @@ def test_missing_extra_names_the_pip_command(monkeypatch, tmp_path):
 # ---------------------------------------------------------------- real MobileCLIP graphs
 
 
-from mobileclip_export.export.testing import (  # noqa: E402
+from _toys import (  # noqa: E402
     IMAGE_FAMILIES,
     TEXT_FAMILIES,
 )
-from mobileclip_export.export.testing import randomized_encoder_export as real_export  # noqa: E402
-from mobileclip_export.export.testing import structured_inputs as real_inputs  # noqa: E402
+from _toys import randomized_encoder_export as real_export  # noqa: E402
+from _toys import structured_inputs as real_inputs  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -278,7 +279,7 @@ def _real_roundtrip(tmp_path, enc: EncoderExport, precision: str) -> tuple[float
     finally:
         runner.close()
     stats = compare(ref, out)
-    assert not stats.violations(tolerance_for("coreai", precision)), stats
+    assert not stats.violations(tolerance_for(precision)), stats
     if precision == "fp32":  # the input-dependent part of the embedding matches too
         centered = compare(ref - ref.mean(0), out - out.mean(0))
         assert centered.cosine >= 0.9999, centered

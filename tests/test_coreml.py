@@ -14,13 +14,14 @@ import torch
 from torch import nn
 
 from mobileclip_export.errors import ExportFailure, UsageError
-from mobileclip_export.export.backends._tolerances import tolerance_for
 from mobileclip_export.export.backends.coreml import fp16_guard
 from mobileclip_export.export.backends.coreml.convert import convert, input_plan
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.registry import get_target
 from mobileclip_export.export.target import EncoderExport, RuntimeUnavailable, TensorSpec
-from mobileclip_export.export.testing import reduced_encoder_export
+from mobileclip_export.export.tolerances import tolerance_for
+
+from _toys import reduced_encoder_export
 
 ct = pytest.importorskip("coremltools")
 
@@ -155,7 +156,7 @@ def test_fp32_export_structure_metadata_parity(target, tmp_path, model_name, enc
     assert runner.is_deployment_runtime is False and "not Apple's runtime" in runner.label
     stats = compare(_reference(train, x), runner.run({enc.inputs[0].name: x}))
     assert stats.cosine >= 0.99999, stats
-    assert stats.violations(tolerance_for("coreml", "fp32")) == [], stats
+    assert stats.violations(tolerance_for("fp32")) == [], stats
 
 
 @pytest.mark.parametrize("model_name, encoder", [("mobileclip_s0", "image"), ("mobileclip_s0", "text")])
@@ -168,7 +169,7 @@ def test_fp16_export_parity_and_typing(target, tmp_path, model_name, encoder):
     assert checks["problems"] == [] and checks["compute_dtypes"]["FLOAT16"] > 10
     x = _verify_inputs(enc)
     stats = compare(_reference(train, x), target.load(path, {}).run({enc.inputs[0].name: x}))
-    assert stats.violations(tolerance_for("coreml", "fp16")) == [], stats
+    assert stats.violations(tolerance_for("fp16")) == [], stats
     assert stats.cosine < 1.0 - 1e-9  # fp16 rounding is really emulated (a check that can fail)
 
 
@@ -308,7 +309,7 @@ def test_enumerated_batch_sizes(target, tmp_path):
     else:
         x = _verify_inputs(enc)
         stats = compare(_reference(_reduced("mobileclip_b", "text")[1], x), runner.run({"text": x}))
-        assert stats.violations(tolerance_for("coreml", "fp16")) == [], stats
+        assert stats.violations(tolerance_for("fp16")) == [], stats
 
     img = _toy_enc()
     path = tmp_path / "img-b.mlpackage"
@@ -330,7 +331,7 @@ def test_fixed_batch_program_runs_in_padded_chunks(target, tmp_path):
         np.int32
     )  # 3 rows: one chunk padded
     stats = compare(_reference(train, x), target.load(path, {}).run({"text": x}))
-    assert stats.n_rows == 3 and stats.violations(tolerance_for("coreml", "fp32")) == [], stats
+    assert stats.n_rows == 3 and stats.violations(tolerance_for("fp32")) == [], stats
 
 
 # ------------------------------------------------------------------ fp16 overflow guard
@@ -373,7 +374,7 @@ def test_fp16_overflow_guard_keeps_hot_ops_in_fp32(target, tmp_path):
     checks = target.structural_checks(path, enc)
     assert checks["problems"] == [] and checks["compute_dtypes"]["FLOAT16"] > 0  # still mostly fp16
     stats = compare(ref, target.load(path, {}).run({"image": x}))
-    assert stats.violations(tolerance_for("coreml", "fp16")) == [], stats
+    assert stats.violations(tolerance_for("fp16")) == [], stats
 
 
 def test_fp16_overflow_that_cannot_be_fixed_fails(target, tmp_path, monkeypatch):

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mobileclip_export.export.backends._tolerances import tolerance_for
 from mobileclip_export.export.backends.coreml.mil import (
     FeedError,
     Program,
@@ -37,10 +36,11 @@ from mobileclip_export.export.backends.coreml.mil import (
 )
 from mobileclip_export.export.backends.coreml.mil.ir import Graph, OpNode, VarInfo
 from mobileclip_export.export.parity import compare
+from mobileclip_export.export.tolerances import tolerance_for
 
 ct = pytest.importorskip("coremltools")
 
-FP32, FP16 = tolerance_for("coreml", "fp32"), tolerance_for("coreml", "fp16")
+FP32, FP16 = tolerance_for("fp32"), tolerance_for("fp16")
 
 
 # ---------------------------------------------------------------- helpers

@@ -196,7 +196,8 @@ def test_full_size_s0_compressed_program_matches_its_dense_decompression(
     """Full-size S0 image encoder: the compressed program through our constexpr ops equals, bit for bit, the
     program coremltools decompresses back to dense fp16 weights (its own dequantized reference)."""
     from mobileclip_export.export.registry import get_target
-    from mobileclip_export.export.testing import randomized_encoder_export
+
+    from _toys import randomized_encoder_export
 
     enc = randomized_encoder_export("mobileclip_s0", "image", reduced=False)
     path = tmp_path / f"s0-{precision}.mlpackage"

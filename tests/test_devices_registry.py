@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mobileclip_export.benchmarks import devices
-from mobileclip_export.benchmarks.cli import build_parser
 from mobileclip_export.benchmarks.devices import DeviceRunner, get_runner, register_runner, runner_names
+from mobileclip_export.commands.bench import build_parser
 from mobileclip_export.errors import RegistryError, UnknownNameError
 
 

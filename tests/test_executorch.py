@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from mobileclip_export.errors import UsageError
-from mobileclip_export.export.backends._tolerances import tolerance_for
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.registry import get_target
 from mobileclip_export.export.target import EncoderExport, RuntimeUnavailable, TensorSpec
-from mobileclip_export.export.testing import reduced_encoder_export
+from mobileclip_export.export.tolerances import tolerance_for
+
+from _toys import reduced_encoder_export
 
 pytest.importorskip("executorch")
 
@@ -146,7 +147,7 @@ def test_xnnpack_fp32_parity(target, tmp_path, model_name, encoder):
     x = _verify_inputs(enc)
     stats = compare(_reference(train, x), runner.run({enc.inputs[0].name: x}))
     assert stats.cosine >= 0.99999, stats
-    assert stats.violations(tolerance_for("executorch", "fp32")) == [], stats
+    assert stats.violations(tolerance_for("fp32")) == [], stats
     # per-op profile (ETDump + Inspector): XNNPACK operators inside the delegate, the ids' ops outside
     prof = target.profile(path, {enc.inputs[0].name: x[:1]}, 1, 2).summary()
     assert prof["runs"] == 2 and prof["profiled_ms_per_run"] > 0
@@ -162,7 +163,7 @@ def test_xnnpack_fp16_parity(target, tmp_path):
     assert info.details["io_dtype"] == "float16" and info.inputs[0].dtype == "float16"
     x = _verify_inputs(enc)
     stats = compare(_reference(train, x), target.load(path, {}).run({"image": x}))
-    assert stats.violations(tolerance_for("executorch", "fp16")) == [], stats
+    assert stats.violations(tolerance_for("fp16")) == [], stats
     assert stats.cosine < 1.0 - 1e-9  # it really ran in half precision
 
 
@@ -193,7 +194,7 @@ def test_fp16_layer_norm_stays_correct_at_width_512(target, tmp_path):
     target.export(enc, "fp16", target.validate("fp16", {}), path)
     x = torch.randint(1, 100, (3, 77), generator=torch.Generator().manual_seed(1), dtype=torch.int32).numpy()
     stats = compare(_reference(m, x), target.load(path, {}).run({"text": x}))
-    assert stats.violations(tolerance_for("executorch", "fp16")) == [], stats
+    assert stats.violations(tolerance_for("fp16")) == [], stats
 
 
 # ------------------------------------------------------------------ portable, Core ML delegate, batch_norm
@@ -208,7 +209,7 @@ def test_portable_delegate_runs_everything_on_portable_kernels(target, tmp_path)
     assert "portable kernels only" in runner.label
     x = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
     stats = compare(_reference(enc.module, x), runner.run({"image": x}))
-    assert stats.violations(tolerance_for("executorch", "fp32")) == [], stats
+    assert stats.violations(tolerance_for("fp32")) == [], stats
 
 
 def test_coreml_delegate_builds_but_cannot_run_here(target, tmp_path):
@@ -253,7 +254,7 @@ def test_lowering_does_not_consume_the_callers_module(target, tmp_path):
 @pytest.mark.parametrize("model_name", ["mobileclip_s0", "mobileclip_s2"])
 @pytest.mark.parametrize("encoder", ["image", "text"])
 def test_full_size_encoders_lower_to_one_xnnpack_subgraph(target, tmp_path, model_name, encoder):
-    from mobileclip_export.export.testing import randomized_encoder_export, structured_inputs
+    from _toys import randomized_encoder_export, structured_inputs
 
     enc = randomized_encoder_export(model_name, encoder, reduced=False)
     path = tmp_path / "full.pte"
@@ -285,4 +286,4 @@ def test_xnnpack_int8_parity_and_quantization_mode(target, tmp_path, encoder):
     x = _verify_inputs(enc)
     runner = target.load(path, {"num_threads": 1})
     stats = compare(_reference(train, x), runner.run({enc.inputs[0].name: x}))
-    assert stats.violations(tolerance_for("executorch", "int8")) == [], stats
+    assert stats.violations(tolerance_for("int8")) == [], stats

@@ -11,10 +11,11 @@ import json
 
 import pytest
 
-from mobileclip_export.export.api import export_model
+from mobileclip_export.export.pipeline.api import export_model
 from mobileclip_export.export.registry import all_targets
-from mobileclip_export.export.testing import use_toy_models
 from mobileclip_export.hashing import path_sha256
+
+from _toys import use_toy_models
 
 TARGETS = list(all_targets())
 # MCi2 repeats MCi0's block types and the MobileCLIP2-B stem is checked in PyTorch by test_vit: both run under

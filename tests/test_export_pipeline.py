@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from mobileclip_export.errors import UsageError, VerificationError
-from mobileclip_export.export import api, plan, registry
-from mobileclip_export.export.api import export_model
-from mobileclip_export.export.backends.onnx import OnnxTarget
+from mobileclip_export.export import registry
+from mobileclip_export.export.backends.onnx.target import OnnxTarget
+from mobileclip_export.export.pipeline import api, plan
+from mobileclip_export.export.pipeline.api import export_model
 from mobileclip_export.export.target import ArtifactInfo, Runner, RuntimeUnavailable, Target
-from mobileclip_export.export.testing import use_toy_models
 from mobileclip_export.hashing import path_sha256
+
+from _toys import use_toy_models
 
 
 @pytest.fixture
@@ -316,7 +318,7 @@ def test_stale_staging_dirs_of_killed_exports_are_swept(tmp_path) -> None:
     import subprocess
     import sys
 
-    from mobileclip_export.export.bundle import BundleWriter
+    from mobileclip_export.export.bundle.layout import BundleWriter
 
     code = "import os; print(os.getpid())"
     dead = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from mobileclip_export.export import golden
-from mobileclip_export.export.api import export_model
+from mobileclip_export.export.bundle import golden
 from mobileclip_export.export.parity import Tolerance, compare
+from mobileclip_export.export.pipeline.api import export_model
 from mobileclip_export.models import create_model
 from mobileclip_export.models.tokenizer import tokenize
 

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from mobileclip_export.export.backends._tolerances import TASK_TOLERANCES, task_tolerance_for
-from mobileclip_export.export.calibration import TaskData, captions
-from mobileclip_export.export.compression import COMPRESSED, matches_layer, parse_layers
-from mobileclip_export.export.guard import (
+from mobileclip_export.export.compression.calibration import TaskData, captions
+from mobileclip_export.export.compression.guard import (
     compressible_layers,
     layer_sensitivity,
     simulate_weight,
     task_measures,
     task_violations,
 )
+from mobileclip_export.export.compression.precisions import COMPRESSED, matches_layer, parse_layers
+from mobileclip_export.export.tolerances import TASK_TOLERANCES, task_tolerance_for
 
 
 def _task(seed: int = 0) -> TaskData:
@@ -47,7 +47,7 @@ def test_retrieval_is_judged_on_decisive_photos_only() -> None:
     (a random-weights checkpoint is not flagged as random, so the flag alone cannot decide)."""
     from dataclasses import replace
 
-    from mobileclip_export.export.guard import DECISIVE_MARGIN, guard_artifact
+    from mobileclip_export.export.compression.guard import DECISIVE_MARGIN, guard_artifact
     from mobileclip_export.export.parity import Tolerance
 
     task = _task()
@@ -119,7 +119,7 @@ def test_captions_name_every_shipped_photograph() -> None:
 def test_over_compressed_core_ml_fails_the_guard_then_passes_with_kept_layers(tmp_path: Path) -> None:
     pytest.importorskip("coremltools")
     pytest.importorskip("skimage")
-    from mobileclip_export.export.api import export_model
+    from mobileclip_export.export.pipeline.api import export_model
 
     common = dict(encoders="image", precision="palettize2", reduced=True, output_dir=tmp_path)
     res = export_model("mobileclip_s0", "coreml", **common)
@@ -138,7 +138,7 @@ def test_over_compressed_core_ml_fails_the_guard_then_passes_with_kept_layers(tm
 def test_task_limits_are_reported_not_enforced_for_random_weights() -> None:
     from dataclasses import replace
 
-    from mobileclip_export.export.guard import guard_artifact
+    from mobileclip_export.export.compression.guard import guard_artifact
     from mobileclip_export.export.parity import Tolerance
 
     task = _task()

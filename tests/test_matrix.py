@@ -18,8 +18,7 @@ from mobileclip_export.matrix.estimate import BASE_SECONDS, calibrate, estimate
 from mobileclip_export.matrix.jobs import Job, cell_key
 from mobileclip_export.matrix.local import LocalPool, death_reason
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _matrix_helpers import KillFirstConversion, artifact_hashes, assert_bundles_consistent  # noqa: E402
+from _matrix_helpers import KillFirstConversion, artifact_hashes, assert_bundles_consistent
 
 TARGETS = ["onnx", "tflite"]  # the cheapest verified conversions here (reduced S0, fp16)
 REQ = MatrixRequest(models=("mobileclip_s0",), targets=(TARGETS[0],), precisions=("fp16",), reduced=True)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mobileclip_export.export.api import export_model
-from mobileclip_export.export.testing import card_code_blocks, check_snippet_names
+from mobileclip_export.export.pipeline.api import export_model
+
+from _toys import card_code_blocks, check_snippet_names
 
 markdown_it = pytest.importorskip("markdown_it")
 

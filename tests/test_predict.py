@@ -14,7 +14,7 @@ import pytest
 
 from mobileclip_export.cli import main
 from mobileclip_export.errors import UsageError
-from mobileclip_export.export import zeroshot as Z
+from mobileclip_export.export.zeroshot import prompts as Z
 from mobileclip_export.models.samples import sample_dir, sample_paths, sample_photos
 
 pytest.importorskip("skimage", reason="sample photographs need the zeroshot extra")

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from mobileclip_export.export import cli
+from mobileclip_export.commands import export as cli
 from mobileclip_export.export.registry import all_targets
-from mobileclip_export.export.testing import use_toy_models
+
+from _toys import use_toy_models
 
 SCRIPT = """
 import ctypes, os, sys

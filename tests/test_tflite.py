@@ -15,20 +15,21 @@ pytest.importorskip("ai_edge_litert.interpreter")
 
 from mobileclip_export.errors import MissingDependencyError, UsageError  # noqa: E402
 from mobileclip_export.export.backends import tflite as backend  # noqa: E402
-from mobileclip_export.export.backends._tolerances import tolerance_for  # noqa: E402
 from mobileclip_export.export.parity import Tolerance, compare  # noqa: E402
 from mobileclip_export.export.registry import get_target  # noqa: E402
 from mobileclip_export.export.target import EncoderExport, TensorSpec  # noqa: E402
-from mobileclip_export.export.testing import TOY_EMBED as EMBED  # noqa: E402
-from mobileclip_export.export.testing import DeployToyImage, deploy_toy_text  # noqa: E402
-from mobileclip_export.export.testing import toy_ids as _ids  # noqa: E402
-from mobileclip_export.export.testing import toy_image_input as _image_input  # noqa: E402
+from mobileclip_export.export.tolerances import tolerance_for  # noqa: E402
+
+from _toys import TOY_EMBED as EMBED  # noqa: E402
+from _toys import DeployToyImage, deploy_toy_text  # noqa: E402
+from _toys import toy_ids as _ids  # noqa: E402
+from _toys import toy_image_input as _image_input  # noqa: E402
 
 TARGET = backend.TFLiteTarget()
 
 
 def _tolerance(precision: str) -> Tolerance:
-    return tolerance_for("tflite", precision)
+    return tolerance_for(precision)
 
 
 def toy_export(kind: str, int64_example: bool = False) -> EncoderExport:
@@ -174,12 +175,12 @@ def test_missing_extra_names_the_pip_command(monkeypatch, tmp_path):
 # ---------------------------------------------------------------- real MobileCLIP encoders
 
 
-from mobileclip_export.export.testing import (  # noqa: E402
+from _toys import (  # noqa: E402
     IMAGE_FAMILIES,
     TEXT_FAMILIES,
 )
-from mobileclip_export.export.testing import randomized_encoder_export as real_export  # noqa: E402
-from mobileclip_export.export.testing import structured_inputs as real_inputs  # noqa: E402
+from _toys import randomized_encoder_export as real_export  # noqa: E402
+from _toys import structured_inputs as real_inputs  # noqa: E402
 
 
 def _real_inputs(enc: EncoderExport) -> np.ndarray:
@@ -202,7 +203,7 @@ def test_reduced_s0_int8_static_image_full_integer(tmp_path):
     """Full-integer int8 calibrated on the shipped photographs: the float image input and the output become
     int8 tensors that the runner quantizes / dequantizes; parity within the int8-static tolerance (checked in
     _roundtrip). MCi0 has no LayerNorm, so nothing computes in float32 or at 16 bits."""
-    from mobileclip_export.export.calibration import calibration_inputs
+    from mobileclip_export.export.compression.calibration import calibration_inputs
 
     enc = real_export("mobileclip_s0", "image")
     path, info, checks, stats, _ = _roundtrip(tmp_path, enc, "int8-static", _real_inputs(enc))
@@ -221,7 +222,7 @@ def test_reduced_s0_text_int8_static_passes_its_guard(tmp_path):
     int8 this encoder failed its guard (cosine 0.938 < 0.95: the per-token LayerNorm statistics do not
     survive one per-tensor int8 or int16 scale); with the LayerNorm ops in float32 it passes, every weighted
     op stays int8, the embedding table is int8, and the manifest lists what computes in float."""
-    from mobileclip_export.export.api import export_model
+    from mobileclip_export.export.pipeline.api import export_model
     from mobileclip_export.models import create_model
 
     res = export_model(
@@ -231,7 +232,7 @@ def test_reduced_s0_text_int8_static_passes_its_guard(tmp_path):
     assert rec.status == "verified", rec.error
     guard, details = rec.details["accuracy_guard"], rec.details
     assert guard["status"] == "passed" and guard["violations"] == []
-    assert guard["cosine"] >= tolerance_for("tflite", "int8-static").min_cosine
+    assert guard["cosine"] >= tolerance_for("int8-static").min_cosine
     text = create_model("mobileclip_s0", reduced=True).text_encoder
     norms = sum(isinstance(m, torch.nn.LayerNorm) for m in text.modules())
     assert details["float32_modules"] == ["LayerNorm"] and details["int16_ops"] == {}

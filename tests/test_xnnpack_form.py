@@ -7,14 +7,15 @@ import copy
 import torch
 from torch import nn
 
-from mobileclip_export.export.backends.xnnpack_census import (
+from mobileclip_export.export.backends.xnnpack.census import (
     ALLOWED_UNDELEGATED,
     delegated_ops,
     undelegated_census,
 )
-from mobileclip_export.export.backends.xnnpack_form import MatmulLayerNorm, xnnpack_module
+from mobileclip_export.export.backends.xnnpack.form import MatmulLayerNorm, xnnpack_module
 from mobileclip_export.export.parity import compare
-from mobileclip_export.export.testing import randomized_encoder_export, structured_inputs
+
+from _toys import randomized_encoder_export, structured_inputs
 
 
 def test_matmul_layer_norm_matches_torch():
@@ -82,7 +83,7 @@ def test_tflite_delegated_ops_walk_back_from_each_delegate():
 
 
 def test_tiled_depthwise_is_the_same_convolution():
-    from mobileclip_export.export.backends.xnnpack_form import TiledDepthwise
+    from mobileclip_export.export.backends.xnnpack.form import TiledDepthwise
 
     for k, stride, size in ((7, 1, 16), (7, 2, 15), (11, 1, 9)):
         conv = nn.Conv2d(8, 8, k, stride, k // 2, groups=8).eval()

@@ -10,7 +10,7 @@ from typing import Any
 
 from mobileclip_export.benchmarks.rows import ReportRow
 from mobileclip_export.errors import UsageError
-from mobileclip_export.export.bundle import path_bytes
+from mobileclip_export.export.bundle.layout import path_bytes
 
 
 class DeviceUnavailable(UsageError):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mobileclip_export.errors import ExportFailure, UsageError
-from mobileclip_export.export.compression import (
+from mobileclip_export.export.compression.precisions import (
     INT8,
     KEEP_FP_OPTION,
     PALETTIZE_BITS,

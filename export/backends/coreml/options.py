@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mobileclip_export.errors import UsageError
-from mobileclip_export.export.compression import INT8, PALETTIZE_BITS
+from mobileclip_export.export.compression.precisions import INT8, PALETTIZE_BITS
 
 DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18", "iOS26", "macOS13", "macOS14", "macOS15", "macOS26")
 COMPRESSIONS = (INT8, *PALETTIZE_BITS)  # weight compressions of an fp16 program (compress.py)

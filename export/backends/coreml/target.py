@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mobileclip_export.errors import UsageError
-from mobileclip_export.export.compression import (
+from mobileclip_export.export.compression.precisions import (
     AUTO_KEEP_HELP,
     AUTO_KEEP_OPTION,
     KEEP_FP_HELP,

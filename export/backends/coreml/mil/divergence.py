@@ -73,10 +73,10 @@ def normalize_name(name: str) -> str:
 
 
 def _default_tol(program: Program) -> Tolerance:
-    from mobileclip_export.export.backends._tolerances import tolerance_for
+    from mobileclip_export.export.tolerances import tolerance_for
 
     fp16 = program.fp16_emulation and program.graph.uses_fp16()
-    return tolerance_for("coreml", "fp16" if fp16 else "fp32")
+    return tolerance_for("fp16" if fp16 else "fp32")
 
 
 def compare_values(reference: np.ndarray, actual: np.ndarray) -> tuple[ParityStats, list[str]]:
