@@ -1,4 +1,5 @@
-"""Targets, verification, bundle/manifest and the CLI.
+"""The export contracts (``Target``, registry, image input, parity, tolerances) and their subpackages:
+``pipeline`` (the run), ``bundle`` (the output folder), ``compression``, ``zeroshot``, ``backends``.
 
 Public API (imported lazily so ``import mobileclip_export.export`` and ``--help`` stay cheap)::
 
@@ -14,11 +15,11 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "export_model": "api",
-    "ExportResult": "manifest",
-    "ArtifactRecord": "manifest",
-    "ProgressEvent": "progress",
-    "StderrProgress": "progress",
+    "export_model": "pipeline.api",
+    "ExportResult": "bundle.manifest",
+    "ArtifactRecord": "bundle.manifest",
+    "ProgressEvent": "pipeline.progress",
+    "StderrProgress": "pipeline.progress",
     "get_target": "registry",
     "all_targets": "registry",
 }
