@@ -13,7 +13,6 @@ from mobileclip_export.benchmarks.artifacts import BUNDLE_KEY, Bundle, parse_pre
 from mobileclip_export.benchmarks.rows import ReportRow
 
 THREAD_OPTION_NAMES = ("threads", "num_threads", "intra_op_num_threads")
-TRAIN, REPARAM = "pytorch-train", "pytorch-reparam"  # the two PyTorch eager baselines
 
 
 def bench_inputs(model: Any, seed: int) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from mobileclip_export.benchmarks.stats import LatencyStats, summarize
 from mobileclip_export.export.pipeline.progress import ProgressCallback, ProgressEvent
-from mobileclip_export.export.target import RuntimeUnavailable
+from mobileclip_export.export.spec import RuntimeUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+TRAIN, REPARAM = "pytorch-train", "pytorch-reparam"  # the two PyTorch eager baselines, by row name
+
 DEPLOYMENT = "deployment"
 
 
@@ -48,7 +50,6 @@ class ReportRow:
 
 def _speedups(results: Sequence[Any]) -> tuple[dict[str, Any], dict[str, float]]:
     """Per encoder: the train-time PyTorch output (parity reference) and the reparameterized median."""
-    from mobileclip_export.benchmarks.candidates import REPARAM, TRAIN
 
     reference = {m.candidate.encoder: m.output for m in results if m.candidate.target == TRAIN}
     reparam = {
@@ -60,7 +61,6 @@ def _speedups(results: Sequence[Any]) -> tuple[dict[str, Any], dict[str, float]]
 def host_rows(results: Sequence[Any], macs: Mapping[str, Any], peak_gflops: float) -> list[ReportRow]:
     """Rows for the timed host candidates (``harness.Measurement``), peak GEMMs left out."""
     from mobileclip_export.benchmarks import harness as H
-    from mobileclip_export.benchmarks.candidates import TRAIN
     from mobileclip_export.export.parity import compare
 
     reference, reparam_median = _speedups(results)

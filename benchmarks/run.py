@@ -174,8 +174,9 @@ def _resolve_bundle(config: BenchConfig, progress: Any) -> tuple[Bundle, BenchCo
 def _torch_side(config: BenchConfig) -> _TorchSide:
     import torch
 
-    from mobileclip_export.benchmarks.candidates import REPARAM, TRAIN, bench_inputs, torch_candidate
+    from mobileclip_export.benchmarks.candidates import bench_inputs, torch_candidate
     from mobileclip_export.benchmarks.macs import count_macs, weight_bytes
+    from mobileclip_export.benchmarks.rows import REPARAM, TRAIN
     from mobileclip_export.models import create_model
     from mobileclip_export.reparam import reparameterize_model
 

@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from mobileclip_export.export.target import EncoderExport, OptionSpec, Runner, TensorSpec
+from mobileclip_export.export.spec import EncoderExport, OptionSpec, Runner, TensorSpec
 
 if TYPE_CHECKING:
     import numpy as np

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from mobileclip_export.export.target import EncoderExport
+    from mobileclip_export.export.spec import EncoderExport
 
 
 class ToyImageEncoder(nn.Module):

@@ -12,7 +12,8 @@ import torch
 from mobileclip_export.commands.bench import main
 from mobileclip_export.export import registry
 from mobileclip_export.export.pipeline import plan
-from mobileclip_export.export.target import OptionSpec, Runner, RuntimeUnavailable, Target
+from mobileclip_export.export.spec import OptionSpec, Runner, RuntimeUnavailable
+from mobileclip_export.export.target import Target
 from mobileclip_export.hashing import path_sha256
 
 SEEN_OPTIONS: list[dict] = []

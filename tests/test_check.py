@@ -12,15 +12,11 @@ import pytest
 from mobileclip_export.cli import main
 from mobileclip_export.errors import IntegrityError
 from mobileclip_export.export.bundle.integrity import require_intact
-from mobileclip_export.export.pipeline.api import export_model
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("check")
-    res = export_model("mobileclip_s0", "onnx", output_dir=out, reduced=True)
-    assert res.ok
-    return res.bundle_dir
+@pytest.fixture
+def bundle(reduced_bundle: Path) -> Path:
+    return reduced_bundle
 
 
 def _flip(path: Path, offset: int = 1000) -> None:

@@ -18,7 +18,7 @@ from mobileclip_export.export.backends.coreml import fp16_guard
 from mobileclip_export.export.backends.coreml.convert import convert, input_plan
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.registry import get_target
-from mobileclip_export.export.target import EncoderExport, RuntimeUnavailable, TensorSpec
+from mobileclip_export.export.spec import EncoderExport, RuntimeUnavailable, TensorSpec
 from mobileclip_export.export.tolerances import tolerance_for
 
 from _toys import reduced_encoder_export

@@ -16,7 +16,8 @@ from mobileclip_export.export import registry
 from mobileclip_export.export.backends.onnx.target import OnnxTarget
 from mobileclip_export.export.pipeline import api, plan
 from mobileclip_export.export.pipeline.api import export_model
-from mobileclip_export.export.target import ArtifactInfo, Runner, RuntimeUnavailable, Target
+from mobileclip_export.export.spec import ArtifactInfo, Runner, RuntimeUnavailable
+from mobileclip_export.export.target import Target
 from mobileclip_export.hashing import path_sha256
 
 from _toys import use_toy_models
@@ -218,7 +219,7 @@ class _MultiTarget(Target):
 
 
 def test_multifunction_path(tmp_path, toy, monkeypatch) -> None:
-    from mobileclip_export.export.target import OptionSpec
+    from mobileclip_export.export.spec import OptionSpec
 
     _MultiTarget.options = (OptionSpec("multifunction", "one artifact for both encoders", False, None, bool),)
     fake = {**registry.all_targets(), "fakemulti": _MultiTarget()}

@@ -47,9 +47,9 @@ def _check(bundle: Path) -> dict:
     return index
 
 
-@pytest.fixture(scope="module")
-def onnx_bundle(tmp_path_factory) -> Path:
-    return _bundle(tmp_path_factory.mktemp("golden"), "onnx")
+@pytest.fixture
+def onnx_bundle(reduced_bundle: Path) -> Path:
+    return reduced_bundle
 
 
 def test_golden_vectors_rerun(onnx_bundle) -> None:

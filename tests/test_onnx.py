@@ -11,7 +11,7 @@ from mobileclip_export.errors import UsageError
 from mobileclip_export.export.backends.onnx.target import OnnxTarget, _set_io_names
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.pipeline.api import export_model
-from mobileclip_export.export.target import EncoderExport, TensorSpec
+from mobileclip_export.export.spec import EncoderExport, TensorSpec
 
 from _toys import ToyCLIP, toy_spec, use_toy_models
 

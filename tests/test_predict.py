@@ -28,15 +28,9 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    pytest.importorskip("onnxruntime")
-    from mobileclip_export.export import export_model
-
-    out = tmp_path_factory.mktemp("predict")
-    result = export_model("mobileclip_s0", ["onnx"], output_dir=out, reduced=True, precision="fp32", seed=3)
-    assert result.ok and result.bundle_dir is not None
-    return result.bundle_dir
+@pytest.fixture
+def bundle(reduced_bundle):
+    return reduced_bundle
 
 
 def _images() -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 from mobileclip_export.errors import UsageError, install_hint
 from mobileclip_export.export.pipeline.progress import human_bytes
 from mobileclip_export.export.registry import all_targets
-from mobileclip_export.export.target import OptionSpec
+from mobileclip_export.export.spec import OptionSpec
 
 PROG = "mobileclip-export"
 

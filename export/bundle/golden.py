@@ -146,7 +146,7 @@ def golden_index(
 def _run_artifact(root: Path, rec: Any, enc: str, inputs: list[np.ndarray]) -> dict[str, Any]:
     """Embeddings of ``inputs`` (one at a time) from the artifact of ``rec`` in its runtime here."""
     from mobileclip_export.export.registry import get_target
-    from mobileclip_export.export.target import RuntimeUnavailable
+    from mobileclip_export.export.spec import RuntimeUnavailable
 
     art: dict[str, Any] = {"encoder": enc, "target": rec.target, "precision": rec.precision}
     options = rec.options or {}

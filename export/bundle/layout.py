@@ -28,10 +28,6 @@ MANIFEST = "manifest.json"
 STAGING = ".staging"  # per-target folder where backends write before an artifact is verified
 
 
-def artifact_name(model: str, encoder: str, precision: str, extension: str) -> str:
-    return f"{model}-{encoder}-{precision}{extension}"
-
-
 def check_output_dir(output_dir: Path) -> Path | None:
     """Create ``output_dir`` if needed and prove we can write there, before any heavy work.
 

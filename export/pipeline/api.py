@@ -47,9 +47,10 @@ from mobileclip_export.export.pipeline.encoders import encoder_export
 from mobileclip_export.export.pipeline.guard import GuardJob, guard_record, needs_guard, task_data
 from mobileclip_export.export.pipeline.plan import ExportPlan, TargetPlan, plan_export
 from mobileclip_export.export.pipeline.progress import ProgressCallback, ProgressEvent
-from mobileclip_export.export.target import EncoderExport, TensorSpec
+from mobileclip_export.export.spec import EncoderExport, TensorSpec
 from mobileclip_export.export.tolerances import tolerance_for
 from mobileclip_export.hashing import path_sha256
+from mobileclip_export.models.preprocess import EXIF_ORIENTATION
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def export_model(
     t_start = time.perf_counter()
     spec = _get_spec(model)  # UnknownNameError lists the models
     plan = plan_export(targets, encoders, precision, options)
-    _check_request(checkpoint, classes, plan)
+    _check_request(checkpoint, classes, templates, plan)
     out_dir = Path(output_dir)
     created = check_output_dir(out_dir)
     writer = BundleWriter(out_dir, model, force)
@@ -236,13 +237,19 @@ def _export_args(model: str, plan: ExportPlan, args: dict[str, Any]) -> dict[str
     }
 
 
-def _check_request(checkpoint: str | Path | None, classes: Sequence[str] | None, plan: ExportPlan) -> None:
-    """Cheap checks before any heavy work: the checkpoint file; --classes needs the image encoder."""
+def _check_request(
+    checkpoint: str | Path | None, classes: Sequence[str] | None, templates: Any, plan: ExportPlan
+) -> None:
+    """Cheap checks before any heavy work: the checkpoint file; --classes needs the image encoder, valid
+    templates, and labels that stay distinct within the context length."""
     from mobileclip_export.errors import UsageError
+    from mobileclip_export.export.zeroshot import prompts as Z
 
     _check_checkpoint(checkpoint)
     if classes is not None and "image" not in plan.encoders:
         raise UsageError("--classes bakes labels into the image encoder; it needs --encoder image or both")
+    if classes is not None:
+        Z.check_prompts(list(classes), Z.resolve_templates(templates))
 
 
 def _prepare_classifier(
@@ -487,6 +494,7 @@ def _manifest(
         preprocessing={
             **spec.preprocessing.to_dict(),
             "baked_in": "mean/std inside the model; feed [0,1] RGB",
+            "exif_orientation": EXIF_ORIENTATION,  # photos are turned upright before resizing
         },
         tokenizer={**prep.tokenizer, "files": list(prep.tokenizer_files)},
         logit_scale=prep.logit,

@@ -19,11 +19,11 @@ import numpy as np
 from torch import nn
 
 from mobileclip_export.errors import ExportFailure, UsageError
-from mobileclip_export.export.bundle.layout import BundleWriter, artifact_name, path_bytes, remove_path
+from mobileclip_export.export.bundle.layout import BundleWriter, path_bytes, remove_path
 from mobileclip_export.export.bundle.manifest import ArtifactRecord
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.pipeline import verify as V
-from mobileclip_export.export.target import EncoderExport, RuntimeUnavailable
+from mobileclip_export.export.spec import EncoderExport, RuntimeUnavailable, artifact_name
 from mobileclip_export.export.tolerances import tolerance_for
 from mobileclip_export.export.zeroshot import classifier as C
 from mobileclip_export.export.zeroshot import prompts as Z

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from mobileclip_export.export.target import EncoderExport, TensorSpec
+from mobileclip_export.export.spec import EncoderExport, TensorSpec
 
 if TYPE_CHECKING:  # torch stays out of --help
     from torch import nn

@@ -25,7 +25,8 @@ from mobileclip_export.export.compression.precisions import (
     is_compressed,
     parse_layers,
 )
-from mobileclip_export.export.target import EncoderExport, RuntimeUnavailable, Target
+from mobileclip_export.export.spec import EncoderExport, RuntimeUnavailable
+from mobileclip_export.export.target import Target
 from mobileclip_export.export.tolerances import task_tolerance_for, tolerance_for
 
 log = logging.getLogger(__name__)

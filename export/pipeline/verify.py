@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mobileclip_export.export.parity import ParityStats
-from mobileclip_export.export.target import Runner
+from mobileclip_export.export.spec import Runner
 
 VERIFY_TEXTS: tuple[str, ...] = (
     "",
@@ -172,7 +172,7 @@ def verify_artifact(
 ) -> None:
     """Structural checks, then (unless ``verify`` is off or the runtime is unavailable here) parity of
     ``path`` run in the target's runtime vs the train-time references; sets ``rec.status``/``parity``."""
-    from mobileclip_export.export.target import RuntimeUnavailable
+    from mobileclip_export.export.spec import RuntimeUnavailable
     from mobileclip_export.export.tolerances import tolerance_for
 
     problems = structural_problems(rec, target, path, encs)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mobileclip_export.export.target import EncoderExport, TensorSpec
+from mobileclip_export.export.spec import EncoderExport, TensorSpec
 from mobileclip_export.export.zeroshot import prompts as Z
 
 CLASSIFIER = "classifier"  # the artifact's encoder label in the manifest and its file name

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from mobileclip_export.errors import UsageError
-from mobileclip_export.export.target import Runner, RuntimeUnavailable, Target
+from mobileclip_export.export.spec import Runner, RuntimeUnavailable
+from mobileclip_export.export.target import Target
 
 log = logging.getLogger(__name__)
 

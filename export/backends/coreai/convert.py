@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mobileclip_export.errors import ExportFailure, MissingDependencyError, install_hint
-from mobileclip_export.export.target import EncoderExport, TensorSpec
+from mobileclip_export.export.spec import EncoderExport, TensorSpec
 
 from .hazards import find_coreai_hazards
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mobileclip_export.errors import UsageError
-from mobileclip_export.export.target import Runner
+from mobileclip_export.export.spec import Runner
 
 RUNNER_LABEL = "Core AI CPU reference runtime (Linux), not device kernels; latency here is not a speed figure"
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mobileclip_export.export.target import EncoderExport
+from mobileclip_export.export.spec import EncoderExport
 
 from .convert import MAIN_ENTRYPOINT, function_name
 

@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from mobileclip_export.errors import UsageError
-from mobileclip_export.export.target import (
+from mobileclip_export.export.spec import (
     ArtifactInfo,
     EncoderExport,
     OptionSpec,
     Runner,
     RuntimeUnavailable,
-    Target,
     TensorSpec,
 )
+from mobileclip_export.export.target import Target
 
 from .convert import MAIN_ENTRYPOINT, PIP_HINT, convert_and_save, function_name, io_specs
 

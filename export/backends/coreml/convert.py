@@ -13,7 +13,7 @@ import numpy as np
 
 from mobileclip_export import __version__
 from mobileclip_export.errors import ExportFailure, UsageError
-from mobileclip_export.export.target import EncoderExport, TensorSpec
+from mobileclip_export.export.spec import EncoderExport, TensorSpec
 
 from .options import COMPUTE_UNITS
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mobileclip_export.errors import ExportFailure
-from mobileclip_export.export.target import EncoderExport
+from mobileclip_export.export.spec import EncoderExport
 
 from .convert import InputPlan, convert, feeds, remove_artifact
 from .mil import FeedError, MilExecutorError, find_fp16_overflows

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mobileclip_export.export.target import EncoderExport, TensorSpec
+from mobileclip_export.export.spec import EncoderExport, TensorSpec
 
 NAMINGS = ("default", "apple")
 APPLE_OUTPUT = "final_emb_1"

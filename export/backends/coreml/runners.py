@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mobileclip_export.errors import MissingDependencyError
-from mobileclip_export.export.target import Runner, RuntimeUnavailable
+from mobileclip_export.export.spec import Runner, RuntimeUnavailable
 
 from .options import COMPUTE_UNITS
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mobileclip_export.export.target import EncoderExport
+from mobileclip_export.export.spec import EncoderExport
 
 
 def structural_checks(path: Path, enc: EncoderExport) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from mobileclip_export.export.compression.precisions import (
     KEEP_FP_OPTION,
     parse_layers,
 )
-from mobileclip_export.export.target import ArtifactInfo, EncoderExport, OptionSpec, Runner, Target
+from mobileclip_export.export.spec import ArtifactInfo, EncoderExport, OptionSpec, Runner
+from mobileclip_export.export.target import Target
 
 from .naming import NAMINGS, apple_export, apple_file_name
 from .options import COMPRESSIONS, COMPUTE_UNITS, DEPLOYMENT_TARGETS, parse_batch_sizes

@@ -32,9 +32,9 @@ def profile_executorch(path: Path, inputs: Mapping[str, np.ndarray], threads: in
     from executorch.devtools import Inspector
     from executorch.extension.pybindings import portable_lib
 
-    from mobileclip_export.export.backends.executorch.target import _set_threads
+    from mobileclip_export.export.backends.executorch.runtime import set_threads
 
-    _set_threads(threads)
+    set_threads(threads)
     module = portable_lib._load_for_executorch(str(path), enable_etdump=True, debug_buffer_size=0)
     meta = module.method_meta("forward").input_tensor_meta(0)
     want = {3: torch.int32, 4: torch.int64, 5: torch.float16}.get(meta.dtype(), torch.float32)

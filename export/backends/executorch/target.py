@@ -15,19 +15,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mobileclip_export.errors import ExportFailure, UsageError
+from mobileclip_export.export.backends.executorch.runtime import set_threads
 from mobileclip_export.export.backends.xnnpack.census import undelegated_census
 from mobileclip_export.export.compression.precisions import INT8
 from mobileclip_export.export.image_input import IMAGE_INPUT_OPTION, wrap_runner
-from mobileclip_export.export.target import (
+from mobileclip_export.export.spec import (
     ArtifactInfo,
     EncoderExport,
     OptionSpec,
     Runner,
     RuntimeUnavailable,
-    Target,
     TensorSpec,
     num_threads_option,
 )
+from mobileclip_export.export.target import Target
 
 if TYPE_CHECKING:  # numpy stays out of module import: --help must not load it
     import numpy as np
@@ -167,7 +168,7 @@ class ExecuTorchTarget(Target):
                 "(the Core ML delegate runs on macOS/iOS only)"
             )
         program = runtime.load_program(Path(path), verification=Verification.Minimal)
-        return wrap_runner(_ETRunner(program, backends, _set_threads(options.get("num_threads"))), options)
+        return wrap_runner(_ETRunner(program, backends, set_threads(options.get("num_threads"))), options)
 
     def profile(self, path: Path, inputs: Mapping[str, Any], threads: int, runs: int) -> Any:
         from mobileclip_export.export.backends.executorch.profile import profile_executorch
@@ -220,18 +221,6 @@ def _require(module: str, what: str, extra: str) -> None:
         raise MissingDependencyError(
             f"{what} needs {module}, which is not installed; install it with: {install_hint(extra)}"
         )
-
-
-def _set_threads(threads: int | None) -> int:
-    """Size the runtime's (process-wide) threadpool like the other runtimes' ``--threads``."""
-    import os
-
-    from executorch.extension.pybindings import portable_lib
-
-    threads = int(threads or os.cpu_count() or 1)
-    if portable_lib._threadpool_get_thread_count() != threads:
-        portable_lib._unsafe_reset_threadpool(threads)
-    return threads
 
 
 def _quantized(enc: EncoderExport, module: Any, example: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:

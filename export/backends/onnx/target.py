@@ -32,16 +32,16 @@ from mobileclip_export.export.compression.precisions import (
     parse_layers,
 )
 from mobileclip_export.export.image_input import IMAGE_INPUT_OPTION, wrap_runner
-from mobileclip_export.export.target import (
+from mobileclip_export.export.spec import (
     ArtifactInfo,
     EncoderExport,
     OptionSpec,
     Runner,
     RuntimeUnavailable,
-    Target,
     TensorSpec,
     num_threads_option,
 )
+from mobileclip_export.export.target import Target
 
 if TYPE_CHECKING:  # torch stays out of target listing and --help (see export/target.py)
     from torch import nn

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mobileclip_export.errors import ExportFailure, MissingDependencyError, install_hint
-from mobileclip_export.export.target import EncoderExport
+from mobileclip_export.export.spec import EncoderExport
 
 log = logging.getLogger(__name__)
 

@@ -35,15 +35,15 @@ from mobileclip_export.errors import ExportFailure, MissingDependencyError, Usag
 from mobileclip_export.export.backends.tflite.quantize import from_output, is_quantized, quantize, to_input
 from mobileclip_export.export.backends.xnnpack.census import delegated_ops
 from mobileclip_export.export.image_input import IMAGE_INPUT_OPTION, layout_of, wrap_runner
-from mobileclip_export.export.target import (
+from mobileclip_export.export.spec import (
     ArtifactInfo,
     EncoderExport,
     Runner,
     RuntimeUnavailable,
-    Target,
     TensorSpec,
     num_threads_option,
 )
+from mobileclip_export.export.target import Target
 
 log = logging.getLogger(__name__)
 
