@@ -71,7 +71,7 @@ V1_APPLE_HEADS = {"mobileclip_s0", "mobileclip_s1", "mobileclip_s2", "mobileclip
 
 @pytest.mark.parametrize("name", ALL)
 def test_image_head_bias_follows_the_published_tower(name):
-    from mobileclip_export.models.keymaps import image_head_keys
+    from mobileclip_export.models.checkpoint.keymaps import image_head_keys
 
     spec = get_model_spec(name)
     assert spec.image_head_bias == (name not in V1_APPLE_HEADS)
@@ -82,11 +82,11 @@ def test_image_head_bias_follows_the_published_tower(name):
 
 
 def test_readme_model_table_counts():
-    """The README's Models table: head bias and parameter counts recounted from the built models."""
+    """docs/models.md's Models table: head bias and parameter counts recounted from the built models."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[1] / "docs" / "models.md").read_text()
     rows = [ln for ln in readme.splitlines() if ln.startswith("| `mobileclip")]
     seen = set()
     for row in rows:
