@@ -3,16 +3,24 @@ template-averaged label embeddings and CLIP scoring (softmax of ``logit_scale * 
 
 CLIP's recipe: embed every prompt ``template.format(label)``, L2-normalize each, average per label and
 normalize again. The bundle says which ``logit_scale`` applies (``manifest["logit_scale"]["value"]``).
+
+Labels, templates and their files are user input: files must be UTF-8, a template holds exactly one ``{}``
+and no other brace, a prompt over the context length (77 tokens) is named in a warning (the tokenizer cuts
+it), and labels whose prompts are token-identical (after lowercasing, cleanup and that cut) are refused like
+duplicates: they would get the same embedding and split their probability.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from mobileclip_export.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 # The seven templates CLIP's ImageNet prompt-engineering notebook selected as its best small ensemble.
 CLIP_TEMPLATES: tuple[str, ...] = (
@@ -43,11 +51,7 @@ def parse_labels(
         items = labels.split(",") if isinstance(labels, str) else list(labels)
         out.extend(s.strip() for s in items if s.strip())
     if labels_file is not None:
-        path = Path(labels_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise UsageError(f"labels file {str(path)!r} is not readable: {err}") from err
+        text = read_utf8(labels_file, "labels file")
         out.extend(line.strip() for line in text.splitlines() if line.strip())
     if not out:
         raise UsageError("no labels given; pass --labels 'a dog,a cat' or --labels-file FILE (one per line)")
@@ -55,6 +59,31 @@ def parse_labels(
     if dupes:
         raise UsageError(f"duplicate labels: {', '.join(map(repr, dupes))}")
     return out
+
+
+def read_utf8(path: str | Path, what: str) -> str:
+    """The text of a user's file; UsageError naming the file when it is unreadable or not UTF-8."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        bad = err.object[err.start : err.start + 1].hex()
+        raise UsageError(
+            f"{what} {str(path)!r} is not UTF-8 text (byte 0x{bad} at offset {err.start}); save it as UTF-8"
+        ) from err
+    except OSError as err:
+        raise UsageError(f"{what} {str(path)!r} is not readable: {err.strerror or err}") from err
+
+
+def check_template(template: str) -> None:
+    """Exactly one ``{}`` and no other brace (``{place}``, a stray ``{``): UsageError naming the template."""
+    if template.count("{}") != 1:
+        raise UsageError(f"template {template!r} needs exactly one '{{}}' for the label")
+    rest = template.replace("{}", "", 1)
+    if "{" in rest or "}" in rest:
+        raise UsageError(
+            f"template {template!r} has a brace besides its one '{{}}' (e.g. '{{place}}' or a stray '{{'); "
+            "remove it"
+        )
 
 
 def resolve_templates(spec: str | Sequence[str] | None = None) -> list[str]:
@@ -69,12 +98,52 @@ def resolve_templates(spec: str | Sequence[str] | None = None) -> list[str]:
             raise UsageError(
                 f"templates {spec!r}: not a template set ({', '.join(TEMPLATE_SETS)}) nor a file of templates"
             )
-        spec = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        spec = [ln.strip() for ln in read_utf8(path, "templates file").splitlines() if ln.strip()]
     templates = list(spec)
-    bad = [t for t in templates if t.count("{}") != 1]
-    if not templates or bad:
-        raise UsageError(f"each template needs exactly one '{{}}' for the label; bad: {bad or 'none given'}")
+    if not templates:
+        raise UsageError("no templates given: each template needs exactly one '{}' for the label")
+    for t in templates:
+        check_template(t)
     return templates
+
+
+def prompt(template: str, label: str) -> str:
+    """``template`` with its one ``{}`` replaced by ``label`` (braces in a label stay literal)."""
+    return template.replace("{}", label, 1)
+
+
+def check_prompts(
+    labels: Sequence[str], templates: Sequence[str], context_length: int = 77, what: str = "label"
+) -> None:
+    """Warn about prompts the tokenizer truncates; refuse labels whose prompts are token-identical."""
+    from mobileclip_export.models.tokenizer import get_tokenizer, tokenize
+
+    tok = get_tokenizer()
+    long = {}
+    for label in labels:
+        n = max(len(tok.encode(prompt(t, label))) + 2 for t in templates)  # + SOT and EOT
+        if n > context_length:
+            long[label] = n
+    for label, n in long.items():
+        log.warning(
+            "%s %r makes a prompt of %d tokens (with start and end), over the context length of %d: the "
+            "tokenizer cuts it and the end of the text is ignored (shorten it)",
+            what,
+            label if len(label) <= 80 else label[:77] + "...",
+            n,
+            context_length,
+        )
+    ids = tokenize([prompt(t, lab) for lab in labels for t in templates], context_length)
+    seen: dict[bytes, str] = {}
+    for i, label in enumerate(labels):
+        key = ids[i * len(templates) : (i + 1) * len(templates)].tobytes()
+        if key in seen:
+            cut = f" and truncation to {context_length} tokens" if label in long else ""
+            raise UsageError(
+                f"{what}s {seen[key]!r} and {label!r} are identical after tokenization (lowercasing, cleanup"
+                f"{cut}): they would score the same; shorten or distinguish them"
+            )
+        seen[key] = label
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -88,7 +157,7 @@ def label_embeddings(
     """Template-averaged, L2-normalized label embeddings, float32 ``[N, D]`` in label order."""
     from mobileclip_export.models.tokenizer import tokenize
 
-    prompts = [t.format(label) for label in labels for t in templates]
+    prompts = [prompt(t, label) for label in labels for t in templates]
     emb = l2_normalize(encode_text(tokenize(prompts, context_length).astype(np.int32)))
     per_label = emb.reshape(len(labels), len(templates), -1).mean(axis=1)
     return l2_normalize(per_label).astype(np.float32)
