@@ -10,10 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
-import time
 from dataclasses import asdict, dataclass
-
-import torch
 
 
 @dataclass(frozen=True)
@@ -56,23 +53,3 @@ def describe_host(threads: int) -> DeviceInfo:
         cores=usable_cores(),
         threads=threads,
     )
-
-
-def matmul_peak_gflops(threads: int, size: int = 1536, repeats: int = 5) -> float:
-    """Best-of-``repeats`` fp32 GFLOP/s of ``torch.mm`` on ``size x size`` matrices at ``threads`` threads."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        gen = torch.Generator().manual_seed(0)
-        a = torch.rand(size, size, generator=gen)
-        b = torch.rand(size, size, generator=gen)
-        out = torch.empty(size, size)
-        torch.mm(a, b, out=out)  # warm-up: page in, pick kernels
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            torch.mm(a, b, out=out)
-            best = min(best, time.perf_counter() - t0)
-        return 2.0 * size**3 / best / 1e9
-    finally:
-        torch.set_num_threads(previous)

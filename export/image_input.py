@@ -1,8 +1,9 @@
 """Mobile image-input layouts: ``float-nchw`` (default), ``float-nhwc``, ``uint8-nhwc``.
 
 Android bitmaps and camera frames are NHWC bytes; rather than every app writing a transpose and a /255 loop,
-a backend can take the option ``image_input`` (declare ``IMAGE_INPUT_OPTION``) and call ``wrap_export``
-before converting and ``wrap_runner`` after loading. The transpose and scaling then live inside the graph (a
+a backend declares the option ``image_input`` (``IMAGE_INPUT_OPTION``): the pipeline hands it the encoder
+through ``Target.adapt_export`` (which calls ``wrap_export``), and the backend calls ``wrap_runner`` after
+loading. The transpose and scaling then live inside the graph (a
 wrapper module around the unchanged encoder), and the wrapped runner keeps the Runner contract (float32 NCHW
 in [0, 1] in), converting to the artifact's own layout, so verification, golden vectors and benchmarks run
 every layout the same way. uint8 conversion is ``round(x * 255)``: exact for 8-bit images (the verification

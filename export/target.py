@@ -1,4 +1,4 @@
-"""The one small interface every backend implements.
+"""The interface every backend implements: class attributes describe it, methods convert, load and check.
 
 A backend module in ``export/backends/`` defines a ``Target`` subclass and exposes it as the module-level
 name ``TARGET``. Module import must stay cheap (no converter imports at module level): the registry imports
