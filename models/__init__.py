@@ -1,10 +1,13 @@
-"""Model architectures, registry, checkpoints and tokenizer.
+"""Model architectures, catalog (``configs/*.json``), factory, checkpoints and tokenizer.
 
 Public API (imported lazily so ``mobileclip_export.models.tokenizer`` etc. do not pull in torch)::
 
     list_models() -> list[str]
     get_model_spec(name) -> ModelSpec
     create_model(name, checkpoint=None, *, seed=0, reduced=False) -> MobileCLIP
+
+A checkpoint of this project's fully fused form needs ``mobileclip_export.reparam.create_model`` (same
+signature), since models never import reparam.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "list_models": "registry",
-    "get_model_spec": "registry",
-    "create_model": "registry",
-    "build_model": "registry",
+    "list_models": "catalog",
+    "get_model_spec": "catalog",
+    "create_model": "factory",
+    "build_model": "factory",
     "MobileCLIP": "clip",
     "ImageEncoder": "clip",
     "ModelSpec": "spec",

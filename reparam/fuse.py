@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# Lives with the blocks (checkpoint lifting needs it too, and models must not import reparam).
+from mobileclip_export.models.blocks.kernels import identity_kernel as identity_kernel
+
 _NormWithStats = nn.BatchNorm2d | nn.BatchNorm1d
 
 
@@ -48,27 +51,6 @@ def fuse_conv_bn(weight: Tensor, bias: Tensor | None, bn: _NormWithStats) -> tup
     w = weight.detach() * scale.reshape(shape)
     b = shift if bias is None else shift + bias.detach() * scale
     return w, b
-
-
-def identity_kernel(
-    channels: int,
-    groups: int,
-    kernel_size: int | tuple[int, int],
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Kernel ``[C, C/groups, kh, kw]`` of a grouped conv that returns its input (odd kernel sizes)."""
-    kh, kw = _pair(kernel_size)
-    if kh % 2 == 0 or kw % 2 == 0:
-        raise ValueError(f"identity kernel needs odd kernel sizes, got {(kh, kw)}")
-    if channels % groups != 0:
-        raise ValueError(f"channels={channels} not divisible by groups={groups}")
-    per_group = channels // groups
-    k = torch.zeros(channels, per_group, kh, kw, dtype=dtype, device=device)
-    idx = torch.arange(channels, device=device)
-    k[idx, idx % per_group, kh // 2, kw // 2] = 1.0
-    return k
 
 
 def pad_kernel_to(kernel: Tensor, kernel_size: int | tuple[int, int]) -> Tensor:

@@ -24,8 +24,10 @@ from torch import nn
 from mobileclip_export.errors import CheckpointError
 from mobileclip_export.export.registry import all_targets
 from mobileclip_export.models import checkpoint as ck
-from mobileclip_export.models import keymaps
-from mobileclip_export.models.registry import create_model
+from mobileclip_export.models.checkpoint import fingerprints, keymaps
+from mobileclip_export.models.factory import create_model
+from mobileclip_export.reparam import create_model as create_any_form
+from mobileclip_export.reparam import load_model_checkpoint
 
 DATA = Path(__file__).parent / "data"
 FORMATS = ("apple", "open_clip", "timm")
@@ -329,11 +331,34 @@ def test_project_fused_form_goes_to_reparameterized_model(sources, tmp_path: Pat
     dst = _model("mobileclip_s0", seed=2)
     with pytest.raises(CheckpointError, match=r"reparameterize_model\(model\)"):
         ck.load_checkpoint(dst, path)
-    model, report = ck.load_model_checkpoint(dst, path)
+    model, report = load_model_checkpoint(dst, path)
     assert model is not dst and report.reparameterized
     img, txt = _outputs(model, x, ids)
     want_img, want_txt = _outputs(fused_src, x, ids)
     assert torch.equal(img, want_img) and torch.equal(txt, want_txt)
+
+
+def test_fused_checkpoint_needs_the_reparam_create_model(sources, tmp_path: Path) -> None:
+    """models.create_model (train-time form only: models never import reparam) refuses our fused form and
+    names the way; reparam.create_model builds the fused model with the checkpoint's exact outputs."""
+    from mobileclip_export.reparam import reparameterize_model
+
+    src, (x, ids), _ = sources["mobileclip_s0"]
+    fused_src = reparameterize_model(src)
+    path = _save(fused_src.state_dict(), tmp_path / "fused.safetensors")
+    with pytest.raises(CheckpointError, match=r"reparam\.load_model_checkpoint"):
+        _quiet_create("mobileclip_s0", path, any_form=False)
+    model = create_any_form("mobileclip_s0", path, seed=3, reduced=True)
+    assert model.random_init is False and model.seed == 3
+    assert model.checkpoint_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    for a, b in zip(_outputs(model, x, ids), _outputs(fused_src, x, ids), strict=True):
+        assert torch.equal(a, b)
+    # a train-time checkpoint gives exactly what models.create_model gives
+    train = _save(src.state_dict(), tmp_path / "train.safetensors")
+    a = _quiet_create("mobileclip_s0", train)
+    b = _quiet_create("mobileclip_s0", train, any_form=False)
+    assert type(a.image_encoder.model) is type(b.image_encoder.model)
+    assert all(torch.equal(u, v) for u, v in zip(_outputs(a, x, ids), _outputs(b, x, ids), strict=True))
 
 
 # ---------------------------------------------------------------------------------------- bad inputs
@@ -509,14 +534,15 @@ def test_fingerprints_of_full_size_variants(name: str, want: str) -> None:
     logging.disable(logging.NOTSET)
     for fmt in FORMATS:
         fp = ck.fingerprint(ck.export_state_dict(m, fmt), fmt)
-        text = ck._fp_text(fp)
+        text = fingerprints._fp_text(fp)
         assert text == (want.split(" + ")[0] if fmt == "timm" else want), fmt
 
 
 def test_mci_guess_falls_back_to_stem_width() -> None:
-    assert ck._mci_guess((4, 12, 24, 4), 80) == "mci2"  # depths decide
-    assert ck._mci_guess((1, 1, 1, 1), 64) == "mci0/mci1"  # unknown depths: stem width narrows it down
-    assert ck._mci_guess((1, 1, 1, 1), 16) == "mci?"
+    assert fingerprints._mci_guess((4, 12, 24, 4), 80) == "mci2"  # depths decide
+    # unknown depths: the stem width narrows it down
+    assert fingerprints._mci_guess((1, 1, 1, 1), 64) == "mci0/mci1"
+    assert fingerprints._mci_guess((1, 1, 1, 1), 16) == "mci?"
 
 
 # ------------------------------------------------------------- MobileCLIP2 heads with a trained bias
@@ -560,10 +586,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def _quiet_create(name: str, path: Path, reduced: bool = True) -> nn.Module:
+def _quiet_create(name: str, path: Path, reduced: bool = True, any_form: bool = True) -> nn.Module:
+    """The model a user's checkpoint gives: reparam.create_model, as the commands build it
+    (``any_form=False``: models.create_model, train-time form only)."""
+    create = create_any_form if any_form else create_model
     logging.disable(logging.WARNING)
     try:
-        return create_model(name, checkpoint=path, reduced=reduced)
+        return create(name, checkpoint=path, reduced=reduced)
     finally:
         logging.disable(logging.NOTSET)
 

@@ -1,22 +1,23 @@
-"""Model registry: specs from ``configs/*.json`` and ``create_model``.
+"""Building models: ``create_model`` (train-time network, weights from a checkpoint or seeded random).
 
 ``create_model`` builds the train-time network (the form checkpoints are stored in). Without a
 checkpoint the weights are seeded random (``random_init=True``, logged as a WARNING); the global
-torch RNG is left untouched so building a model never changes anyone else's random stream.
+torch RNG is left untouched so building a model never changes anyone else's random stream. A checkpoint of
+this project's fully fused form needs the reparameterized model: ``mobileclip_export.reparam.create_model``
+loads those too (models never import reparam).
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
-from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from mobileclip_export.errors import UnknownNameError
+from mobileclip_export.models.catalog import get_model_spec
+from mobileclip_export.models.checkpoint import LoadReport, load_checkpoint
 from mobileclip_export.models.clip import ImageEncoder, MobileCLIP
 from mobileclip_export.models.mci import build_mci, mci_names
 from mobileclip_export.models.spec import ModelSpec
@@ -24,29 +25,6 @@ from mobileclip_export.models.text import build_text_encoder
 from mobileclip_export.models.vit import VIT_ENCODERS, build_vit
 
 log = logging.getLogger(__name__)
-
-
-@functools.cache
-def _specs() -> dict[str, ModelSpec]:
-    specs: dict[str, ModelSpec] = {}
-    for entry in resources.files("mobileclip_export.models").joinpath("configs").iterdir():
-        if entry.name.endswith(".json"):
-            spec = ModelSpec.from_dict(json.loads(entry.read_text()))
-            if spec.name != entry.name[: -len(".json")]:
-                raise ValueError(f"config {entry.name} declares name {spec.name!r}")
-            specs[spec.name] = spec
-    return dict(sorted(specs.items()))
-
-
-def list_models() -> list[str]:
-    return list(_specs())
-
-
-def get_model_spec(name: str) -> ModelSpec:
-    specs = _specs()
-    if name not in specs:
-        raise UnknownNameError("model", name, list(specs))
-    return specs[name]
 
 
 def build_image_network(
@@ -87,18 +65,34 @@ def build_model(spec: ModelSpec, *, reduced: bool = False) -> MobileCLIP:
     return model
 
 
-def create_model(
-    name: str, checkpoint: str | Path | None = None, *, seed: int = 0, reduced: bool = False
-) -> MobileCLIP:
-    """Build ``name`` in eval mode: weights from ``checkpoint``, else seeded random weights.
-
-    Raises ``UnknownNameError`` for an unknown name and ``CheckpointError`` for a bad checkpoint.
-    """
+def seeded_model(name: str, *, seed: int = 0, reduced: bool = False) -> MobileCLIP:
+    """The train-time model of ``name`` with weights from ``seed``; the global RNG is left as it was."""
     spec = get_model_spec(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(spec, reduced=reduced)
     model.seed = seed
+    return model
+
+
+def mark_loaded(model: nn.Module, report: LoadReport) -> nn.Module:
+    """Record on ``model`` that its weights came from the checkpoint ``report`` describes; eval mode."""
+    name = getattr(getattr(model, "spec", None), "name", type(model).__name__)
+    log.info("loaded %s into %s: %s", report.path, name, report)
+    model.random_init = False
+    model.checkpoint_sha256 = report.sha256
+    return model.eval()
+
+
+def create_model(
+    name: str, checkpoint: str | Path | None = None, *, seed: int = 0, reduced: bool = False
+) -> MobileCLIP:
+    """Build ``name`` in eval mode: weights from ``checkpoint``, else seeded random weights.
+
+    Raises ``UnknownNameError`` for an unknown name and ``CheckpointError`` for a bad checkpoint (also for
+    one of this project's fully fused form: ``mobileclip_export.reparam.create_model`` loads those).
+    """
+    model = seeded_model(name, seed=seed, reduced=reduced)
     if checkpoint is None:
         log.warning(
             "%s%s: no checkpoint given, using seeded random weights (seed=%d); embeddings are meaningless",
@@ -108,13 +102,5 @@ def create_model(
         )
         model.random_init = True
         return model.eval()
-
-    path = Path(checkpoint)
-    from mobileclip_export.models.checkpoint import load_model_checkpoint
-
-    # Returns the model itself, or its reparameterized form when the checkpoint is one of our fused ones.
-    model, report = load_model_checkpoint(model, path)
-    log.info("loaded %s into %s: %s", path, name, report)
-    model.random_init = False
-    model.checkpoint_sha256 = report.sha256
-    return model.eval()
+    mark_loaded(model, load_checkpoint(model, Path(checkpoint)))
+    return model

@@ -35,7 +35,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from mobileclip_export.errors import CheckpointError
 
 IMAGE_PREFIX = "image_encoder.model."
 TEXT_PREFIX = "text_encoder."
@@ -366,7 +368,8 @@ def reparam_modules(shapes: Mapping[str, torch.Size]) -> list[Reparam]:
     return found
 
 
-def _branch_keys(r: Reparam, keys: Iterable[str]) -> list[str]:
+def branch_keys(r: Reparam, keys: Iterable[str]) -> list[str]:
+    """The keys of ``r``'s train-time branches (what its one inference-form conv replaces)."""
     subs = {
         "mobileone": ("rbr_conv.", "rbr_scale.", "rbr_skip."),
         "repmixer": ("mixer.", "norm.", "layer_scale"),
@@ -384,8 +387,22 @@ def apple_inference_shapes(shapes: Mapping[str, torch.Size]) -> dict[str, torch.
     """
     out = dict(shapes)
     for r in reparam_modules(shapes):
-        for k in _branch_keys(r, shapes):
+        for k in branch_keys(r, shapes):
             out.pop(k, None)
         out[r.fused + ".weight"] = r.weight_shape
         out[r.fused + ".bias"] = torch.Size([r.weight_shape[0]])
     return out
+
+
+def keymap_for(model: nn.Module, fmt: str) -> KeyMap:
+    """The ``fmt`` map of ``model``'s keys, plus its Apple/timm inference-form names (so a reparameterized
+    checkpoint maps too, and can then be lifted)."""
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    return build_keymap(list(apple_inference_shapes(shapes)) + list(shapes), fmt)
+
+
+def export_state_dict(model: nn.Module, fmt: str) -> dict[str, Tensor]:
+    """``model``'s state_dict under ``fmt``'s names (``timm``: image tower only)."""
+    if fmt not in FORMATS:
+        raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    return build_keymap(model.state_dict().keys(), fmt).to_foreign(model.state_dict())
