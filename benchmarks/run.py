@@ -177,8 +177,7 @@ def _torch_side(config: BenchConfig) -> _TorchSide:
     from mobileclip_export.benchmarks.candidates import bench_inputs, torch_candidate
     from mobileclip_export.benchmarks.macs import count_macs, weight_bytes
     from mobileclip_export.benchmarks.rows import REPARAM, TRAIN
-    from mobileclip_export.models import create_model
-    from mobileclip_export.reparam import reparameterize_model
+    from mobileclip_export.reparam import create_model, reparameterize_model
 
     model = create_model(config.model, config.checkpoint, seed=config.seed, reduced=config.reduced).eval()
     reparam = reparameterize_model(model).eval()

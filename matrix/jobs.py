@@ -147,7 +147,7 @@ def encoder_mparams(model: str, encoder: str, reduced: bool) -> float:
     if not reduced:
         pub = get_model_spec(model).published
         return float(pub.params_image_m if encoder == "image" else pub.params_text_m)
-    quiet = logging.getLogger("mobileclip_export.models.registry")
+    quiet = logging.getLogger("mobileclip_export.models.factory")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # only counting: the random-weights warning is not news here
     try:

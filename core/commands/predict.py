@@ -65,7 +65,7 @@ def _source(args: argparse.Namespace, workdir: Path) -> Any:
     if args.bundle is not None:
         return args.bundle
     if args.target == PYTORCH:
-        from mobileclip_export.models import create_model
+        from mobileclip_export.reparam import create_model
 
         return model_bundle(create_model(args.model, args.checkpoint, seed=args.seed, reduced=args.reduced))
     from mobileclip_export.export import export_model

@@ -62,8 +62,9 @@ SETTINGS_FILE = "mobileclip_tokenizer.json"  # our own settings; tokenizer.json 
 
 
 def _create_model(name: str, checkpoint: str | Path | None, seed: int, reduced: bool) -> nn.Module:
-    """Seam for tests (toy models before/instead of the real zoo)."""
-    from mobileclip_export.models import create_model
+    """Seam for tests (toy models before/instead of the real zoo). reparam's create_model: a checkpoint of
+    our fully fused form gives the fused model (its reparameterization is then a no-op)."""
+    from mobileclip_export.reparam import create_model
 
     return create_model(name, checkpoint, seed=seed, reduced=reduced)
 

@@ -167,8 +167,9 @@ class TorchEncoders:
 
 
 def train_time_model(bundle: BundleInfo, checkpoint: str | Path | None = None) -> Any:
-    """The train-time model a bundle came from: same variant, size, seed or checkpoint (sha256-checked)."""
-    from mobileclip_export.models import create_model
+    """The model a bundle came from: same variant, size, seed or checkpoint (sha256-checked); train-time form
+    unless the checkpoint is our fully fused one."""
+    from mobileclip_export.reparam import create_model
 
     if bundle.torch_model is not None:
         return bundle.torch_model
