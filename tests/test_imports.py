@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "export.compression": {"models", CONTRACTS},
     "export.bundle": {"models", CONTRACTS},
     "export.backends": {"models", "reparam", CONTRACTS, "export.compression"},
-    "export.zeroshot": {"models", CONTRACTS, "export.bundle"},
+    "export.zeroshot": {"models", "reparam", CONTRACTS, "export.bundle"},  # reparam: fused checkpoints
     "export.pipeline": {
         "models",
         "reparam",
