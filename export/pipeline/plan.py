@@ -117,7 +117,10 @@ def plan_export(
         if opts.get("multifunction") and not multi:
             raise UsageError(f"target {t.name!r} does not support --multifunction")
         if multi and set(encs) != set(ENCODERS):
-            raise UsageError("--multifunction needs both encoders (--encoder both)")
+            if "multifunction" not in per[t.name]:  # the target's default, not asked for: one per encoder
+                multi = False
+            else:
+                raise UsageError("--multifunction needs both encoders (--encoder both)")
         missing = None
         try:
             t.ensure_available()
