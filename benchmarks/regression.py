@@ -13,6 +13,7 @@ runtime versions) differs from this run's is compared and reported, but never ga
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,54 @@ def load_baseline(path: Path) -> dict[str, Any]:
         raise UsageError(
             f"baseline file {str(path)!r} is not a benchmark report (expected schema {SCHEMA!r})"
         )
+    problem = baseline_problem(doc)
+    if problem:
+        raise UsageError(f"baseline file {str(path)!r}: {problem}; nothing was measured")
     return doc
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _record_problem(i: int, rec: Any) -> str | None:
+    """What is wrong with ``records[i]`` for the gate (it reads the measured median latencies)."""
+    if not isinstance(rec, dict):
+        return f"records[{i}] is a {type(rec).__name__}, not an object"
+    if rec.get("metric") != GATE_METRIC or rec.get("kind") not in ("host", "device"):
+        return None
+    bm = rec.get("benchmarkModel")
+    if not isinstance(bm, dict):
+        return f"records[{i}] ({GATE_METRIC}) has no benchmarkModel object"
+    missing = [k for k in ("backend", "encoder", "precision") if not isinstance(bm.get(k), str)]
+    if missing:
+        return f"records[{i}] ({GATE_METRIC}) benchmarkModel lacks text field(s) {', '.join(missing)}"
+    value = rec.get("actualValue")
+    if not _number(value) or value < 0:
+        name = f"{bm['backend']}/{bm['encoder']}/{bm['precision']}"
+        return f"records[{i}] ({name}, {GATE_METRIC}) actualValue is {value!r}, not a latency in ms"
+    return None
+
+
+def baseline_problem(doc: Mapping[str, Any]) -> str | None:
+    """The first field of a report the gate cannot use (None when it can): checked before any timing."""
+    for key in ("records", "rows"):
+        if not isinstance(doc.get(key, []), list):
+            return f"{key!r} is a {type(doc[key]).__name__}, not a list"
+    for key in ("device", "settings"):
+        if not isinstance(doc.get(key) or {}, dict):
+            return f"{key!r} is a {type(doc[key]).__name__}, not an object"
+    for i, rec in enumerate(doc.get("records", [])):
+        problem = _record_problem(i, rec)
+        if problem:
+            return problem
+    for i, row in enumerate(doc.get("rows", [])):
+        if not isinstance(row, dict):
+            return f"rows[{i}] is a {type(row).__name__}, not an object"
+        missing = [k for k in ("target", "encoder", "precision") if k not in row]
+        if row.get("runtime") and row.get("latency") and missing:
+            return f"rows[{i}] lacks {', '.join(missing)}"
+    return None
 
 
 def host_fingerprint(doc: Mapping[str, Any]) -> dict[str, Any]:

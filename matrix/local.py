@@ -23,7 +23,7 @@ from typing import Any
 from mobileclip_export.export.bundle.layout import remove_path
 from mobileclip_export.matrix.jobs import Job
 from mobileclip_export.matrix.store import commit, new_staging
-from mobileclip_export.matrix.worker import RESULT
+from mobileclip_export.matrix.worker import COORDINATOR_ENV, RESULT
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class _Running:
 def _launch(job: Job, output: Path, attempt: int, threads: int) -> _Running:
     staging = new_staging(output, job, attempt)
     (staging / "job.json").write_text(json.dumps(job.to_dict(), default=str), "utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), COORDINATOR_ENV: str(os.getpid())}
     with (staging / "worker.log").open("wb") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", WORKER_MODULE, str(staging / "job.json"), str(staging)],

@@ -7,6 +7,10 @@ SIGKILL a worker mid-conversion).
 
 Run as ``python -m mobileclip_export.matrix.worker JOB_JSON STAGING_DIR`` by the local pool; Ray calls
 ``run_job`` inside its own worker processes.
+
+A worker dies with its coordinator (the pool's pid is in ``COORDINATOR_ENV``): on Linux the kernel SIGKILLs it
+when the coordinator dies (``prctl(PR_SET_PDEATHSIG)``); everywhere a watchdog thread ends it once it has been
+re-parented, and ``result.json`` is never written into a run whose coordinator is gone.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +33,10 @@ log = logging.getLogger(__name__)
 
 RESULT = "result.json"
 CONVERTING = "converting"
+COORDINATOR_ENV = "MOBILECLIP_MATRIX_COORDINATOR"  # the local pool's pid, set for each worker it starts
+ORPHANED = 3  # exit code of a worker that stopped because its coordinator is gone
+WATCH_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _mismatch(job: Job) -> str | None:
@@ -55,8 +66,44 @@ def _marker(staging: Path) -> Any:
     return progress
 
 
-def run_job(job: Job, staging: Path, node: str | None = None) -> dict[str, Any]:
-    """Export ``job`` into ``staging``; returns (and writes) the result. Conversion failures are results."""
+def coordinator_alive(coordinator: int) -> bool:
+    """Our parent is still the coordinator (a dead parent re-parents us to init or a subreaper)."""
+    return os.getppid() == coordinator
+
+
+def _stop_if_orphaned(coordinator: int) -> None:
+    if not coordinator_alive(coordinator):
+        log.error("coordinator %d is gone; stopping without writing a result", coordinator)
+        os._exit(ORPHANED)  # no cleanup that could write into the run
+
+
+def _watch(coordinator: int) -> None:
+    while True:
+        time.sleep(WATCH_SECONDS)
+        _stop_if_orphaned(coordinator)
+
+
+def die_with_coordinator(coordinator: int) -> None:
+    """Ask the kernel to SIGKILL us when our parent dies (Linux), check it has not died already, and keep
+    checking in a daemon thread (every platform)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+                log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        except (OSError, AttributeError) as err:
+            log.warning("no parent-death signal (%s); relying on the watchdog", err)
+    _stop_if_orphaned(coordinator)  # the coordinator died before prctl took effect
+    threading.Thread(target=_watch, args=(coordinator,), name="coordinator-watch", daemon=True).start()
+
+
+def run_job(
+    job: Job, staging: Path, node: str | None = None, alive: Callable[[], bool] | None = None
+) -> dict[str, Any]:
+    """Export ``job`` into ``staging``; returns (and writes) the result. Conversion failures are results.
+    ``alive`` (local pool): the result is not written once it returns False (the coordinator is gone)."""
     from mobileclip_export.errors import MobileClipExportError
     from mobileclip_export.export.bundle.layout import write_json_atomic
     from mobileclip_export.export.pipeline.api import export_model
@@ -79,6 +126,9 @@ def run_job(job: Job, staging: Path, node: str | None = None) -> dict[str, Any]:
     if problem is not None:
         out.update(record={"status": "failed", "error": problem, "seconds": {}}, bundle=None)
     out["seconds"] = round(time.perf_counter() - t0, 3)
+    if alive is not None and not alive():
+        log.error("the coordinator is gone; not writing %s", staging / RESULT)
+        return out
     write_json_atomic(staging / RESULT, out)
     return out
 
@@ -86,8 +136,10 @@ def run_job(job: Job, staging: Path, node: str | None = None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    coordinator = int(os.environ.get(COORDINATOR_ENV) or os.getppid())
+    die_with_coordinator(coordinator)
     job = Job.from_dict(json.loads(Path(args[0]).read_text("utf-8")))
-    run_job(job, Path(args[1]))
+    run_job(job, Path(args[1]), alive=lambda: coordinator_alive(coordinator))
     return 0
 
 

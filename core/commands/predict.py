@@ -34,7 +34,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--seed", type=int, default=0, help="with --model: seed of the random weights")
     p.add_argument("--target", required=True, metavar="|".join(names), help="whose artifacts run")
     p.add_argument("--precision", help="artifact precision when the bundle has several (default: any)")
-    p.add_argument("--image", nargs="+", required=True, metavar="PATH", help="image files and/or folders")
+    p.add_argument(
+        "--image",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="image files and/or folders; the EXIF orientation is applied (as photo apps do), 16-bit grey is "
+        "scaled to 8 bits, alpha is dropped, float images are refused",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse an image with more pixels than N, read from its header before decoding "
+        "(default: 100000000; a decompression bomb stops here)",
+    )
     p.add_argument("--labels", help="comma-separated labels, e.g. 'a dog,a cat'")
     p.add_argument("--labels-file", type=Path, help="labels, one per line")
     p.add_argument(
@@ -54,6 +69,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("pass exactly one of --bundle DIR or --model NAME")
     if args.text and (args.labels or args.labels_file):
         raise UsageError("--text (retrieval) and --labels/--labels-file (classification) are exclusive")
+    if args.max_image_pixels is not None and args.max_image_pixels < 1:
+        raise UsageError(f"--max-image-pixels must be >= 1 (got {args.max_image_pixels})")
     if not args.text and not (args.labels or args.labels_file):
         raise UsageError("pass --labels / --labels-file to classify, or --text QUERY to retrieve")
 
@@ -87,10 +104,14 @@ def _source(args: argparse.Namespace, workdir: Path) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from mobileclip_export.export.zeroshot import predict as P
-    from mobileclip_export.export.zeroshot.prompts import parse_labels
+    from mobileclip_export.export.zeroshot.prompts import parse_labels, resolve_templates
 
     _check_args(args)
+    # Labels and templates are refused before any export or model build.
+    labels = None if args.text else parse_labels(args.labels, args.labels_file)
+    templates = None if args.text else resolve_templates(args.templates)
     common = {"precision": args.precision, "compare": args.compare, "checkpoint": args.checkpoint}
+    common["max_image_pixels"] = args.max_image_pixels
     from mobileclip_export.stdio import stdout_to_stderr
 
     # Converters and runtimes print to stdout (even from C++); stdout is kept for the result.
@@ -100,9 +121,8 @@ def run(args: argparse.Namespace) -> int:
             doc = P.retrieve(src, args.target, args.image, args.text, top_k=args.top_k, **common)
             text = P.format_retrieval(doc)
         else:
-            labels = parse_labels(args.labels, args.labels_file)
             doc = P.predict(
-                src, args.target, args.image, labels, templates=args.templates, top_k=args.top_k, **common
+                src, args.target, args.image, labels, templates=templates, top_k=args.top_k, **common
             )
             text = P.format_predictions(doc)
     if args.model is not None:

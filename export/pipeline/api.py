@@ -45,7 +45,7 @@ from mobileclip_export.export.parity import compare
 from mobileclip_export.export.pipeline import verify as V
 from mobileclip_export.export.pipeline.encoders import encoder_export
 from mobileclip_export.export.pipeline.guard import GuardJob, guard_record, needs_guard, task_data
-from mobileclip_export.export.pipeline.plan import ExportPlan, TargetPlan, plan_export
+from mobileclip_export.export.pipeline.plan import ExportPlan, TargetPlan, check_output_path, plan_export
 from mobileclip_export.export.pipeline.progress import ProgressCallback, ProgressEvent
 from mobileclip_export.export.spec import EncoderExport, TensorSpec
 from mobileclip_export.export.tolerances import tolerance_for
@@ -188,6 +188,7 @@ def export_model(
     _check_request(checkpoint, classes, templates, plan)
     out_dir = Path(output_dir)
     created = check_output_dir(out_dir)
+    check_output_path(out_dir, model, plan)  # a name or path too long for the filesystem: before any work
     writer = BundleWriter(out_dir, model, force)
     result = ExportResult(model=model, bundle_dir=None, manifest_path=None)
     try:

@@ -6,8 +6,10 @@ second with a message naming the problem and the valid choices.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mobileclip_export.errors import MissingDependencyError, UnknownNameError, UsageError
@@ -15,6 +17,10 @@ from mobileclip_export.export.registry import all_targets, get_target
 from mobileclip_export.export.target import Target
 
 ENCODERS = ("image", "text")
+# Room for what sits inside a package artifact (an .mlpackage's Data/com.apple.CoreML/weights/weight.bin is 40
+# bytes) and for the bundle's own files (golden/, app files): the deepest path the plan cannot name exactly.
+INSIDE_ARTIFACT = 64
+_RANDOM = "x" * 8  # tempfile.mkdtemp's random suffix
 
 
 @dataclass
@@ -130,3 +136,51 @@ def plan_export(
             missing = str(err)
         plan.targets.append(TargetPlan(t, prec, opts, multi, missing))
     return plan
+
+
+def _limits(path: Path) -> tuple[int, int]:
+    """(NAME_MAX, PATH_MAX) of the filesystem holding ``path``'s nearest existing ancestor (255, 4096 if
+    the system does not say)."""
+    probe = path
+    while True:
+        try:
+            if probe.exists() or probe == probe.parent:
+                break
+        except OSError:  # ENAMETOOLONG while probing: look higher up
+            pass
+        probe = probe.parent
+    try:
+        return os.pathconf(probe, "PC_NAME_MAX"), os.pathconf(probe, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no such limit
+        return 255, 4096
+
+
+def check_output_path(output_dir: str | Path, model: str, plan: ExportPlan) -> None:
+    """Refuse (UsageError naming the path) an output directory whose bundle files would exceed the
+    filesystem's name or path length, before anything is created or built."""
+    from mobileclip_export.export.bundle.layout import STAGING
+
+    base = Path(os.path.abspath(output_dir))
+    name_max, path_max = _limits(base)
+    tmp = f".{model}.partial-{os.getpid()}-{_RANDOM}"  # BundleWriter.open's hidden build folder
+    labels = (*plan.encoders, "image-text", "classifier")
+    deepest = ""
+    for tp in plan.targets:
+        for label in labels:
+            name = tp.target.artifact_name(model, label, tp.precision, tp.options)
+            deepest = max(deepest, os.path.join(base, tmp, tp.target.name, STAGING, name), key=len)
+    for part in Path(deepest or base).parts:
+        n = len(os.fsencode(part))
+        if n > name_max:
+            shown = part if len(part) <= 60 else part[:57] + "..."
+            raise UsageError(
+                f"output path {str(output_dir)!r}: the name {shown!r} is {n} bytes, over this filesystem's "
+                f"limit of {name_max} (NAME_MAX); choose a shorter --output-dir"
+            )
+    total = len(os.fsencode(deepest or str(base))) + INSIDE_ARTIFACT
+    if total >= path_max:
+        raise UsageError(
+            f"output path {str(output_dir)!r} is too long: the bundle's files would reach {total} bytes, "
+            "over "
+            f"this filesystem's limit of {path_max} (PATH_MAX); choose a shorter --output-dir"
+        )

@@ -50,11 +50,12 @@ def collect_images(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def _pixels(bundle: BundleInfo, images: Sequence[Path]) -> np.ndarray:
+def _pixels(bundle: BundleInfo, images: Sequence[Path], max_pixels: int | None) -> np.ndarray:
     from mobileclip_export.models import get_model_spec
     from mobileclip_export.models.preprocess import preprocess_batch
 
-    return preprocess_batch(list(images), get_model_spec(bundle.model).preprocessing)
+    pre = get_model_spec(bundle.model).preprocessing
+    return preprocess_batch(list(images), pre, max_pixels=max_pixels)
 
 
 def _embed(
@@ -95,6 +96,7 @@ def predict(
     precision: str | None = None,
     compare: bool = False,
     checkpoint: str | Path | None = None,
+    max_image_pixels: int | None = None,
 ) -> dict[str, Any]:
     """Zero-shot classification of ``images`` over ``labels`` with ``target``'s artifacts (or ``pytorch``)."""
     if top_k < 1:
@@ -102,7 +104,8 @@ def predict(
     bundle, paths = read_bundle_dir(bundle_dir), collect_images(images)
     labels, temps = Z.parse_labels(list(labels)), Z.resolve_templates(templates)
     ctx = int(bundle.manifest.get("context_length", 77))
-    pixels = _pixels(bundle, paths)
+    Z.check_prompts(labels, temps, ctx)
+    pixels = _pixels(bundle, paths, max_image_pixels)
 
     def texts(encode: Z.EncodeFn) -> np.ndarray:
         return Z.label_embeddings(encode, labels, temps, ctx)
@@ -149,12 +152,14 @@ def retrieve(
     precision: str | None = None,
     compare: bool = False,
     checkpoint: str | Path | None = None,
+    max_image_pixels: int | None = None,
 ) -> dict[str, Any]:
     """Rank ``images`` by cosine to each text query (no templates: a query is a full sentence)."""
     bundle, paths = read_bundle_dir(bundle_dir), collect_images(images)
     queries = Z.parse_labels(list(queries))
     ctx = int(bundle.manifest.get("context_length", 77))
-    pixels = _pixels(bundle, paths)
+    Z.check_prompts(queries, ["{}"], ctx, what="query")
+    pixels = _pixels(bundle, paths, max_image_pixels)
 
     def texts(encode: Z.EncodeFn) -> np.ndarray:
         return Z.label_embeddings(encode, queries, ["{}"], ctx)
