@@ -211,9 +211,7 @@ def test_non_utf8_label_and_template_files_are_named(capsys, tmp_path, monkeypat
     assert not (tmp_path / "o").exists()
 
 
-def test_long_labels_warned_and_labels_identical_after_truncation_refused(
-    capsys, caplog, tmp_path
-) -> None:
+def test_long_labels_warned_and_labels_identical_after_truncation_refused(capsys, caplog, tmp_path) -> None:
     a, b = f"{LONG} on a sunny day", f"{LONG} on a rainy day"  # differ only past token 77
     code, out, err = _predict(capsys, tmp_path, "--labels", f"{a},{b}", "--templates", "none")
     line = _one_clean_line(err)
@@ -279,6 +277,36 @@ def test_bad_baseline_is_named_before_any_timing(capsys, tmp_path, monkeypatch, 
 
 
 # ------------------------------------------------------------------------------------ checkpoints, parity
+
+
+def test_integer_weights_where_the_model_holds_floats_are_refused_by_name(capsys, tmp_path) -> None:
+    import torch
+
+    from mobileclip_export.models import create_model
+
+    sd = create_model("mobileclip_s0", reduced=True).state_dict()
+    names = [k for k, v in sd.items() if v.ndim == 4][:2]
+    for k in names:
+        sd[k] = (sd[k] * 100).round().to(torch.int8)  # "float weights stored as int8"
+    torch.save(sd, tmp_path / "int8.pt")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "export",
+            "--model",
+            "mobileclip_s0",
+            "--reduced",
+            "--target",
+            "onnx",
+            "--checkpoint",
+            str(tmp_path / "int8.pt"),
+            "--output-dir",
+            str(out),
+        ]
+    )
+    line = _one_clean_line(capsys.readouterr().err)
+    assert code == 2 and "2 tensor(s) hold integers where the model holds floats" in line
+    assert all(f"{k} (int8)" in line for k in names) and not out.exists()
 
 
 def test_absurd_or_non_finite_outputs_fail_parity_whatever_the_relative_error() -> None:

@@ -129,6 +129,25 @@ def _add_notes(report: LoadReport, ck: Checkpoint, zero_filled: list[str], image
         log.warning("%s: image tower only; the text encoder stays random", ck.path)
 
 
+def _check_dtypes(ck: Checkpoint, canon: dict[str, Tensor], model_sd: dict[str, Tensor]) -> None:
+    """Integer tensors where the model holds floats (quantized or corrupted weights) are refused by name:
+    casting them would load weights off by their scale, which parity cannot blame on the right cause."""
+    bad = [
+        k
+        for k, v in canon.items()
+        if not v.is_floating_point()
+        and not k.endswith("num_batches_tracked")
+        and (k not in model_sd or model_sd[k].is_floating_point())  # inference-form keys are all floats
+    ]
+    if bad:
+        shown = ", ".join(f"{k} ({str(canon[k].dtype).replace('torch.', '')})" for k in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise CheckpointError(
+            f"{ck.path}: {len(bad)} tensor(s) hold integers where the model holds floats: {shown}{more}; "
+            "quantized or corrupted weights are not dequantized, export a float checkpoint"
+        )
+
+
 def load_checkpoint(model: nn.Module, path: str | Path | Checkpoint) -> LoadReport:
     """Load ``path`` into ``model`` in place (strict: every key and shape must match); returns a LoadReport.
 
@@ -141,6 +160,7 @@ def load_checkpoint(model: nn.Module, path: str | Path | Checkpoint) -> LoadRepo
     canon, unknown, problems = keymap_for(model, ck.format).to_canonical(ck.state_dict, shapes)
     if problems:
         raise CheckpointError(f"{ck.path}: " + "; ".join(problems) + _biased_variants_hint(ck))
+    _check_dtypes(ck, canon, model_sd)
     canon, lifted = lift_inference_form(canon, model)
     zero_filled = _zero_fill_head_bias(canon, shapes)
     image_only = ck.format == "timm"
