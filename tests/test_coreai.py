@@ -21,8 +21,10 @@ from mobileclip_export.export.backends.coreai import CoreAITarget  # noqa: E402
 from mobileclip_export.export.backends.coreai.hazards import find_coreai_hazards  # noqa: E402
 from mobileclip_export.export.parity import compare  # noqa: E402
 from mobileclip_export.export.registry import get_target  # noqa: E402
-from mobileclip_export.export.spec import EncoderExport
-from mobileclip_export.export.spec import TensorSpec  # noqa: E402
+from mobileclip_export.export.spec import (
+    EncoderExport,
+    TensorSpec,  # noqa: E402
+)
 from mobileclip_export.export.tolerances import tolerance_for  # noqa: E402
 
 from _toys import TOY_EMBED as EMBED  # noqa: E402

@@ -14,11 +14,13 @@ pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert.interpreter")
 
 from mobileclip_export.errors import MissingDependencyError, UsageError  # noqa: E402
-from mobileclip_export.export.backends import tflite as backend  # noqa: E402
+from mobileclip_export.export.backends.tflite import target as backend  # noqa: E402
 from mobileclip_export.export.parity import Tolerance, compare  # noqa: E402
 from mobileclip_export.export.registry import get_target  # noqa: E402
-from mobileclip_export.export.spec import EncoderExport
-from mobileclip_export.export.spec import TensorSpec  # noqa: E402
+from mobileclip_export.export.spec import (
+    EncoderExport,
+    TensorSpec,  # noqa: E402
+)
 from mobileclip_export.export.tolerances import tolerance_for  # noqa: E402
 
 from _toys import TOY_EMBED as EMBED  # noqa: E402
