@@ -6,7 +6,6 @@ both paths share one code path afterwards.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,54 +16,51 @@ from mobileclip_export.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-BUNDLE_KEY = "bundle_dir"  # set on records of a merged bundle: the dir their path is relative to
-
 
 @dataclass
 class Bundle:
+    """The records to time and where their files are. ``roots[i]`` is the bundle folder record ``i``'s path
+    is relative to (several when precisions were exported side by side); the manifest never chooses it."""
+
     model: str
     bundle_dir: Path
     artifacts: list[dict[str, Any]]
     export_args: dict[str, Any] = field(default_factory=dict)
     random_init: bool = True
-
-
-def find_manifest(bundle_dir: Path, model: str) -> Path:
-    """``bundle_dir/manifest.json`` or ``bundle_dir/<model>/manifest.json`` (the export CLI's layout)."""
-    for candidate in (bundle_dir / MANIFEST, bundle_dir / model / MANIFEST):
-        if candidate.is_file():
-            return candidate
-    raise UsageError(
-        f"no {MANIFEST} for model {model!r} under {str(bundle_dir)!r} (looked in {bundle_dir / MANIFEST} and "
-        f"{bundle_dir / model / MANIFEST}); export first with: mobileclip-export --model {model} "
-        f"--output-dir {bundle_dir}"
-    )
+    weights: dict[str, Any] = field(default_factory=dict)
+    roots: list[Path] = field(default_factory=list)
+    checked: dict[int, Path] = field(default_factory=dict, repr=False)
 
 
 def read_bundle(bundle_dir: str | Path, model: str) -> Bundle:
-    path = find_manifest(Path(bundle_dir), model)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise UsageError(f"{path} is not a readable manifest: {err}") from err
-    if doc.get("model") != model:
-        raise UsageError(f"{path} is a bundle of {doc.get('model')!r}, not {model!r}")
-    arts = doc.get("artifacts")
-    if not isinstance(arts, list):
-        raise UsageError(f"{path} has no artifact list")
+    """An exported bundle of ``model``, read and validated by the bundle reader."""
+    from mobileclip_export.export.bundle.reader import open_bundle
+
+    reader = open_bundle(bundle_dir, model)
+    doc = reader.manifest
+    if doc["model"] != model:
+        raise UsageError(f"{reader.manifest_path} is a bundle of {doc['model']!r}, not {model!r}")
     return Bundle(
         model=model,
-        bundle_dir=path.parent,
-        artifacts=arts,
+        bundle_dir=reader.root,
+        artifacts=reader.records(),
         export_args=doc.get("export_args") or {},
         random_init=bool(doc.get("random_init", True)),
+        weights=doc.get("weights") or {},
     )
 
 
 def artifact_path(bundle: Bundle, rec: Mapping[str, Any]) -> Path:
-    """Where a record's artifact lives: its own bundle dir when several bundles were merged."""
-    return Path(rec.get(BUNDLE_KEY) or bundle.bundle_dir) / rec["path"]
+    """A record's artifact, resolved inside its bundle folder and sha256-checked (once per run)."""
+    from mobileclip_export.export.bundle.reader import MANIFEST, check_sha, resolve_inside
+
+    i = next(i for i, a in enumerate(bundle.artifacts) if a is rec)
+    if i not in bundle.checked:
+        root = bundle.roots[i] if bundle.roots else bundle.bundle_dir
+        path = resolve_inside(root, rec["path"], f"{root / MANIFEST}: artifact {rec['path']!r}")
+        check_sha(path, rec.get("sha256"), root / MANIFEST)  # never time an altered file
+        bundle.checked[i] = path
+    return bundle.checked[i]
 
 
 def parse_precisions(precision: str | None) -> tuple[str, ...] | None:
@@ -97,16 +93,14 @@ def export_bundles(
         if not chosen:
             raise UsageError(f"--precision {prec}: none of the targets {', '.join(targets)} offers it")
         out = output_dir / prec
-        part = export_bundle(model, chosen, encoders, prec, out, verify=_guarded(prec), **kwargs)
-        for rec in part.artifacts:
-            rec[BUNDLE_KEY] = str(part.bundle_dir)
-        parts.append(part)
+        parts.append(export_bundle(model, chosen, encoders, prec, out, verify=_guarded(prec), **kwargs))
     return Bundle(
         model,
         parts[0].bundle_dir,
         [rec for part in parts for rec in part.artifacts],
         export_args=parts[0].export_args,
         random_init=parts[0].random_init,
+        roots=[part.bundle_dir for part in parts for _ in part.artifacts],
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mobileclip_export.benchmarks import harness as H
-from mobileclip_export.benchmarks.artifacts import BUNDLE_KEY, Bundle, parse_precisions
+from mobileclip_export.benchmarks.artifacts import Bundle, artifact_path, parse_precisions
 from mobileclip_export.benchmarks.rows import ReportRow
 
 THREAD_OPTION_NAMES = ("threads", "num_threads", "intra_op_num_threads")
@@ -54,10 +54,8 @@ def torch_candidate(target: str, encoder: str, module: Any, data: np.ndarray, si
     )
 
 
-def artifact_candidate(
-    rec: Mapping[str, Any], bundle_dir: Path, data: np.ndarray, threads: int
-) -> H.Candidate:
-    from mobileclip_export.export.bundle.integrity import check_artifact
+def artifact_candidate(rec: Mapping[str, Any], path: Path, data: np.ndarray, threads: int) -> H.Candidate:
+    """``path``: the record's artifact, already resolved inside its bundle and sha256-checked."""
     from mobileclip_export.export.registry import get_target
 
     target = get_target(rec["target"])
@@ -71,9 +69,6 @@ def artifact_candidate(
             "thread count not settable through the target's options: the runtime picks its own, "
             "confined to the pinned cores"
         )
-    bundle_dir = Path(rec.get(BUNDLE_KEY) or bundle_dir)
-    path = bundle_dir / rec["path"]
-    check_artifact(path, rec.get("sha256"), bundle_dir / "manifest.json")  # never time an altered file
     specs = rec.get("inputs") or []
     name = specs[0]["name"] if specs else rec["encoder"]
     feeds = {name: _cast(data, specs[0].get("dtype") if specs else None)}
@@ -165,5 +160,6 @@ def artifact_candidates(
             failed.append(failed_row(rec))
         else:
             enc_data = data[rec["encoder"]]
-            candidates.append(artifact_candidate(rec, bundle.bundle_dir, enc_data, config.threads))
+            path = artifact_path(bundle, rec)  # resolved inside the bundle, sha256-checked
+            candidates.append(artifact_candidate(rec, path, enc_data, config.threads))
     return candidates, failed

@@ -152,11 +152,14 @@ def _resolve_bundle(config: BenchConfig, progress: Any) -> tuple[Bundle, BenchCo
         exported = bool(bundle.export_args.get("reduced", False))
         if config.reduced and not exported:
             raise UsageError(f"--reduced given, but the bundle in {bundle.bundle_dir} was exported full size")
-        return bundle, config.replace(
-            reduced=exported,
-            seed=int(bundle.export_args.get("seed", config.seed)),
-            checkpoint=config.checkpoint or bundle.export_args.get("checkpoint"),
-        )
+        random_init = bundle.random_init and bundle.weights.get("random_init", True)
+        if not random_init and config.checkpoint is None:
+            # the manifest names the checkpoint it came from, but only the user chooses what we read
+            raise UsageError(
+                f"the bundle in {bundle.bundle_dir} was exported from checkpoint "
+                f"{bundle.weights.get('checkpoint')!r}; pass --checkpoint PATH (the PyTorch reference)"
+            )
+        return bundle, config.replace(reduced=exported, seed=int(bundle.export_args.get("seed", config.seed)))
     bundle = export_bundles(
         config.model,
         list(config.targets),

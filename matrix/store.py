@@ -15,7 +15,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from mobileclip_export.export.bundle.layout import MANIFEST, remove_path, write_json_atomic
+from mobileclip_export.errors import IntegrityError
+from mobileclip_export.export.bundle.layout import remove_path, write_json_atomic
+from mobileclip_export.export.bundle.reader import (
+    MANIFEST,
+    check_sha,
+    check_tree,
+    real,
+    resolve_inside,
+    validate_doc,
+)
+from mobileclip_export.export.bundle.schema import RECORD, AnyValue, Map, Obj, Str
 from mobileclip_export.hashing import path_sha256
 from mobileclip_export.matrix.jobs import Job
 from mobileclip_export.matrix.worker import RESULT
@@ -38,15 +48,33 @@ def new_staging(output: Path, job: Job, attempt: int) -> Path:
     return path
 
 
+CELL_SCHEMA = Obj(
+    {"key": Str(max_len=256), "record": RECORD, "job": Map(AnyValue()), "manifest": Map(AnyValue())},
+    required=("key", "record"),
+)
+
+
 def read_cell(folder: Path) -> dict[str, Any] | None:
-    """The cell's record if its artifact is present with the recorded sha256; None otherwise."""
+    """The cell's record if its artifact is present with the recorded sha256; None otherwise.
+
+    A cell is read like any bundle (another job's output may be merged in): ``cell.json`` validated, the
+    record's path resolved inside the cell folder, no symlink in the folder leaving it.
+    """
+    label = folder / CELL_JSON
     try:
-        cell = json.loads((folder / CELL_JSON).read_text("utf-8"))
-    except (OSError, ValueError):
+        cell = json.loads(label.read_text("utf-8"))
+        validate_doc(label, cell, CELL_SCHEMA)
+        if "manifest" in cell:
+            validate_doc(f"{label} (manifest)", {**cell["manifest"], "artifacts": []})
+        rel = cell["record"].get("path")
+        if not rel:
+            raise IntegrityError(f"{label}: record.path: no artifact")
+        check_tree(folder, real(folder), str(label))
+        check_sha(resolve_inside(folder, rel, f"{label}: record.path"), cell["record"].get("sha256"), label)
+    except FileNotFoundError:
         return None
-    rel = cell.get("record", {}).get("path")
-    if not rel or not (folder / rel).exists() or path_sha256(folder / rel) != cell["record"].get("sha256"):
-        log.warning("cell %s: artifact missing or altered; it will be re-run", folder.name)
+    except (OSError, ValueError, RecursionError, IntegrityError) as err:
+        log.warning("cell %s: not usable (%s); it will be re-run", folder.name, err)
         return None
     return cell
 

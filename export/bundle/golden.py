@@ -23,6 +23,7 @@ import numpy as np
 
 from mobileclip_export.errors import MissingDependencyError
 from mobileclip_export.export.bundle.layout import write_json_atomic
+from mobileclip_export.export.bundle.reader import resolve_inside
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.tolerances import tolerance_for
 
@@ -151,8 +152,9 @@ def _run_artifact(root: Path, rec: Any, enc: str, inputs: list[np.ndarray]) -> d
     art: dict[str, Any] = {"encoder": enc, "target": rec.target, "precision": rec.precision}
     options = rec.options or {}
     name = rec.inputs[0]["name"] if "+" not in rec.encoder and rec.inputs else enc
+    path = resolve_inside(root, rec.path, f"artifact {rec.path!r}")
     try:
-        runner = get_target(rec.target).load(root / rec.path, options)
+        runner = get_target(rec.target).load(path, options)
     except RuntimeUnavailable as err:
         return art | {"runtime": None, "embeddings": None, "note": f"no embeddings: {err}"}
     cap = runner.max_verify_inputs
@@ -210,9 +212,10 @@ def write_golden(
 def load_inputs(root: Path, index: dict[str, Any]) -> dict[str, list[np.ndarray]]:
     """The golden inputs as the default artifact inputs, read back from the bundle's files."""
     images = []
-    for img in index["images"]:
+    for i, img in enumerate(index["images"]):
         t = img["tensor"]
-        images.append(np.frombuffer((root / t["file"]).read_bytes(), "<f4").reshape(t["shape"]).copy())
+        path = resolve_inside(root, t["file"], f"{INDEX}: images[{i}].tensor.file")
+        images.append(np.frombuffer(path.read_bytes(), "<f4").reshape(t["shape"]).copy())
     texts = [np.asarray([t["ids"]], np.int32) for t in index["texts"]]
     return {"image": images, "text": texts}
 
@@ -234,7 +237,7 @@ def recheck(
     """
     from mobileclip_export.export.parity import Tolerance
 
-    index = json.loads((root / INDEX).read_text("utf-8"))
+    index = json.loads(resolve_inside(root, INDEX, "golden index").read_text("utf-8"))
     inputs = load_inputs(root, index)
     records = {a["path"]: a for a in manifest.get("artifacts", []) if a.get("path")}
     out = {}

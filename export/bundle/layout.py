@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import shutil
 import tempfile
 import uuid
@@ -19,12 +20,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mobileclip_export.errors import BundleStateError, UsageError
-from mobileclip_export.hashing import path_sha256
+from mobileclip_export.errors import BundleStateError, IntegrityError, UsageError
+from mobileclip_export.export.bundle.reader import (
+    MANIFEST,
+    BundleReader,
+    check_sha,
+    inside,
+    read_bundle_at,
+    real,
+)
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 STAGING = ".staging"  # per-target folder where backends write before an artifact is verified
 
 
@@ -215,42 +222,55 @@ class BundleWriter:
         Only when the previous manifest describes the same weights (``same_weights(old_manifest)``); a
         (target, encoder, precision) this run attempted is replaced even if the new attempt failed.
         Returns the carried manifest records. Copies (not moves) so the old bundle stays valid until commit.
+        The previous bundle is read like any untrusted one (bundle reader): each source resolves inside it,
+        each destination is its validated path inside the temp bundle, and nothing already there is replaced.
         """
-        tmp_dir = self._tmp()
-        old_manifest = self.final_dir / MANIFEST
-        if not self.force or not old_manifest.is_file():
+        if not self.force or not (self.final_dir / MANIFEST).is_file():
             return []
         try:
-            old = json.loads(old_manifest.read_text("utf-8"))
-        except (OSError, ValueError) as err:
-            log.warning("previous manifest unreadable (%s); not carrying artifacts over", err)
+            old = read_bundle_at(self.final_dir / MANIFEST)
+        except IntegrityError as err:
+            log.warning("previous bundle not carried over: %s", err)
             return []
-        if not same_weights(old):
+        if not same_weights(old.manifest):
             log.info("previous bundle used other weights; replacing it entirely")
             return []
         carried = []
-        for rec in old.get("artifacts", []):
-            key = (rec.get("target"), rec.get("encoder"), rec.get("precision"))
-            rel = rec.get("path")
-            if key in replaced or not rel or rec.get("status") == "failed":
+        for rec in old.records():
+            key = (rec["target"], rec["encoder"], rec["precision"])
+            if key in replaced or not rec.get("path") or rec.get("status") == "failed":
                 continue
-            src = self.final_dir / rel
-            if not src.exists() or path_sha256(src) != rec.get("sha256"):
-                log.warning("previous artifact %s is missing or altered; not carried over", rel)
+            try:
+                rel = self._carry_file(old, rec["path"], rec.get("sha256"))
+                for name in (rec.get("details") or {}).get("tokenizer_files", []):
+                    self._carry_file(old, name, old.manifest.get("files", {}).get(name), shared=True)
+            except IntegrityError as err:
+                log.warning("previous artifact %s not carried over: %s", rec["path"], err)
                 continue
-            dest = tmp_dir / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if src.is_dir():
-                shutil.copytree(src, dest)
-            else:
-                shutil.copy2(src, dest)
-            for name in rec.get("details", {}).get("tokenizer_files", []):
-                if (self.final_dir / name).is_file() and not (tmp_dir / name).exists():
-                    shutil.copy2(self.final_dir / name, tmp_dir / name)
-            notes = list(rec.get("notes", []))
-            notes.append("carried over unchanged from the previous export of this bundle")
-            carried.append({**rec, "notes": notes})
+            notes = [*rec.get("notes", []), "carried over unchanged from the previous export of this bundle"]
+            carried.append({**rec, "path": rel, "notes": notes})
         return carried
+
+    def _carry_file(self, old: BundleReader, rel: str, sha: str | None, shared: bool = False) -> str:
+        """Copy ``rel`` of the previous bundle (checked against ``sha``) to the same place in the temp bundle;
+        returns the normalized path. ``shared`` files (tokenizer) already there are left as they are."""
+        tmp_dir = self._tmp()
+        src = old.resolve(rel, f"carried-over {rel!r}")
+        check_sha(src, sha, old.manifest_path)
+        norm = posixpath.normpath(rel)
+        dest = tmp_dir / norm
+        if dest.exists() or dest.is_symlink():
+            if shared:
+                return norm
+            raise IntegrityError(f"{norm}: already written by this export; the old record is not carried")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not inside(real(dest.parent), real(tmp_dir)):  # validated paths keep this; never write elsewhere
+            raise IntegrityError(f"{norm}: its folder resolves outside the bundle being written")
+        if src.is_dir():
+            shutil.copytree(src, dest)
+        else:
+            shutil.copy2(src, dest)
+        return norm
 
     def abort(self) -> None:
         if self.tmp_dir is not None:

@@ -7,7 +7,6 @@ against the manifest before it is loaded, and a changed artifact is refused.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from mobileclip_export.errors import UsageError
+from mobileclip_export.errors import IntegrityError, UsageError
+from mobileclip_export.export.bundle.reader import BundleReader, open_bundle
 from mobileclip_export.export.spec import Runner, RuntimeUnavailable
 from mobileclip_export.export.target import Target
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 PYTORCH = "pytorch"  # the pseudo-target: the train-time PyTorch model rebuilt from the manifest
 
 
@@ -31,6 +30,7 @@ class BundleInfo:
     root: Path
     manifest: dict[str, Any]
     torch_model: Any = None  # the train-time model, once built (or given instead of a bundle on disk)
+    reader: BundleReader | None = None  # the validated bundle on disk (None for an in-memory model)
 
     @property
     def model(self) -> str:
@@ -52,32 +52,21 @@ class BundleInfo:
 
 
 def read_bundle_dir(path: str | Path | BundleInfo) -> BundleInfo:
-    """A bundle folder (with manifest.json) or an output dir holding exactly one bundle."""
+    """A bundle folder (with manifest.json) or an output dir holding exactly one bundle, read and validated
+    by the bundle reader (paths kept inside it, schema checked)."""
     if isinstance(path, BundleInfo):
         return path
-    root = Path(path)
-    candidates = [root / MANIFEST] if (root / MANIFEST).is_file() else sorted(root.glob(f"*/{MANIFEST}"))
-    if len(candidates) != 1:
-        found = ", ".join(str(c.parent) for c in candidates) or "none"
-        raise UsageError(
-            f"--bundle {str(root)!r}: expected one {MANIFEST} there or one level down (found: {found})"
-        )
-    try:
-        manifest = json.loads(candidates[0].read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise UsageError(f"{candidates[0]} is not a readable manifest: {err}") from err
-    if not isinstance(manifest.get("artifacts"), list) or "logit_scale" not in manifest:
-        raise UsageError(f"{candidates[0]} is not a mobileclip-export manifest (no artifacts/logit_scale)")
-    return BundleInfo(candidates[0].parent, manifest)
+    reader = open_bundle(path)
+    if "logit_scale" not in reader.manifest:
+        raise IntegrityError(f"{reader.manifest_path}: (top level): missing required key 'logit_scale'")
+    return BundleInfo(reader.root, reader.manifest, reader=reader)
 
 
 def check_artifact_hash(bundle: BundleInfo, rec: Mapping[str, Any]) -> Path:
-    """The artifact's path, after its sha256 is checked against the manifest (IntegrityError if changed)."""
-    from mobileclip_export.export.bundle.integrity import check_artifact
-
-    path = bundle.root / rec["path"]
-    check_artifact(path, rec.get("sha256"), bundle.root / "manifest.json")
-    return path
+    """The artifact's path, resolved inside the bundle and sha256-checked against the manifest."""
+    if bundle.reader is None:
+        raise UsageError("this bundle view has no files on disk (an in-memory model)")
+    return bundle.reader.artifact(rec)
 
 
 def _rows(runner: Runner, name: str, x: np.ndarray) -> np.ndarray:
@@ -125,7 +114,7 @@ class ArtifactEncoders:
                 shared = t.load(path, rec.get("options") or {})
             except RuntimeUnavailable as err:
                 raise UsageError(f"target {t.name!r} artifacts cannot run on this machine: {err}") from err
-        self.runners[enc] = (shared, enc if multi else rec["inputs"][0]["name"])
+        self.runners[enc] = (shared, enc if multi else (rec.get("inputs") or [{"name": enc}])[0]["name"])
         self.precision = rec["precision"]
 
     def image(self, x: np.ndarray) -> np.ndarray:
@@ -177,7 +166,7 @@ def train_time_model(bundle: BundleInfo, checkpoint: str | Path | None = None) -
     model_name, reduced, seed = bundle.model, bool(args.get("reduced", False)), int(args.get("seed", 0))
     if weights.get("random_init", True):
         return create_model(model_name, None, seed=int(weights.get("seed", seed)), reduced=reduced)
-    ckpt = checkpoint or args.get("checkpoint")
+    ckpt = checkpoint  # only the user's: a path in the manifest must not choose what we read
     if not ckpt or not Path(ckpt).is_file():
         raise UsageError(
             f"the bundle was exported from checkpoint {weights.get('checkpoint')!r}; pass --checkpoint PATH "
