@@ -23,6 +23,7 @@ from torch import nn
 from mobileclip_export.errors import ExportFailure, MobileClipExportError, VerificationError, raised_by_us
 from mobileclip_export.export.bundle.app_files import finish_bundle
 from mobileclip_export.export.bundle.layout import (
+    MANIFEST,
     BundleWriter,
     check_output_dir,
     path_bytes,
@@ -512,4 +513,4 @@ def _commit(writer: BundleWriter, manifest: dict[str, Any], result: ExportResult
     """The manifest last, then the bundle renamed into place."""
     writer.write_manifest(manifest)
     result.bundle_dir = writer.commit()
-    result.manifest_path = result.bundle_dir / "manifest.json"
+    result.manifest_path = result.bundle_dir / MANIFEST
