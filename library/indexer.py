@@ -128,7 +128,7 @@ class IndexReport:
         return dict(self.__dict__)
 
 
-def _library_manifest(bundle: Any, enc: Any, target: str, root: Path) -> dict[str, Any]:
+def _library_manifest(bundle: Any, enc: Any, target: str, root: Path, shard_rows: int) -> dict[str, Any]:
     rec = bundle.records(target, enc.precision).get("image") or bundle.records(target, enc.precision).get(
         "image+text"
     )
@@ -139,7 +139,7 @@ def _library_manifest(bundle: Any, enc: Any, target: str, root: Path) -> dict[st
         "dim": int(bundle.manifest["embed_dim"]),
         "dtype": DTYPE,
         "normalized": True,
-        "shard_rows": SHARD_ROWS,
+        "shard_rows": shard_rows,
         "images_root": str(root),
         "model": ident,
         "bundle": I.bundle_identity(bundle.manifest, rec, target, enc.label),
@@ -212,17 +212,21 @@ def index_folder(
     precision: str | None = None,
     checkpoint: str | Path | None = None,
     batch_size: int = DEFAULT_BATCH,
+    shard_rows: int = SHARD_ROWS,
     progress: bool = True,
 ) -> IndexReport:
-    """Index (or bring up to date) the library ``out`` for the image folder ``images``."""
+    """Index (or bring up to date) the library ``out`` for the image folder ``images``.
+
+    ``shard_rows`` (files per commit) applies when the library is created; later runs keep its value.
+    """
     from mobileclip_export.export.zeroshot.encoders import open_encoders, read_bundle_dir
     from mobileclip_export.models import get_model_spec
 
-    root, out = _check_paths(images, out, batch_size)
+    root, out = _check_paths(images, out, batch_size, shard_rows)
     b = read_bundle_dir(bundle)
     enc = open_encoders(b, target, precision, checkpoint, need=("image",))
     try:
-        manifest = _library_manifest(b, enc, target, root)
+        manifest = _library_manifest(b, enc, target, root, shard_rows)
         with Library.create_or_open(out, manifest) as lib:
             _check_reopen(lib, manifest, out)
             loader = _Loader(root, get_model_spec(b.model).preprocessing)
@@ -231,12 +235,14 @@ def index_folder(
         enc.close()
 
 
-def _check_paths(images: str | Path, out: str | Path, batch_size: int) -> tuple[Path, Path]:
+def _check_paths(images: str | Path, out: str | Path, batch_size: int, shard_rows: int) -> tuple[Path, Path]:
     root = Path(images).resolve()
     if not root.is_dir():
         raise UsageError(f"--images {str(images)!r} is not a folder")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1 (got {batch_size})")
+    if shard_rows < 1:
+        raise UsageError(f"--shard-rows must be >= 1 (got {shard_rows})")
     return root, Path(out).resolve()
 
 

@@ -3,6 +3,7 @@ however many images pass through (``index`` and ``predict`` both use it)."""
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -58,8 +59,10 @@ def embed_stream(
 
 
 def _one_line(err: BaseException) -> str:
+    """The error's first line, object addresses removed (a re-run must log the same bytes)."""
     text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".strip()
+    first = re.sub(r"<([\w.]+) object at 0x[0-9a-fA-F]+>", r"<\1>", text[0] if text else "")
+    return f"{type(err).__name__}: {first}".strip()
 
 
 def normalized_fp16(emb: np.ndarray) -> np.ndarray:

@@ -24,6 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", type=Path, required=True, help="the library folder (created, or brought up to date)"
     )
     p.add_argument("--batch-size", type=int, default=16, help="images per encoder call (default: 16)")
+    p.add_argument(
+        "--shard-rows",
+        type=int,
+        default=512,
+        help="files per commit when the library is created (default: 512)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
@@ -34,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     with stdout_to_stderr():  # runtimes print to stdout (even from C++); stdout is kept for the report
         rep = index_folder(
             args.bundle, args.target, args.images, args.out, precision=args.precision,
-            checkpoint=args.checkpoint, batch_size=args.batch_size, progress=args.verbosity >= 0,
+            checkpoint=args.checkpoint, batch_size=args.batch_size, shard_rows=args.shard_rows,
+            progress=args.verbosity >= 0,
         )  # fmt: skip
     doc = rep.as_dict()
     if args.json:
