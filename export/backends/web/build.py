@@ -10,6 +10,7 @@ the pinned files and reproduce their outputs -> model card.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +76,25 @@ def _pin(report: dict, encs: list[EncoderExport], wanted: str) -> dict[str, str]
     return pin
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.t0, self.laps = time.perf_counter(), {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.t0, 2)
+        self.t0 = now
+
+
 def _verify(
-    folder: Path, encs: list[EncoderExport], dtypes: tuple[str, ...], browser: bool
+    folder: Path, encs: list[EncoderExport], dtypes: tuple[str, ...], browser: bool, clock: _Clock
 ) -> dict[str, Any]:
     refs = {e.encoder: (x := checks.verify_inputs(e), checks.torch_embed(e, x)) for e in encs}
     session = NodeSession(folder)
     out: dict[str, Any] = {"report": {}}
     try:
         _merge(out["report"], "node", checks.node_parity(session, encs, list(dtypes), refs))
+        clock.lap("node parity")
         both = {e.encoder for e in encs} == {"image", "text"}
         guard = (
             checks.q8_guard(session, encs, refs, dict(encs[0].metadata)) if both and "q8" in dtypes else None
@@ -92,11 +104,13 @@ def _verify(
             out["tokenizer_check"] = checks.tokenizer_check(session, by["text"])
         if "image" in by:
             out["preprocessing_check"] = checks.pixel_check(session, by["image"])
+        clock.lap("node guard, tokens, pixels")
     finally:
         session.close()
     if browser:
         results, out["browser"] = checks.browser_parity(folder, encs, list(dtypes), refs)
         _merge(out["report"], "chromium", results)
+        clock.lap("chromium parity")
     _decide(out["report"], guard)
     out["refs"] = refs
     return out
@@ -133,17 +147,18 @@ def build_folder(
     encs: list[EncoderExport], dtypes: tuple[str, ...], wanted: str, folder: Path, *, browser: bool = True
 ) -> ArtifactInfo:
     """Write and verify the folder at ``folder``; ArtifactInfo details carry every dtype's numbers."""
+    clock = _Clock()
     _static_files(folder, encs)
     files: dict[str, dict[str, Any]] = {}
     for dtype in dtypes:
         for enc in encs:
             files.setdefault(dtype, {})[enc.encoder] = write_onnx(enc, dtype, folder)
     write_json(folder / "config.json", config_json(encs, {e.encoder: "fp32" for e in encs}))
-    checked = _verify(folder, encs, dtypes, browser)
+    clock.lap("onnx files")
+    checked = _verify(folder, encs, dtypes, browser, clock)
     if checked.get("tokenizer_check", {}).get("status") == "failed":
-        raise ExportFailure(
-            f"web: transformers.js tokenizes differently: {checked['tokenizer_check']['differ']}"
-        )
+        differ = checked["tokenizer_check"]["differ"]
+        raise ExportFailure(f"web: transformers.js tokenizes differently: {differ}")
     report = checked["report"]
     for dtype, per in report.items():
         for encoder, r in per.items():
@@ -157,16 +172,15 @@ def build_folder(
         {k: checked[k] for k in ("tokenizer_check", "preprocessing_check", "browser") if k in checked}
     )
     if browser:
-        details["pinned_load_in_browser"] = _pinned_in_browser(folder, encs, pin, checked["refs"])
+        details["pinned_load_in_browser"] = got = _pinned_in_browser(folder, encs, pin, checked["refs"])
+        clock.lap("chromium, pinned load")
+        if got["problems"]:
+            raise ExportFailure(f"web: loading without a dtype went wrong: {'; '.join(got['problems'])}")
     details["js_versions"] = js_versions()
+    details["seconds"] = clock.laps
     card.write_card(folder, encs[0].model_name, pin, report, dict(encs[0].metadata))
-    return ArtifactInfo(
-        path=folder,
-        inputs=_specs(encs, "in"),
-        outputs=_specs(encs, "out"),
-        notes=_notes(report, pin, wanted),
-        details=details,
-    )
+    notes = _notes(report, pin, wanted)
+    return ArtifactInfo(folder, _specs(encs, "in"), _specs(encs, "out"), notes=notes, details=details)
 
 
 def _specs(encs: list[EncoderExport], which: str) -> tuple[TensorSpec, ...]:

@@ -21,8 +21,8 @@ _CHECKPOINT_LICENSE = (
 SNIPPET = """import {{ env, AutoProcessor, AutoTokenizer, CLIPTextModelWithProjection,
   CLIPVisionModelWithProjection, RawImage }} from '@huggingface/transformers';
 
-env.allowRemoteModels = false;  // this folder from disk (in a web app: serve it, set env.localModelPath)
-env.localModelPath = '{parent}';
+env.allowRemoteModels = false;  // no hub: '{name}/' next to this script (or served next to the page)
+env.localModelPath = './';
 const id = '{name}';
 
 const tokenizer = await AutoTokenizer.from_pretrained(id);
@@ -52,9 +52,7 @@ def write_license(folder: Path, meta: dict[str, str]) -> None:
 
 
 def snippet(folder: Path, image: str = "cat.jpg", scale: float = 100.0) -> str:
-    folder = Path(folder)
-    parent = f"{folder.parent.as_posix()}/"
-    return SNIPPET.format(parent=parent, name=folder.name, image=image, scale=f"{scale:g}")
+    return SNIPPET.format(name=Path(folder).name, image=image, scale=f"{scale:g}")
 
 
 def _dtype_rows(report: dict[str, Any]) -> list[str]:

@@ -164,6 +164,7 @@ def write_tokenizer(folder: Path, context_length: int) -> list[str]:
     from mobileclip_export.models.app_tokenizer import app_tokenizer_files
     from mobileclip_export.models.tokenizer import LICENSE_FILE, get_tokenizer
 
+    Path(folder).mkdir(parents=True, exist_ok=True)
     files = dict(app_tokenizer_files(get_tokenizer(), context_length))
     files[LICENSE_FILE.name] = LICENSE_FILE.read_bytes()
     for name, blob in files.items():
