@@ -174,11 +174,12 @@ def test_newer_schema_major_is_refused_naming_both(source, tmp_path, capsys, ver
     _one_line_refusal(capsys, code, 1, rf"schema_version {version} is newer .*\(major 1; it writes 1\)")
 
 
-def test_newer_minor_with_unknown_keys_still_opens(source, tmp_path, capsys) -> None:
+def test_newer_minor_and_dynamic_batch_still_open(source, tmp_path, capsys) -> None:
     bundle = _copy(source, tmp_path)
     m = _manifest(bundle)
     m.update(schema_version="1.7", something_new={"x": [1, 2]})
     m["artifacts"][0]["new_field"] = "ignored"
+    m["artifacts"][0]["inputs"][0]["shape"][0] = -1  # what --dynamic-batch writes
     _write(bundle, m)
     assert main(_argv("check", bundle, tmp_path)) == 0, capsys.readouterr().err
 

@@ -214,7 +214,7 @@ SHA256 = Str(pattern=r"[0-9a-f]{64}")
 NAME = Str(max_len=200, pattern=r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")  # also a safe single path component
 TEXT = Str(max_len=1_000_000)
 SEED = Int(0, 2**63 - 1)
-DIM = OneOf((Int(0, 2**31 - 1), Str(max_len=64)))  # dynamic dimensions are named
+DIM = OneOf((Int(-1, 2**31 - 1), Str(max_len=64)))  # a dynamic dimension: -1 (onnx, web) or a name
 
 TENSOR = Obj(
     {"name": Str(max_len=256), "shape": List(Nullable(DIM), 16), "dtype": Str(max_len=32)}, required=("name",)
