@@ -213,7 +213,7 @@ def validate(spec: Spec, value: Any, label: str = "") -> None:
 SHA256 = Str(pattern=r"[0-9a-f]{64}")
 NAME = Str(max_len=200, pattern=r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")  # also a safe single path component
 TEXT = Str(max_len=1_000_000)
-SEED = Int(0, 2**63 - 1)
+SEED = Int(-(2**63), 2**64 - 1)  # what torch.manual_seed takes; --seed itself is not range-checked
 DIM = OneOf((Int(-1, 2**31 - 1), Str(max_len=64)))  # a dynamic dimension: -1 (onnx, web) or a name
 
 TENSOR = Obj(
