@@ -47,6 +47,10 @@ class Target(ABC):
     default_precision: ClassVar[str] = "fp32"
     options: ClassVar[tuple[OptionSpec, ...]] = ()
     version_dists: ClassVar[tuple[str, ...]] = ()  # distributions whose versions go into the manifest
+    # True when this machine runs the artifacts only in a slow single-threaded reference runtime that releases
+    # the GIL: the pipeline then converts this target first and verifies it in a background thread while the
+    # other targets convert (same inputs, same tolerances; only the wall time changes).
+    verify_beside: ClassVar[bool] = False
 
     # ---- dependency and option checks (cheap, no heavy imports) ----
     def missing_dependencies(self) -> list[str]:

@@ -333,3 +333,51 @@ def test_stale_staging_dirs_of_killed_exports_are_swept(tmp_path) -> None:
     assert not stale.exists() and live.exists() and other.exists()
     assert tmp.name.startswith(f".mobileclip_s0.partial-{os.getpid()}-")
     writer.abort()
+
+
+def test_golden_vectors_reuse_the_verification_runs(tmp_path, toy, monkeypatch) -> None:
+    """The golden stage loads no artifact that verification already ran: it writes what verification
+    recorded while the runtime was loaded (and those embeddings are what a rerun here gives)."""
+    from mobileclip_export.export.bundle import golden
+
+    def reload(*args, **kwargs):
+        raise AssertionError("the golden stage loaded an artifact verification had already run")
+
+    monkeypatch.setattr(golden, "_run_artifact", reload)
+    res = export_model("mobileclip_s0", "onnx", output_dir=tmp_path)
+    assert res.ok, [a.error for a in res.artifacts]
+    monkeypatch.undo()
+    m = json.loads(res.manifest_path.read_text())
+    index = json.loads((res.bundle_dir / golden.INDEX).read_text())
+    assert {a["path"] for a in m["artifacts"]} == set(index["artifacts"])
+    assert all(r["runtime"].startswith("onnxruntime") for r in index["artifacts"].values())
+    rerun = golden.recheck(res.bundle_dir, m)
+    assert {k: v["status"] for k, v in rerun.items()} == dict.fromkeys(index["artifacts"], "passed")
+    assert all(v["vs_stored"]["max_abs_diff"] == 0.0 for v in rerun.values())
+    assert "golden" not in m["artifacts"][0]  # the in-memory runs never reach the manifest
+
+
+def test_a_slow_reference_target_is_verified_beside_the_conversions(tmp_path, toy, monkeypatch) -> None:
+    """``verify_beside``: verification runs in the background thread, results and order are unchanged."""
+    import threading
+
+    from mobileclip_export.export.pipeline import verify as V
+
+    threads: list[str] = []
+    real = V.verify_artifact
+
+    def spy(rec, *args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(rec, *args, **kwargs)
+
+    monkeypatch.setattr(V, "verify_artifact", spy)
+    monkeypatch.setattr(OnnxTarget, "verify_beside", True)
+    res = export_model("mobileclip_s0", "onnx", output_dir=tmp_path)
+    assert res.ok and [(a.encoder, a.status) for a in res.artifacts] == [
+        ("image", "verified"),
+        ("text", "verified"),
+    ]
+    assert len(threads) == 2 and all(t.startswith("verify-beside") for t in threads), threads
+    m = json.loads(res.manifest_path.read_text())
+    assert [a["encoder"] for a in m["artifacts"]] == ["image", "text"]
+    assert all(path_sha256(res.bundle_dir / a["path"]) == a["sha256"] for a in m["artifacts"])

@@ -10,8 +10,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from mobileclip_export.export.bundle import golden
 from mobileclip_export.export.bundle.integrity import file_hashes
 
@@ -19,11 +17,12 @@ log = logging.getLogger(__name__)
 
 
 def finish_bundle(
-    root: Path, manifest: dict[str, Any], records: list[Any], train_model: nn.Module, spec: Any, verify: bool
+    root: Path, manifest: dict[str, Any], records: list[Any], inputs: golden.GoldenInputs | None
 ) -> None:
-    """Golden vectors (when verifying: they run every artifact), then hashes of every non-artifact file."""
-    if verify:
-        index = golden.write_golden(root, records, train_model, spec.preprocessing, spec.context_length)
+    """Golden vectors (when verifying: ``inputs`` from the pipeline, each artifact's embeddings recorded
+    while verification had it loaded), the model card, then hashes of every non-artifact file."""
+    if inputs is not None:
+        index = golden.write_golden(root, records, inputs)
         manifest["golden"] = {
             "index": golden.INDEX,
             "images": [i["name"] for i in index["images"]],

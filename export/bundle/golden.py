@@ -160,9 +160,7 @@ def _run_artifact(root: Path, rec: Any, enc: str, inputs: list[np.ndarray]) -> d
     cap = runner.max_verify_inputs
     if cap is not None and cap < len(inputs):  # a reference runtime (seconds per input): verified on a subset
         runner.close()
-        return art | {"runtime": None, "embeddings": None, "note": (
-            f"no embeddings: {runner.label} is a reference runtime here (verification ran {cap} inputs); "
-            "compare with reference_embedding within this artifact's tolerance")}  # fmt: skip
+        return art | {"runtime": None, "embeddings": None, "note": _reference_note(runner.label, cap)}
     try:
         rows = [np.asarray(runner.run({name: x}), np.float32).reshape(-1) for x in inputs]
     finally:
@@ -171,13 +169,20 @@ def _run_artifact(root: Path, rec: Any, enc: str, inputs: list[np.ndarray]) -> d
                   "input": name, "embeddings": np.stack(rows)}  # fmt: skip
 
 
-def write_golden(
-    root: Path, records: Sequence[Any], model: Any, preprocessing: Any, context_length: int
-) -> dict[str, Any]:
-    """Golden inputs, the train-time ``model``'s embeddings and each artifact's, written into ``root``.
+@dataclass
+class GoldenInputs:
+    """The golden inputs of one model and the train-time model's embeddings of them, built once per export:
+    verification runs them through each artifact while its runtime is loaded, the golden stage writes them."""
 
-    ``records``: the bundle's artifact records (ArtifactRecord); failed ones are skipped.
-    """
+    images: list[GoldenImage]
+    texts: tuple[str, ...]
+    ids: np.ndarray  # int32 [M, context_length]
+    feeds: dict[str, list[np.ndarray]]  # encoder -> one default-layout input per row
+    references: dict[str, np.ndarray]  # encoder -> [N or M, D] train-time embeddings
+
+
+def golden_inputs(model: Any, preprocessing: Any, context_length: int) -> GoldenInputs:
+    """The golden images and texts, and the train-time ``model``'s embeddings of them (row by row)."""
     import torch
 
     from mobileclip_export.models.tokenizer import tokenize
@@ -189,14 +194,32 @@ def write_golden(
     with torch.no_grad():
         for enc, module in (("image", model.image_encoder), ("text", model.text_encoder)):
             refs[enc] = np.concatenate([module(torch.from_numpy(x)).float().numpy() for x in feeds[enc]])
+    return GoldenInputs(images, TEXTS, ids, feeds, refs)
+
+
+def _artifact_embeddings(root: Path, rec: Any, enc: str, inputs: GoldenInputs) -> dict[str, Any]:
+    """The run verification recorded for this artifact and encoder (``rec.golden``), else a run here now
+    (records carried over from an earlier export, or re-exported after verification)."""
+    ran = (getattr(rec, "golden", None) or {}).get(enc)
+    if ran is None:
+        return _run_artifact(root, rec, enc, inputs.feeds[enc])
+    return {"encoder": enc, "target": rec.target, "precision": rec.precision} | ran
+
+
+def write_golden(root: Path, records: Sequence[Any], inputs: GoldenInputs) -> dict[str, Any]:
+    """Golden inputs, the train-time embeddings and each artifact's, written into ``root``.
+
+    ``records``: the bundle's artifact records (ArtifactRecord); failed ones are skipped.
+    """
+    refs = inputs.references
     artifacts = {}
     for rec in records:
         if rec.ok and rec.path:
             for enc in rec.encoder.split("+"):
-                if enc not in feeds:  # classifier artifacts: checked on their logits by their own stage
+                if enc not in inputs.feeds:  # classifier artifacts: their own stage checks their logits
                     continue
                 key = rec.path if "+" not in rec.encoder else f"{rec.path}#{enc}"
-                art = artifacts[key] = _run_artifact(root, rec, enc, feeds[enc])
+                art = artifacts[key] = _artifact_embeddings(root, rec, enc, inputs)
                 if art["embeddings"] is not None:
                     stats = compare(refs[enc], art["embeddings"])
                     art["parity"] = stats.to_dict()
@@ -204,9 +227,24 @@ def write_golden(
                     if bad:  # verification passed on other inputs; say so loudly rather than drop it
                         log.warning("golden %s of %s: %s", enc, rec.path, "; ".join(bad))
                         art["violations"] = bad
-    index = golden_index(root, images, TEXTS, ids, refs, artifacts)
+    index = golden_index(root, inputs.images, inputs.texts, inputs.ids, refs, artifacts)
     write_json_atomic(root / INDEX, index)
     return index
+
+
+def embeddings_while_loaded(runner: Any, input_name: str, feeds: Sequence[np.ndarray]) -> dict[str, Any]:
+    """What ``_run_artifact`` would record, from a runner verification already loaded (no second load)."""
+    cap = runner.max_verify_inputs
+    if cap is not None and cap < len(feeds):
+        return {"runtime": None, "embeddings": None, "note": _reference_note(runner.label, cap)}
+    rows = [np.asarray(runner.run({input_name: x}), np.float32).reshape(-1) for x in feeds]
+    return {"runtime": runner.label, "deployment_runtime": runner.is_deployment_runtime,
+            "input": input_name, "embeddings": np.stack(rows)}  # fmt: skip
+
+
+def _reference_note(label: str, cap: int) -> str:
+    return (f"no embeddings: {label} is a reference runtime here (verification ran {cap} inputs); "
+            "compare with reference_embedding within this artifact's tolerance")  # fmt: skip
 
 
 def load_inputs(root: Path, index: dict[str, Any]) -> dict[str, list[np.ndarray]]:

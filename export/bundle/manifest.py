@@ -6,7 +6,7 @@ import json
 import math
 import platform
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +36,16 @@ class ArtifactRecord:
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    # Not in the manifest: per encoder, the golden inputs' embeddings verification recorded while the artifact
+    # was loaded (``golden.embeddings_while_loaded``), so the golden stage need not load it again.
+    golden: dict[str, dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.status != "failed"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(replace(self, golden=None)).items() if k != "golden"}
 
 
 @dataclass

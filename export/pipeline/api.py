@@ -13,7 +13,9 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial as partial_fn
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from torch import nn
 
 from mobileclip_export.errors import ExportFailure, MobileClipExportError, VerificationError, raised_by_us
 from mobileclip_export.export.bundle.app_files import finish_bundle
+from mobileclip_export.export.bundle.golden import GoldenInputs, golden_inputs
 from mobileclip_export.export.bundle.layout import (
     MANIFEST,
     BundleWriter,
@@ -52,6 +55,7 @@ from mobileclip_export.export.spec import EncoderExport, TensorSpec
 from mobileclip_export.export.tolerances import tolerance_for
 from mobileclip_export.hashing import path_sha256
 from mobileclip_export.models.preprocess import EXIF_ORIENTATION
+from mobileclip_export.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +161,7 @@ class _Prepared:
     references: dict[str, np.ndarray] = field(default_factory=dict)
     task: TaskData | None = None  # photographs/captions + fp32 embeddings for the accuracy guard
     classifier: Any = None  # classifier_stage.ClassifierJob when labels are baked in (--classes)
+    golden: GoldenInputs | None = None  # when verifying: each artifact runs them while verification has it
 
 
 def export_model(
@@ -188,8 +193,8 @@ def export_model(
     plan = plan_export(targets, encoders, precision, options)
     _check_request(checkpoint, classes, templates, plan)
     out_dir = Path(output_dir)
-    created = check_output_dir(out_dir)
     check_output_path(out_dir, model, plan)  # a name or path too long for the filesystem: before any work
+    created = check_output_dir(out_dir)
     writer = BundleWriter(out_dir, model, force)
     result = ExportResult(model=model, bundle_dir=None, manifest_path=None)
     try:
@@ -197,22 +202,20 @@ def export_model(
         train_model, inf_model = _build_models(model, checkpoint, seed, reduced, result, emit)
         prep = _prepare(model, spec, plan, train_model, inf_model, checkpoint, seed, reduced)
         _reparam_parity(train_model, inf_model, spec, plan, seed, prep, result, emit)
-        if verify and any(needs_guard(tp.precision) for tp in plan.targets):
-            _guard_data(prep, train_model, spec, emit)
+        if verify:
+            _verification_data(prep, train_model, spec, plan, emit)
         _prepare_classifier(prep, train_model, classes, templates, seed, emit)
         writer.open()
-        for tp in plan.targets:
-            _export_target(tp, prep, writer, model, verify, emit, result)
+        _export_targets(plan, prep, writer, model, verify, emit, result)
         if not any(r.ok and r.path for r in result.artifacts):
             log.error("no artifact succeeded; leaving the output directory unchanged")
             return result
         _carry_over(writer, prep, reduced, emit, result)
         result.seconds["total"] = round(time.perf_counter() - t_start, 3)
-        args = {"precision": precision, "checkpoint": str(checkpoint) if checkpoint else None, "seed": seed}
-        args.update(reduced=reduced, verify=verify, force=force)
-        manifest = _manifest(spec, prep, _export_args(model, plan, args), result)
+        args = dict(precision=precision, checkpoint=checkpoint, seed=seed, reduced=reduced, verify=verify)
+        manifest = _manifest(spec, prep, _export_args(model, plan, args | {"force": force}), result)
         with _Stage(emit, "app files"):  # golden vectors and the other files an app needs
-            finish_bundle(writer.tmp_dir, manifest, result.artifacts, train_model, spec, verify)
+            finish_bundle(writer.tmp_dir, manifest, result.artifacts, prep.golden)
         _commit(writer, manifest, result)
     finally:
         writer.abort()  # no-op after commit; removes the temp dir on failure or Ctrl-C
@@ -222,15 +225,22 @@ def export_model(
     return result
 
 
-def _guard_data(prep: _Prepared, train_model: nn.Module, spec: Any, emit: Any) -> None:
-    """The photographs and captions the accuracy guard of compressed precisions scores artifacts on."""
-    with _Stage(emit, "guard data") as st:
-        prep.task = task_data(train_model, spec)
-        st.message = f"{len(prep.task.images)} photographs, {len(prep.task.ids)} captions"
+def _verification_data(
+    prep: _Prepared, train_model: nn.Module, spec: ModelSpec, plan: ExportPlan, emit: ProgressCallback
+) -> None:
+    """The golden inputs with their train-time embeddings, and (for compressed precisions) the photographs
+    and captions the accuracy guard scores artifacts on: built once, used by every artifact."""
+    with _Stage(emit, "golden inputs"):
+        prep.golden = golden_inputs(train_model, spec.preprocessing, spec.context_length)
+    if any(needs_guard(tp.precision) for tp in plan.targets):
+        with _Stage(emit, "guard data") as st:
+            prep.task = task_data(train_model, spec)
+            st.message = f"{len(prep.task.images)} photographs, {len(prep.task.ids)} captions"
 
 
 def _export_args(model: str, plan: ExportPlan, args: dict[str, Any]) -> dict[str, Any]:
     """How the bundle was made, as recorded in the manifest (bench reuses size, seed and checkpoint)."""
+    args = args | {"checkpoint": str(args["checkpoint"]) if args["checkpoint"] else None}
     return {
         "model": model,
         "targets": [tp.target.name for tp in plan.targets],
@@ -378,19 +388,43 @@ def _jobs(
     ]
 
 
+def _export_targets(
+    plan: ExportPlan,
+    prep: _Prepared,
+    writer: BundleWriter,
+    model: str,
+    verify: bool,
+    emit: ProgressCallback,
+    result: ExportResult,
+) -> None:
+    """Every planned target into ``result``, in plan order. A target whose runtime here is a slow reference
+    (``Target.verify_beside``) converts first and is verified in a background thread while the others convert,
+    so both cores work; its records wait for that verification before anything reads them."""
+    order = sorted(plan.targets, key=lambda tp: not tp.target.verify_beside)  # stable: plan order otherwise
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-beside") as beside:
+        finishers = {
+            tp.target.name: _export_target(tp, prep, writer, model, verify, emit, beside) for tp in order
+        }
+        records = {name: finish() for name, finish in finishers.items()}
+    for tp in plan.targets:
+        result.artifacts.extend(records[tp.target.name])
+
+
 def _export_target(
     tp: TargetPlan,
     prep: _Prepared,
     writer: BundleWriter,
     model: str,
     verify: bool,
-    emit: Any,
-    result: ExportResult,
-) -> None:
-    """Every artifact of one target into ``result``; the tokenizer files go next to its text encoders."""
+    emit: ProgressCallback,
+    beside: ThreadPoolExecutor,
+) -> Callable[[], list[ArtifactRecord]]:
+    """Convert every artifact of one target (verified here, or in ``beside`` for a slow reference runtime);
+    returns the step that waits for them, adds classifier artifacts and the tokenizer files next to its text
+    encoders, and gives the target's records."""
     t = tp.target
     exports = {e: t.adapt_export(x, tp.options) for e, x in prep.exports.items()}  # e.g. NHWC/uint8 inputs
-    records = []
+    records, pending = [], []
     for label, run_export, encs in _jobs(tp, exports):
         rec = ArtifactRecord(target=t.name, encoder=label, precision=tp.precision, options=dict(tp.options))
         records.append(rec)
@@ -401,52 +435,108 @@ def _export_target(
             continue
         name = t.artifact_name(model, label.replace("+", "-"), tp.precision, tp.options)
         partial = writer.partial_path(t.name, name)
-        try:
-            _export_and_verify(rec, tp, run_export, partial, [exports[e] for e in encs], prep, verify, emit)
-            if rec.status != "failed":
-                rec.sha256 = path_sha256(partial)
-                rec.path = writer.place(partial, t.name, name).as_posix()
-        except Exception as err:  # one artifact failing must not stop the others (Ctrl-C still does)
-            _record_failure(rec, err)
-        finally:
-            if rec.path is None:
-                remove_path(partial)
+        if not _convert(rec, tp, run_export, partial, emit):
+            continue
+        check = partial_fn(_check_and_place, rec, tp, partial, [exports[e] for e in encs], prep, verify, emit)
+        pending.append(beside.submit(check, writer, name) if t.verify_beside else check(writer, name))
+
+    def finish() -> list[ArtifactRecord]:
+        for job in pending:
+            if isinstance(job, Future):
+                job.result()
+        return records + _target_files(tp, prep, writer, model, verify, emit, records)
+
+    return finish
+
+
+def _target_files(
+    tp: TargetPlan,
+    prep: _Prepared,
+    writer: BundleWriter,
+    model: str,
+    verify: bool,
+    emit: ProgressCallback,
+    records: list[ArtifactRecord],
+) -> list[ArtifactRecord]:
+    """The target's classifier artifacts (``--classes``); the tokenizer files next to its text encoders."""
+    extra = []
     if prep.classifier is not None:
         from mobileclip_export.export.pipeline.classifier import export_classifiers
 
-        with _Stage(emit, "export", t.name, "classifier"):
-            records += export_classifiers([tp], prep.classifier, writer, model, verify)
-    result.artifacts.extend(records)
+        with _Stage(emit, "export", tp.target.name, "classifier"):
+            extra = export_classifiers([tp], prep.classifier, writer, model, verify)
     if any(r.ok and r.path and r.encoder in ("text", "image+text") for r in records):
-        names = writer.add_files(t.name, prep.tokenizer_files)
+        names = writer.add_files(tp.target.name, prep.tokenizer_files)
         for r in records:
             if r.encoder in ("text", "image+text") and r.ok:
                 r.details["tokenizer_files"] = names
+    return extra
 
 
-def _export_and_verify(
+def _convert(
     rec: ArtifactRecord,
     tp: TargetPlan,
     run_export: Callable[[Path], Any],
     partial: Path,
-    encs: list[EncoderExport],
-    prep: _Prepared,
-    verify: bool,
-    emit: Any,
-) -> None:
+    emit: ProgressCallback,
+) -> bool:
+    """Convert one artifact into ``partial``; False (failure recorded, partial removed) when it failed."""
     t = tp.target
-    with _Stage(emit, "export", t.name, rec.encoder) as st:
-        info = run_export(partial)
-        if not partial.exists():
-            raise ExportFailure(f"{t.name}: export returned without writing {partial.name}")
-        st.bytes = path_bytes(partial)
+    try:
+        with _Stage(emit, "export", t.name, rec.encoder) as st:
+            info = run_export(partial)
+            if not partial.exists():
+                raise ExportFailure(f"{t.name}: export returned without writing {partial.name}")
+            st.bytes = path_bytes(partial)
+    except Exception as err:  # one artifact failing must not stop the others (Ctrl-C still does)
+        _record_failure(rec, err)
+        remove_path(partial)
+        return False
     rec.seconds["export"] = round(st.seconds, 3)
     rec.inputs, rec.outputs = _spec_list(info.inputs), _spec_list(info.outputs)
     rec.notes, rec.details = list(info.notes), dict(info.details)
     rec.bytes = st.bytes
+    return True
+
+
+def _check_and_place(
+    rec: ArtifactRecord,
+    tp: TargetPlan,
+    partial: Path,
+    encs: list[EncoderExport],
+    prep: _Prepared,
+    verify: bool,
+    emit: ProgressCallback,
+    writer: BundleWriter,
+    name: str,
+) -> None:
+    """Verify (and guard) a converted artifact, then give it its final name in the bundle."""
+    try:
+        _check(rec, tp, partial, encs, prep, verify, emit)
+        if rec.status != "failed":
+            rec.sha256 = path_sha256(partial)
+            rec.path = writer.place(partial, tp.target.name, name).as_posix()
+    except Exception as err:  # one artifact failing must not stop the others (Ctrl-C still does)
+        _record_failure(rec, err)
+    finally:
+        if rec.path is None:
+            remove_path(partial)
+
+
+def _check(
+    rec: ArtifactRecord,
+    tp: TargetPlan,
+    partial: Path,
+    encs: list[EncoderExport],
+    prep: _Prepared,
+    verify: bool,
+    emit: ProgressCallback,
+) -> None:
+    t = tp.target
     with _Stage(emit, "verify", t.name, rec.encoder) as st:
         vins, refs = prep.verify_inputs, prep.references
-        V.verify_artifact(rec, t, tp.precision, tp.options, partial, encs, vins, refs, verify)
+        feeds = prep.golden.feeds if prep.golden else None
+        V.verify_artifact(rec, t, tp.precision, tp.options, partial, encs, vins, refs, verify, feeds)
         st.status = rec.parity.get("status")
         if rec.parity.get("cosine") is not None:
             st.message = f"cos {rec.parity['cosine']:.7f}, max|diff| {rec.parity['max_abs_diff']:.2e}"

@@ -8,7 +8,7 @@ The reference is always the TRAIN-TIME PyTorch encoder in fp32, so reparameteriz
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobileclip_export.export.bundle.golden import embeddings_while_loaded
 from mobileclip_export.export.parity import ParityStats
 from mobileclip_export.export.spec import Runner
 
@@ -169,12 +170,15 @@ def verify_artifact(
     vins: dict[str, VerifyInputs],
     refs: dict[str, np.ndarray],
     verify: bool,
+    golden: Mapping[str, Sequence[np.ndarray]] | None = None,
 ) -> None:
     """Structural checks, then (unless ``verify`` is off or the runtime is unavailable here) parity of
-    ``path`` run in the target's runtime vs the train-time references; sets ``rec.status``/``parity``."""
+    ``path`` run in the target's runtime vs the train-time references; sets ``rec.status``/``parity``.
+    With ``golden`` feeds, their outputs are recorded in ``rec.golden`` while the runtime is loaded."""
     from mobileclip_export.export.spec import RuntimeUnavailable
     from mobileclip_export.export.tolerances import tolerance_for
 
+    rec.golden = None  # whatever an earlier verification of this record ran is stale now
     problems = structural_problems(rec, target, path, encs)
     if problems:
         rec.status, rec.error = "failed", "structural check failed: " + "; ".join(problems)
@@ -195,6 +199,9 @@ def verify_artifact(
             e.encoder: _encoder_parity(rec, runner, e, vins[e.encoder], refs[e.encoder], tol, dynamic)
             for e in encs
         }
+        if golden is not None:
+            rec.golden = {e.encoder: embeddings_while_loaded(runner, e.inputs[0].name, golden[e.encoder])
+                          for e in encs}  # fmt: skip
     finally:
         runner.close()
     _record_parity(rec, runner, per_enc)

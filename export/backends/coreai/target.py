@@ -38,6 +38,7 @@ class CoreAITarget(Target):
     extra = "coreai"
     requires = ("coreai", "coreai_torch")
     version_dists = ("coreai-core", "coreai-torch")
+    verify_beside = True  # the Linux runtime: a single-threaded reference, seconds per input, GIL released
     precisions = ("fp16", "fp32")
     default_precision = "fp16"
     supports_multifunction = True
