@@ -47,7 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("mobileclip_export.commands.predict", "zero-shot labels for images, or text search"),
     "matrix": ("mobileclip_export.commands.matrix", "every model x target x precision cell, resumable"),
     "check": ("mobileclip_export.commands.check", "re-hash a bundle against its manifest, re-run parity"),
-    "index": ("mobileclip_export.commands.index", "embed a photo folder into a library (resumable, incremental)"),
+    "index": ("mobileclip_export.commands.index", "embed a photo folder into a library (resumable)"),
     "search": ("mobileclip_export.commands.search", "rank a library's photos for text or image queries"),
 }
 
