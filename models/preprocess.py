@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 # 100 megapixels (a medium-format photo, 300 MB as decoded RGB): far above any photo a CLIP model sees at
 # 224-256 px, far below what a small "decompression bomb" file claims. --max-image-pixels raises it.
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+_OPEN_LOCK = threading.Lock()
 EXIF_ORIENTATION = "applied"  # the manifest's preprocessing block and --help say the same
 _EIGHT_BIT = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -60,22 +62,34 @@ def _pil() -> ModuleType:
     return Image
 
 
+def _header(Image: ModuleType, src: str | Path | bytes) -> Image.Image:
+    """``Image.open`` (reads the header only) with our limit in place of Pillow's warn-then-raise bomb check;
+    the global it lowers is restored under a lock (threads may load images side by side)."""
+    with _OPEN_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(io.BytesIO(src) if isinstance(src, bytes) else Path(src))
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def _open(src: str | Path | bytes, max_pixels: int) -> Image.Image:
     """Open and decode ``src``, refusing one over ``max_pixels`` from its header (before decoding it)."""
     Image = _pil()
     name = "<bytes>" if isinstance(src, bytes) else repr(str(src))
-    saved = Image.MAX_IMAGE_PIXELS
     try:
-        Image.MAX_IMAGE_PIXELS = None  # our limit (below) replaces Pillow's warn-then-raise bomb check
-        im = Image.open(io.BytesIO(src) if isinstance(src, bytes) else Path(src))
-        check_pixel_count(im, max_pixels, name)
+        im = _header(Image, src)
+        try:
+            check_pixel_count(im, max_pixels, name)
+        except UsageError:
+            im.close()  # a folder of bombs must not pile up open files
+            raise
         im.load()
     except FileNotFoundError as err:
         raise UsageError(f"image {str(src)!r} does not exist") from err
     except (OSError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError: OSError
         raise UsageError(f"image {name} is not a readable image file: {err}") from err
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
     return im
 
 
