@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial as partial_fn
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
@@ -57,6 +57,11 @@ from mobileclip_export.hashing import path_sha256
 from mobileclip_export.models.preprocess import EXIF_ORIENTATION
 from mobileclip_export.models.spec import ModelSpec
 
+if TYPE_CHECKING:
+    from mobileclip_export.export.pipeline.classifier import ClassifierJob
+
+Templates = str | Sequence[str] | None  # a template set name, a file, or the templates themselves
+
 log = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS_WARNING = (
@@ -74,7 +79,7 @@ def _create_model(name: str, checkpoint: str | Path | None, seed: int, reduced: 
     return create_model(name, checkpoint, seed=seed, reduced=reduced)
 
 
-def _get_spec(name: str) -> Any:
+def _get_spec(name: str) -> ModelSpec:
     from mobileclip_export.models import get_model_spec
 
     return get_model_spec(name)
@@ -160,7 +165,7 @@ class _Prepared:
     verify_inputs: dict[str, V.VerifyInputs] = field(default_factory=dict)
     references: dict[str, np.ndarray] = field(default_factory=dict)
     task: TaskData | None = None  # photographs/captions + fp32 embeddings for the accuracy guard
-    classifier: Any = None  # classifier_stage.ClassifierJob when labels are baked in (--classes)
+    classifier: ClassifierJob | None = None  # when labels are baked in (--classes)
     golden: GoldenInputs | None = None  # when verifying: each artifact runs them while verification has it
 
 
@@ -251,7 +256,7 @@ def _export_args(model: str, plan: ExportPlan, args: dict[str, Any]) -> dict[str
 
 
 def _check_request(
-    checkpoint: str | Path | None, classes: Sequence[str] | None, templates: Any, plan: ExportPlan
+    checkpoint: str | Path | None, classes: Sequence[str] | None, templates: Templates, plan: ExportPlan
 ) -> None:
     """Cheap checks before any heavy work: the checkpoint file; --classes needs the image encoder, valid
     templates, and labels that stay distinct within the context length."""
@@ -266,7 +271,12 @@ def _check_request(
 
 
 def _prepare_classifier(
-    prep: _Prepared, model: nn.Module, classes: Sequence[str] | None, templates: Any, seed: int, emit: Any
+    prep: _Prepared,
+    model: nn.Module,
+    classes: Sequence[str] | None,
+    templates: Templates,
+    seed: int,
+    emit: ProgressCallback,
 ) -> None:
     """Label embeddings, the classifier graph and its two-tower reference (export/classifier_stage.py)."""
     if classes is None:
@@ -278,7 +288,12 @@ def _prepare_classifier(
 
 
 def _build_models(
-    model: str, checkpoint: str | Path | None, seed: int, reduced: bool, result: ExportResult, emit: Any
+    model: str,
+    checkpoint: str | Path | None,
+    seed: int,
+    reduced: bool,
+    result: ExportResult,
+    emit: ProgressCallback,
 ) -> tuple[nn.Module, nn.Module]:
     """The train-time model (checkpoint or seeded random weights) and its reparameterized form."""
     with _Stage(emit, "build model") as st:
@@ -296,7 +311,7 @@ def _build_models(
 
 def _prepare(
     model: str,
-    spec: Any,
+    spec: ModelSpec,
     plan: ExportPlan,
     train_model: nn.Module,
     inf_model: nn.Module,
@@ -335,12 +350,12 @@ def _encoder_module(model: nn.Module, encoder: str) -> nn.Module:
 def _reparam_parity(
     train_model: nn.Module,
     inf_model: nn.Module,
-    spec: Any,
+    spec: ModelSpec,
     plan: ExportPlan,
     seed: int,
     prep: _Prepared,
     result: ExportResult,
-    emit: Any,
+    emit: ProgressCallback,
 ) -> None:
     """Reparameterized vs train-time outputs on the verification inputs, whose train-time outputs become
     the references every artifact is checked against. Raises VerificationError beyond tolerance."""
@@ -568,7 +583,7 @@ def _record_failure(rec: ArtifactRecord, err: Exception) -> None:
 
 
 def _carry_over(
-    writer: BundleWriter, prep: _Prepared, reduced: bool, emit: Any, result: ExportResult
+    writer: BundleWriter, prep: _Prepared, reduced: bool, emit: ProgressCallback, result: ExportResult
 ) -> None:
     """With --force and the same weights: keep the previous bundle's artifacts this run did not redo."""
     attempted = {(r.target, r.encoder, r.precision) for r in result.artifacts}

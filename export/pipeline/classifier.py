@@ -23,7 +23,9 @@ from mobileclip_export.export.bundle.layout import BundleWriter, path_bytes, rem
 from mobileclip_export.export.bundle.manifest import ArtifactRecord
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.pipeline import verify as V
+from mobileclip_export.export.pipeline.plan import TargetPlan
 from mobileclip_export.export.spec import EncoderExport, RuntimeUnavailable, artifact_name
+from mobileclip_export.export.target import Target
 from mobileclip_export.export.tolerances import tolerance_for
 from mobileclip_export.export.zeroshot import classifier as C
 from mobileclip_export.export.zeroshot import prompts as Z
@@ -111,7 +113,7 @@ def top1_check(got: np.ndarray, ref: np.ndarray, max_abs_diff: float) -> dict[st
 
 
 def _verify(
-    rec: ArtifactRecord, job: ClassifierJob, target: Any, precision: str, path: Path, opts: dict
+    rec: ArtifactRecord, job: ClassifierJob, target: Target, precision: str, path: Path, opts: dict
 ) -> None:
     try:
         runner = target.load(path, opts)
@@ -143,7 +145,7 @@ def _verify(
 
 
 def export_classifiers(
-    plans: Sequence[Any], job: ClassifierJob, writer: BundleWriter, model: str, verify: bool
+    plans: Sequence[TargetPlan], job: ClassifierJob, writer: BundleWriter, model: str, verify: bool
 ) -> list[ArtifactRecord]:
     """One classifier artifact per target plan (its target, precision, options, missing extra)."""
     records = []
@@ -179,7 +181,9 @@ def export_classifiers(
     return records
 
 
-def _export_one(rec: ArtifactRecord, job: ClassifierJob, tp: Any, partial: Path, verify: bool) -> None:
+def _export_one(
+    rec: ArtifactRecord, job: ClassifierJob, tp: TargetPlan, partial: Path, verify: bool
+) -> None:
     import time
 
     from mobileclip_export.export.image_input import wrap_export

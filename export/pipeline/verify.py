@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,10 @@ import torch
 from torch import nn
 
 from mobileclip_export.export.bundle.golden import embeddings_while_loaded
-from mobileclip_export.export.parity import ParityStats
-from mobileclip_export.export.spec import Runner
+from mobileclip_export.export.bundle.manifest import ArtifactRecord
+from mobileclip_export.export.parity import ParityStats, Tolerance
+from mobileclip_export.export.spec import EncoderExport, Runner
+from mobileclip_export.export.target import Target
 
 VERIFY_TEXTS: tuple[str, ...] = (
     "",
@@ -131,7 +134,9 @@ def parity_dict(
 # ---------------------------------------------------------------- one artifact vs the train-time model
 
 
-def structural_problems(rec: Any, target: Any, path: Any, encs: Sequence[Any]) -> list[str]:
+def structural_problems(
+    rec: ArtifactRecord, target: Target, path: Path, encs: Sequence[EncoderExport]
+) -> list[str]:
     """Run the target's structural checks per encoder into ``rec.details``; the problems found."""
     checks: dict[str, Any] = {enc.encoder: target.structural_checks(path, enc) or {} for enc in encs}
     rec.details["structural_checks"] = checks if len(encs) > 1 else checks[encs[0].encoder]
@@ -140,7 +145,13 @@ def structural_problems(rec: Any, target: Any, path: Any, encs: Sequence[Any]) -
 
 
 def _encoder_parity(
-    rec: Any, runner: Runner, enc: Any, vin: VerifyInputs, ref: np.ndarray, tol: Any, dynamic: set[str]
+    rec: ArtifactRecord,
+    runner: Runner,
+    enc: EncoderExport,
+    vin: VerifyInputs,
+    ref: np.ndarray,
+    tol: Tolerance,
+    dynamic: set[str],
 ) -> tuple[ParityStats, list[str]]:
     """One encoder's parity (row by row, and as one batch when the input's batch is dynamic)."""
     from mobileclip_export.export.parity import compare
@@ -161,12 +172,12 @@ def _encoder_parity(
 
 
 def verify_artifact(
-    rec: Any,
-    target: Any,
+    rec: ArtifactRecord,
+    target: Target,
     precision: str,
     options: dict[str, Any],
-    path: Any,
-    encs: Sequence[Any],
+    path: Path,
+    encs: Sequence[EncoderExport],
     vins: dict[str, VerifyInputs],
     refs: dict[str, np.ndarray],
     verify: bool,
@@ -207,7 +218,9 @@ def verify_artifact(
     _record_parity(rec, runner, per_enc)
 
 
-def _record_parity(rec: Any, runner: Runner, per_enc: dict[str, tuple[ParityStats, list[str]]]) -> None:
+def _record_parity(
+    rec: ArtifactRecord, runner: Runner, per_enc: dict[str, tuple[ParityStats, list[str]]]
+) -> None:
     many = len(per_enc) > 1
     worst_enc = min(per_enc, key=lambda e: (not per_enc[e][1], per_enc[e][0].cosine))
     stats, bad = per_enc[worst_enc]
