@@ -22,7 +22,8 @@ from mobileclip_export.library.store import Library
 log = logging.getLogger(__name__)
 
 SEARCH_SCHEMA = "mobileclip-export.search/1"
-CHUNK_ROWS = 8192  # 8192 x 512 float32 = 16 MB: the cast buffer stays in cache-sized pieces
+CAST_ROWS = 1024  # 1024 x 512 float32 = 2 MB: cast and product while the rows are still in cache
+BLOCK_ROWS = 16384  # rows scored before one argpartition (measured: 8192-row casts 54 ms, 1024 36 ms at 300k)
 
 
 def _caster() -> Any:
@@ -45,16 +46,19 @@ def top_k_fp16(
     shards: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], queries: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of ``queries`` (float32 [Q, D], normalized) over (fp16 [n, D], ids [n], live mask [n])
-    shards: (scores [Q, k'], ids [Q, k']) best first, ties by smaller id; k' = min(k, live rows)."""
+    shards: (scores [Q, k'], ids [Q, k']), best first, equal scores by smaller id; k' = min(k, live rows)."""
     q = np.ascontiguousarray(queries, np.float32)
-    cast, buf = _caster(), np.empty((CHUNK_ROWS, q.shape[1]), np.float32)
+    cast, buf = _caster(), np.empty((CAST_ROWS, q.shape[1]), np.float32)
+    block = np.empty((BLOCK_ROWS, len(q)), np.float32)
     cand_s, cand_i = [], []
     for matrix, ids, live in shards:
-        for s in range(0, len(matrix), CHUNK_ROWS):
-            rows = matrix[s : s + CHUNK_ROWS]
-            b = buf[: len(rows)]
-            cast(rows, b)
-            scores = b @ q.T  # [n, Q]
+        for s in range(0, len(matrix), BLOCK_ROWS):
+            rows = matrix[s : s + BLOCK_ROWS]
+            scores = block[: len(rows)]  # [n, Q]
+            for c in range(0, len(rows), CAST_ROWS):
+                b = buf[: len(rows[c : c + CAST_ROWS])]
+                cast(rows[c : c + CAST_ROWS], b)
+                np.matmul(b, q.T, out=scores[c : c + len(b)])
             scores[~live[s : s + len(rows)]] = -np.inf
             keep = min(k, len(rows))
             part = np.argpartition(-scores, keep - 1, axis=0)[:keep] if keep < len(rows) else None

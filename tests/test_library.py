@@ -329,7 +329,8 @@ def test_top_k_is_exact_across_chunks_and_tombstones(monkeypatch) -> None:
     """The chunked fp16 top-k equals a float64 full sort, ties by smaller id, dead rows never returned."""
     import mobileclip_export.library.search as S
 
-    monkeypatch.setattr(S, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(S, "CAST_ROWS", 3)
+    monkeypatch.setattr(S, "BLOCK_ROWS", 7)
     rng = np.random.default_rng(0)
     X = rng.standard_normal((100, 16))
     X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float16)
