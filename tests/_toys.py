@@ -290,7 +290,7 @@ def structured_inputs(encoder: str, size: int = 256) -> np.ndarray:
         ids[1, :4] = [49406, 1929, 4558, 49407]
         ids[2, :9] = [49406, 320, 2368, 539, 320, 1929, 4558, 1125, 49407]
         return ids
-    from mobileclip_export.export.pipeline.verify import gradient_image, random_images
+    from mobileclip_export.export.verify_inputs import gradient_image, random_images
 
     (noise,) = random_images(size, 1, seed=0)
     ramp = gradient_image(size)

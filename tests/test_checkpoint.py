@@ -751,6 +751,7 @@ def test_trained_head_bias_reaches_every_target(
 ) -> None:
     """open_clip checkpoint with a trained head bias -> export_model to every target in fp32 -> each artifact
     in its runtime matches (cosine >= 0.99999) the model create_model loads, which is bitwise the writer."""
+    from mobileclip_export.export import verify_inputs as VI
     from mobileclip_export.export.pipeline import verify as V
     from mobileclip_export.export.pipeline.api import export_model
 
@@ -759,7 +760,7 @@ def test_trained_head_bias_reaches_every_target(
     loaded = _quiet_create(name, path, reduced)
     _, bias_key = keymaps.image_head_keys(src.state_dict())
     for enc in encoders:  # the pipeline's own verification inputs (export seed 0)
-        vin = V.image_inputs(src.image_size, 0) if enc == "image" else V.text_inputs(src.context_length)
+        vin = VI.image_inputs(src.image_size, 0) if enc == "image" else VI.text_inputs(src.context_length)
         ref = V.torch_outputs(getattr(src, f"{enc}_encoder"), vin)
         assert np.array_equal(V.torch_outputs(getattr(loaded, f"{enc}_encoder"), vin), ref), enc
         if enc == "image":  # every row: a dropped bias would miss the 0.99999 cosine by far

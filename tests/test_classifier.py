@@ -85,7 +85,7 @@ def test_uint8_nhwc_classifier(onnx_bundle, tmp_path) -> None:
     import onnxruntime as ort
 
     from mobileclip_export.export.image_input import to_layout
-    from mobileclip_export.export.pipeline.verify import image_inputs
+    from mobileclip_export.export.verify_inputs import image_inputs
 
     res = _export(tmp_path, ["onnx"], reduced=True, options={"image_input": "uint8-nhwc"})
     rec = next(a for a in res.artifacts if a.encoder == C.CLASSIFIER)

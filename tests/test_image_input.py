@@ -13,8 +13,8 @@ from mobileclip_export.errors import UsageError
 from mobileclip_export.export import image_input as ii
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.pipeline.api import export_model
-from mobileclip_export.export.pipeline.verify import image_inputs
 from mobileclip_export.export.registry import get_target
+from mobileclip_export.export.verify_inputs import image_inputs
 from mobileclip_export.models import create_model
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from torch import nn
 
 from mobileclip_export.errors import ExportFailure, MobileClipExportError, VerificationError, raised_by_us
+from mobileclip_export.export import verify_inputs as VI
 from mobileclip_export.export.bundle.app_files import finish_bundle
 from mobileclip_export.export.bundle.golden import GoldenInputs, golden_inputs
 from mobileclip_export.export.bundle.layout import (
@@ -45,6 +46,7 @@ from mobileclip_export.export.bundle.manifest import (
     weights_info,
 )
 from mobileclip_export.export.compression.calibration import TaskData
+from mobileclip_export.export.compression.evalset import EvalRequest
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.pipeline import verify as V
 from mobileclip_export.export.pipeline.encoders import encoder_export
@@ -162,7 +164,7 @@ class _Prepared:
     tokenizer: dict[str, Any]
     tokenizer_files: dict[str, bytes | Path]
     exports: dict[str, EncoderExport]
-    verify_inputs: dict[str, V.VerifyInputs] = field(default_factory=dict)
+    verify_inputs: dict[str, VI.VerifyInputs] = field(default_factory=dict)
     references: dict[str, np.ndarray] = field(default_factory=dict)
     task: TaskData | None = None  # photographs/captions + fp32 embeddings for the accuracy guard
     classifier: ClassifierJob | None = None  # when labels are baked in (--classes)
@@ -185,6 +187,7 @@ def export_model(
     progress: ProgressCallback | None = None,
     classes: Sequence[str] | None = None,
     templates: str | Sequence[str] | None = None,
+    evaluation: EvalRequest | None = None,
 ) -> ExportResult:
     """Export ``model``'s encoders (and with ``classes`` a classifier) to ``targets``, verify each artifact.
     Raises UsageError (bad names/options/paths, existing bundle, missing extra for an explicit target, bad
@@ -208,7 +211,7 @@ def export_model(
         prep = _prepare(model, spec, plan, train_model, inf_model, checkpoint, seed, reduced)
         _reparam_parity(train_model, inf_model, spec, plan, seed, prep, result, emit)
         if verify:
-            _verification_data(prep, train_model, spec, plan, emit)
+            _verification_data(prep, train_model, spec, plan, emit, evaluation)
         _prepare_classifier(prep, train_model, classes, templates, seed, emit)
         writer.open()
         _export_targets(plan, prep, writer, model, verify, emit, result)
@@ -231,16 +234,24 @@ def export_model(
 
 
 def _verification_data(
-    prep: _Prepared, train_model: nn.Module, spec: ModelSpec, plan: ExportPlan, emit: ProgressCallback
+    prep: _Prepared,
+    train_model: nn.Module,
+    spec: ModelSpec,
+    plan: ExportPlan,
+    emit: ProgressCallback,
+    evaluation: EvalRequest | None = None,
 ) -> None:
     """The golden inputs with their train-time embeddings, and (for compressed precisions) the photographs
-    and captions the accuracy guard scores artifacts on: built once, used by every artifact."""
+    and captions the accuracy guard scores artifacts on, with ``evaluation`` the user's labelled images:
+    built once, used by every artifact."""
     with _Stage(emit, "golden inputs"):
         prep.golden = golden_inputs(train_model, spec.preprocessing, spec.context_length)
     if any(needs_guard(tp.precision) for tp in plan.targets):
         with _Stage(emit, "guard data") as st:
-            prep.task = task_data(train_model, spec)
+            prep.task = task_data(train_model, spec, evaluation)
             st.message = f"{len(prep.task.images)} photographs, {len(prep.task.ids)} captions"
+    elif evaluation is not None:
+        log.warning("--eval-dir judges compressed artifacts; no precision of this export is compressed")
 
 
 def _export_args(model: str, plan: ExportPlan, args: dict[str, Any]) -> dict[str, Any]:
@@ -364,9 +375,9 @@ def _reparam_parity(
         worst = []
         for enc in plan.encoders:
             vin = (
-                V.image_inputs(spec.image_size, seed)
+                VI.image_inputs(spec.image_size, seed)
                 if enc == "image"
-                else V.text_inputs(spec.context_length)
+                else VI.text_inputs(spec.context_length)
             )
             prep.verify_inputs[enc] = vin
             ref = prep.references[enc] = V.torch_outputs(_encoder_module(train_model, enc), vin)

@@ -19,6 +19,7 @@ import numpy as np
 from torch import nn
 
 from mobileclip_export.errors import ExportFailure, UsageError
+from mobileclip_export.export import verify_inputs as VI
 from mobileclip_export.export.bundle.layout import BundleWriter, path_bytes, remove_path
 from mobileclip_export.export.bundle.manifest import ArtifactRecord
 from mobileclip_export.export.parity import compare
@@ -60,7 +61,7 @@ def read_classes(path: str | Path) -> list[str]:
 def _verification_images(
     image_size: int, preprocessing: Any, seed: int
 ) -> tuple[np.ndarray, tuple[str, ...]]:
-    base = V.image_inputs(image_size, seed)
+    base = VI.image_inputs(image_size, seed)
     try:
         from mobileclip_export.models.preprocess import preprocess_batch
         from mobileclip_export.models.samples import SAMPLES, sample_paths
@@ -120,8 +121,8 @@ def _verify(
     except RuntimeUnavailable as err:
         rec.status, rec.parity = "unverified", V.parity_dict(None, f"skipped: {err}")
         return
-    keep = V.spread_subset(len(job.images), runner.max_verify_inputs)
-    vin = V.VerifyInputs("image", job.images[keep], tuple(job.image_labels[i] for i in keep))
+    keep = VI.spread_subset(len(job.images), runner.max_verify_inputs)
+    vin = VI.VerifyInputs("image", job.images[keep], tuple(job.image_labels[i] for i in keep))
     try:
         got = V.runner_outputs(runner, job.export.inputs[0].name, vin)
     finally:

@@ -29,11 +29,11 @@ SPECIAL_LITERALS = ("<|startoftext|>", "<|endoftext|>", "<start_of_text>", "<end
 
 def verify_inputs(enc: EncoderExport) -> np.ndarray:
     """The pipeline's verification tensors for this encoder (random, structured, short/long texts)."""
-    from mobileclip_export.export.pipeline import verify as V
+    from mobileclip_export.export import verify_inputs as VI
 
     if enc.encoder == "image":
-        return V.image_inputs(int(enc.image_size or enc.inputs[0].shape[-1])).data
-    return V.text_inputs(int(enc.inputs[0].shape[-1])).data
+        return VI.image_inputs(int(enc.image_size or enc.inputs[0].shape[-1])).data
+    return VI.text_inputs(int(enc.inputs[0].shape[-1])).data
 
 
 def torch_embed(enc: EncoderExport, x: np.ndarray) -> np.ndarray:
@@ -135,7 +135,7 @@ def tokenizer_check(session: NodeSession, text: EncoderExport) -> dict[str, Any]
     literal special token typed in a text (transformers.js makes it special, we read plain text), and a text
     over 77 tokens, which transformers.js cuts without EOT: equal once the graph's EOT rule is applied, and
     its embedding through transformers.js must then equal ours (``over_77_cosine``)."""
-    from mobileclip_export.export.pipeline.verify import VERIFY_TEXTS
+    from mobileclip_export.export.verify_inputs import VERIFY_TEXTS
     from mobileclip_export.models.app_tokenizer import golden_cases
     from mobileclip_export.models.tokenizer import EOT_ID, tokenize
 
