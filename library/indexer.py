@@ -94,8 +94,8 @@ def make_plan(root: Path, state: State, exclude: Path | None) -> Plan:
 class _Loader:
     """Reads a file once: size/mtime from the open descriptor, sha256 of the bytes, pixels from the bytes."""
 
-    def __init__(self, root: Path, pre: Any):
-        self.root, self.pre = root, pre
+    def __init__(self, root: Path, pre: Any, max_pixels: int | None = None):
+        self.root, self.pre, self.max_pixels = root, pre, max_pixels
 
     def read(self, item: Item) -> bytes:
         with open(self.root / item.path, "rb") as f:
@@ -108,7 +108,7 @@ class _Loader:
     def __call__(self, item: Item) -> np.ndarray:
         from mobileclip_export.models.preprocess import preprocess_image
 
-        return preprocess_image(self.read(item), self.pre)
+        return preprocess_image(self.read(item), self.pre, max_pixels=self.max_pixels)
 
 
 @dataclass
@@ -213,6 +213,7 @@ def index_folder(
     checkpoint: str | Path | None = None,
     batch_size: int = DEFAULT_BATCH,
     shard_rows: int = SHARD_ROWS,
+    max_image_pixels: int | None = None,
     progress: bool = True,
 ) -> IndexReport:
     """Index (or bring up to date) the library ``out`` for the image folder ``images``.
@@ -229,7 +230,7 @@ def index_folder(
         manifest = _library_manifest(b, enc, target, root, shard_rows)
         with Library.create_or_open(out, manifest) as lib:
             _check_reopen(lib, manifest, out)
-            loader = _Loader(root, get_model_spec(b.model).preprocessing)
+            loader = _Loader(root, get_model_spec(b.model).preprocessing, max_image_pixels)
             return _index(lib, enc.image, loader, root, out, batch_size, progress)
     finally:
         enc.close()

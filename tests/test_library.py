@@ -278,18 +278,20 @@ def test_unreadable_files_are_skipped_and_listed(bundle, tmp_path, capsys) -> No
     (photos / "empty.png").write_bytes(b"")
     (photos / "truncated.png").write_bytes(good[0].read_bytes()[:60])
     (photos / "notes.txt").write_text("not considered")
+    make_images(photos, 1, start=50, size=(300, 400))  # over --max-image-pixels below
     lib = tmp_path / "lib"
-    code, doc, err = index_cli(capsys, bundle, photos, lib)
+    code, doc, err = index_cli(capsys, bundle, photos, lib, "--max-image-pixels", "100000")
     assert code == 0 and doc["added"] == 5 and doc["live"] == 5, err
     skipped = {s["path"]: s["error"] for s in doc["skipped"]}
-    assert sorted(skipped) == ["empty.png", "garbage.jpg", "truncated.png"]
+    assert sorted(skipped) == ["empty.png", "garbage.jpg", "img000050.png", "truncated.png"]
+    assert "120,000" in skipped["img000050.png"] or "120000" in skipped["img000050.png"]
     assert all(skipped.values())
     code, doc, _ = index_cli(capsys, bundle, photos, lib)  # listed again, not retried
     assert doc["added"] == 0 and sorted(s["path"] for s in doc["skipped"]) == sorted(skipped)
     assert all(s.get("earlier") for s in doc["skipped"])
     make_images(tmp_path / "fix", 1, start=77)[0].replace(photos / "garbage.jpg")  # fixed: retried
     code, doc, _ = index_cli(capsys, bundle, photos, lib)
-    assert doc["added"] == 1 and doc["live"] == 6 and len(doc["skipped"]) == 2
+    assert doc["added"] == 1 and doc["live"] == 6 and len(doc["skipped"]) == 3
     code = main(["index", "--bundle", str(bundle), "--target", TARGET, "--images", str(photos / "nope"),
                  "--out", str(lib)])  # fmt: skip
     assert code == 2 and "is not a folder" in capsys.readouterr().err

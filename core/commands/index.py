@@ -30,6 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=512,
         help="files per commit when the library is created (default: 512)",
     )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="skip (and list) an image with more pixels than N, read from its header (default: 100000000)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
@@ -41,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         rep = index_folder(
             args.bundle, args.target, args.images, args.out, precision=args.precision,
             checkpoint=args.checkpoint, batch_size=args.batch_size, shard_rows=args.shard_rows,
-            progress=args.verbosity >= 0,
+            max_image_pixels=args.max_image_pixels, progress=args.verbosity >= 0,
         )  # fmt: skip
     doc = rep.as_dict()
     if args.json:
