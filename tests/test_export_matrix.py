@@ -30,7 +30,8 @@ FAMILIES = [
 
 
 def _check(res, target: str, min_cosine: float = 0.999) -> None:
-    assert [a.encoder for a in res.artifacts] == ["image", "text"]
+    # one artifact per encoder, or one serving both (a target whose multifunction option defaults on)
+    assert [a.encoder for a in res.artifacts] in (["image", "text"], ["image+text"])
     for a in res.artifacts:
         assert a.status in ("verified", "unverified"), f"{target} {a.encoder}: {a.error}"
         if a.status == "unverified":  # only a missing runtime may skip numbers, and it must say why
@@ -57,4 +58,4 @@ def test_target_with_reduced_family(tmp_path, model, target) -> None:
     res = export_model(model, target, output_dir=tmp_path, reduced=True, precision="fp32")
     _check(res, target, min_cosine=0.99999)
     # every runtime here runs them (Core ML through the NumPy executor): numbers, not skips
-    assert [a.status for a in res.artifacts] == ["verified", "verified"], [a.parity for a in res.artifacts]
+    assert {a.status for a in res.artifacts} == {"verified"}, [a.parity for a in res.artifacts]
