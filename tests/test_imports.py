@@ -18,6 +18,8 @@ FOLDERS = {"core": PKG} | {
 
 BASE = "base"  # mobileclip_export itself: errors, hashing, stdio, version, the dispatcher
 CONTRACTS = "export"  # export/'s root: Target interface, spec, registry, image input, parity, tolerances
+# Everything the export run is built on (the pipeline's own imports).
+EXPORT_LAYERS = {"models", "reparam", CONTRACTS, "export.compression", "export.bundle", "export.zeroshot"}
 # area -> areas it may import (besides itself and BASE); each row names only rows above it.
 ALLOWED: dict[str, set[str]] = {
     BASE: set(),
@@ -29,38 +31,11 @@ ALLOWED: dict[str, set[str]] = {
     # zeroshot: the accuracy gate scores zero-shot accuracy on the user's images
     "export.compression": {"models", CONTRACTS, "export.bundle", "export.zeroshot"},
     "export.backends": {"models", "reparam", CONTRACTS, "export.compression"},
-    "export.pipeline": {
-        "models",
-        "reparam",
-        CONTRACTS,
-        "export.compression",
-        "export.bundle",
-        "export.zeroshot",
-    },
+    "export.pipeline": EXPORT_LAYERS,
     "library": {"models", CONTRACTS, "export.bundle", "export.zeroshot", "export.pipeline"},
-    "benchmarks": {
-        "models",
-        "reparam",
-        CONTRACTS,
-        "export.compression",
-        "export.bundle",
-        "export.zeroshot",
-        "export.pipeline",
-        "library",
-    },
+    "benchmarks": EXPORT_LAYERS | {"export.pipeline", "library"},
     "matrix": {"models", "reparam", CONTRACTS, "export.bundle", "export.pipeline", "benchmarks"},
-    "commands": {
-        "models",
-        "reparam",
-        CONTRACTS,
-        "export.compression",
-        "export.bundle",
-        "export.zeroshot",
-        "export.pipeline",
-        "library",
-        "benchmarks",
-        "matrix",
-    },
+    "commands": EXPORT_LAYERS | {"export.pipeline", "library", "benchmarks", "matrix"},
 }
 # The Target interface is the contract every backend implements: it imports no layer above the contracts.
 TARGET_INTERFACE = f"{PKG}.export.target"
