@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mobileclip_export.errors import ExportFailure
 from mobileclip_export.export.spec import EncoderExport, TensorSpec
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ def preprocessing_of(enc: EncoderExport) -> dict[str, Any]:
 def preprocessor_config(pre: dict[str, Any]) -> dict[str, Any]:
     """CLIP-style processor settings; ``size`` as ``shortest_edge`` (a bare number letterboxes silently)."""
     if pre.get("resize_mode", "shortest") != "shortest":
-        raise ValueError(f"web: resize mode {pre.get('resize_mode')!r} has no transformers.js equivalent")
+        raise ExportFailure(f"web: resize mode {pre.get('resize_mode')!r} has no transformers.js equivalent")
     return {
         "feature_extractor_type": "CLIPFeatureExtractor",
         "do_convert_rgb": True,
