@@ -1,4 +1,6 @@
-"""Shared test setup: the helper modules beside this file (``_toys``, ``_matrix_helpers``) import by name."""
+"""Shared test setup: helper modules beside this file import by name (``_toys``, ``_matrix_helpers``,
+``_shapes``), every test carries the marker of its area (``pytest -m backends``), and the one reduced bundle
+that tests which only read a bundle share."""
 
 from __future__ import annotations
 
@@ -8,6 +10,33 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# area marker -> its test modules (CONTRIBUTING.md's inner-loop table; tests/test_layout.py checks every
+# test module is in exactly one area and every area is a registered marker).
+AREAS: dict[str, tuple[str, ...]] = {
+    "models": ("test_models", "test_mci", "test_text", "test_vit", "test_checkpoint", "test_tokenizer",
+               "test_app_tokenizer", "test_preprocess"),
+    "reparam": ("test_blocks_reparam",),
+    "contracts": ("test_contracts", "test_layout", "test_imports", "test_devices_registry", "test_docs"),
+    "pipeline": ("test_export_pipeline", "test_export_matrix", "test_image_input", "test_cli", "test_stdio",
+                 "test_bad_input", "test_hostile_inputs"),
+    "bundle": ("test_bundle_reader", "test_check", "test_golden", "test_model_card"),
+    "backends": ("test_coreml", "test_coreml_mil", "test_coreml_mil_constexpr", "test_apple_naming",
+                 "test_onnx", "test_executorch", "test_tflite", "test_coreai", "test_xnnpack_form", "test_web"),
+    "compression": ("test_guard", "test_bench_compressed", "test_eval_dir"),
+    "zeroshot": ("test_predict", "test_classifier", "test_library"),
+    "benchmarks": ("test_bench_adb", "test_bench_cli", "test_bench_estimate", "test_bench_macs",
+                   "test_bench_parsers", "test_bench_peak", "test_bench_report", "test_bench_stats"),
+    "matrix": ("test_matrix", "test_workflows"),
+}  # fmt: skip
+AREA_OF = {module: area for area, modules in AREAS.items() for module in modules}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        area = AREA_OF.get(Path(str(item.fspath)).stem)
+        if area is not None:
+            item.add_marker(getattr(pytest.mark, area))
 
 
 @pytest.fixture(scope="session")

@@ -105,3 +105,18 @@ def test_long_function_check_catches_a_long_function(tmp_path, monkeypatch) -> N
     (tmp_path / "pkg" / "m.py").write_text(f"def short():\n    pass\n\n\ndef long():\n{body}\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert long_functions(["pkg"]) == [("pkg/m.py", "long", MAX_FUNCTION_LINES + 1)]
+
+
+def test_every_test_module_has_one_area_marker() -> None:
+    """The area table in conftest.py covers every test module once, and each area is a registered marker."""
+    import tomllib
+
+    from conftest import AREAS
+
+    modules = sorted(p.stem for p in (ROOT / "tests").glob("test_*.py"))
+    listed = sorted(m for ms in AREAS.values() for m in ms)
+    assert listed == sorted(set(listed)), "a test module is in two areas"
+    assert sorted(set(modules) - set(listed)) == [], "test modules without an area in tests/conftest.py"
+    assert sorted(set(listed) - set(modules)) == [], "areas list test modules that do not exist"
+    markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+    assert set(AREAS) <= {m.split(":")[0] for m in markers}
