@@ -50,7 +50,9 @@ class Item:
 
 @dataclass
 class Plan:
-    work: list[Item] = field(default_factory=list)
+    """Counts from a first walk; the work itself is walked again lazily (``work_items``): no list of files."""
+
+    work: int = 0
     deleted: list[str] = field(default_factory=list)
     unchanged: int = 0
     still_skipped: int = 0
@@ -76,19 +78,34 @@ def scan(root: Path, exclude: Path | None = None) -> Iterator[tuple[str, int, in
             yield p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns
 
 
+def _classify_file(state: State, rel: str, size: int, mtime_ns: int) -> Item | str:
+    old, skipped = state.entries.get(rel), state.skipped.get(rel)
+    if old is not None and (old.size, old.mtime_ns) == (size, mtime_ns):
+        return "unchanged"
+    if skipped is not None and (skipped["size"], skipped["mtime_ns"]) == (size, mtime_ns):
+        return "still_skipped"  # the same unreadable bytes: listed again, not retried
+    return Item(rel, size, mtime_ns, old.sha256 if old else None)
+
+
 def make_plan(root: Path, state: State, exclude: Path | None) -> Plan:
     plan, seen = Plan(), set()
     for rel, size, mtime_ns in scan(root, exclude):
         seen.add(rel)
-        old, skipped = state.entries.get(rel), state.skipped.get(rel)
-        if old is not None and (old.size, old.mtime_ns) == (size, mtime_ns):
-            plan.unchanged += 1
-        elif skipped is not None and (skipped["size"], skipped["mtime_ns"]) == (size, mtime_ns):
-            plan.still_skipped += 1  # the same unreadable bytes: listed again, not retried
+        kind = _classify_file(state, rel, size, mtime_ns)
+        if isinstance(kind, Item):
+            plan.work += 1
         else:
-            plan.work.append(Item(rel, size, mtime_ns, old.sha256 if old else None))
+            setattr(plan, kind, getattr(plan, kind) + 1)
     plan.deleted = sorted(p for p in [*state.entries, *state.skipped] if p not in seen)
     return plan
+
+
+def work_items(root: Path, state: State, exclude: Path | None) -> Iterator[Item]:
+    """The files to (re)embed, in walk order, classified as they are reached."""
+    for rel, size, mtime_ns in scan(root, exclude):
+        kind = _classify_file(state, rel, size, mtime_ns)
+        if isinstance(kind, Item):
+            yield kind
 
 
 class _Loader:
@@ -253,21 +270,20 @@ def _index(
     t0 = time.perf_counter()
     plan = make_plan(root, lib.state, out)
     rep = IndexReport(str(out), unchanged=plan.unchanged)
-    bar = ProgressBar(len(plan.work), enabled=progress)
+    bar = ProgressBar(plan.work, enabled=progress)
     shard_rows = int(lib.manifest.get("shard_rows", SHARD_ROWS))
-    for chunk in batched(plan.work, shard_rows):
+    for chunk in batched(work_items(root, lib.state, out), shard_rows):
         _run_shard(lib, encode, chunk, loader, batch, bar, rep)
     bar.finish()
     if plan.deleted:
         lib.append({"op": "delete", "paths": plan.deleted})
         rep.deleted = len(plan.deleted)
-    rep.skipped.extend(_listed_skips(lib.state, plan))
+    rep.skipped.extend(_listed_skips(lib.state, {s["path"] for s in rep.skipped}))
     rep.live, rep.seconds = lib.live_count, round(time.perf_counter() - t0, 3)
-    rep.images_per_s = round(len(plan.work) / rep.seconds, 2) if rep.seconds > 0 else 0.0
+    rep.images_per_s = round(bar.done / rep.seconds, 2) if rep.seconds > 0 else 0.0
     return rep
 
 
-def _listed_skips(state: State, plan: Plan) -> list[dict[str, Any]]:
+def _listed_skips(state: State, fresh: set[str]) -> list[dict[str, Any]]:
     """Files skipped by an earlier run and unchanged since: listed again so every run shows them all."""
-    fresh = {i.path for i in plan.work}
     return [dict(v, path=k, earlier=True) for k, v in sorted(state.skipped.items()) if k not in fresh]

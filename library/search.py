@@ -135,11 +135,12 @@ def _result(
     lib: Library, index: Any, target: str, runtime: str, names: list[str], scores: Any, ids: Any, secs: Any
 ) -> dict[str, Any]:
     root = Path(lib.manifest["images_root"])
+    meta = lib.rows(int(i) for row in ids for i in row)
     queries = []
     for name, row_s, row_i in zip(names, scores, ids):
         hits = []
         for s, i in zip(row_s, row_i):
-            row = lib.row(int(i))
+            row = meta[int(i)]
             hits.append(
                 {"id": int(i), "path": row["path"], "file": str(root / row["path"]), "cosine": float(s)}
             )

@@ -21,7 +21,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,9 @@ LOCK = ".lock"
 DTYPE = "float16"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Entry:
-    """The live row of one image file."""
+    """The live row of one image file (a view; ``Entries`` stores it column-wise)."""
 
     id: int
     size: int
@@ -49,14 +49,56 @@ class Entry:
     sha256: str
 
 
+class Entries:
+    """path -> live row, stored as path -> id plus id-indexed numpy columns (size, mtime, sha256 bytes):
+    ~150 bytes a file instead of ~500 as Python objects: the path table is all that grows with a folder."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._size = np.zeros(1024, np.int64)
+        self._mtime = np.zeros(1024, np.int64)
+        self._sha = np.zeros((1024, 32), np.uint8)
+
+    def _grow(self, n: int) -> None:
+        if n > len(self._size):
+            cap = max(n, 2 * len(self._size))
+            self._size, self._mtime = np.resize(self._size, cap), np.resize(self._mtime, cap)
+            self._sha = np.resize(self._sha, (cap, 32))
+
+    def set(self, path: str, row_id: int, size: int, mtime_ns: int, sha256: str) -> None:
+        self._grow(row_id + 1)
+        self._ids[path] = row_id
+        self.touch(path, size, mtime_ns)
+        self._sha[row_id] = np.frombuffer(bytes.fromhex(sha256), np.uint8)
+
+    def touch(self, path: str, size: int, mtime_ns: int) -> None:
+        i = self._ids[path]
+        self._size[i], self._mtime[i] = size, mtime_ns
+
+    def get(self, path: str) -> Entry | None:
+        i = self._ids.get(path)
+        if i is None:
+            return None
+        return Entry(i, int(self._size[i]), int(self._mtime[i]), self._sha[i].tobytes().hex())
+
+    def pop_id(self, path: str) -> int | None:
+        return self._ids.pop(path, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
 @dataclass
 class State:
     """The library replayed from its log: live rows by path, tombstones, skipped files."""
 
-    entries: dict[str, Entry] = field(default_factory=dict)
+    entries: Entries = field(default_factory=Entries)
     deleted: set[int] = field(default_factory=set)
     skipped: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> {size, mtime_ns, error}
-    shards: list[dict[str, Any]] = field(default_factory=list)  # the log's "add" records, in order
+    shards: list[dict[str, Any]] = field(default_factory=list)  # per add record: shard, first_id, n
     next_id: int = 0
 
     def apply(self, rec: dict[str, Any]) -> None:
@@ -71,22 +113,21 @@ class State:
             raise IntegrityError(f"library log: unknown op {op!r}")
 
     def _drop(self, path: str) -> None:
-        old = self.entries.pop(path, None)
+        old = self.entries.pop_id(path)
         if old is not None:
-            self.deleted.add(old.id)
+            self.deleted.add(old)
 
     def _apply_add(self, rec: dict[str, Any]) -> None:
         if rec["first_id"] != self.next_id or rec["shard"] != len(self.shards):
             raise IntegrityError(f"library log: shard {rec['shard']} is out of sequence")
-        self.shards.append(rec)
+        self.shards.append({"shard": rec["shard"], "first_id": rec["first_id"], "n": len(rec["rows"])})
         for i, (path, size, mtime_ns, sha) in enumerate(rec["rows"]):
             self._drop(path)
             self.skipped.pop(path, None)
-            self.entries[path] = Entry(rec["first_id"] + i, size, mtime_ns, sha)
+            self.entries.set(path, rec["first_id"] + i, size, mtime_ns, sha)
         self.next_id += len(rec["rows"])
         for path, size, mtime_ns in rec.get("touched", []):  # same content, new size/mtime metadata
-            e = self.entries[path]
-            e.size, e.mtime_ns = size, mtime_ns
+            self.entries.touch(path, size, mtime_ns)
         for item in rec.get("skipped", []):
             self._drop(item["path"])
             self.skipped[item["path"]] = item
@@ -238,28 +279,29 @@ class Library:
             m = np.load(path, mmap_mode="c", allow_pickle=False)  # "c": writable view, never written back
         except (OSError, ValueError) as err:
             raise IntegrityError(f"library shard {path} is unreadable: {err}") from err
-        if m.dtype != np.float16 or m.shape != (len(rec["rows"]), self.dim):
-            raise IntegrityError(
-                f"library shard {path}: {m.dtype} {m.shape}, log says {len(rec['rows'])} rows"
-            )
+        if m.dtype != np.float16 or m.shape != (rec["n"], self.dim):
+            raise IntegrityError(f"library shard {path}: {m.dtype} {m.shape}, log says {rec['n']} rows")
         return m
 
     def iter_shards(self) -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray]]:
         """(log record, float16 matrix, live mask) per committed shard."""
         dead = np.fromiter(self.state.deleted, np.int64, len(self.state.deleted))
         for rec in self.state.shards:
-            ids = np.arange(rec["first_id"], rec["first_id"] + len(rec["rows"]))
+            ids = np.arange(rec["first_id"], rec["first_id"] + rec["n"])
             live = ~np.isin(ids, dead) if len(dead) else np.ones(len(ids), bool)
             yield rec, self.shard_matrix(rec), live
 
-    def row(self, row_id: int) -> dict[str, Any]:
-        """The row metadata of ``row_id`` from its shard's log record."""
-        for rec in self.state.shards:
+    def rows(self, row_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """The metadata of ``row_ids``, read back from their log records (not kept in memory)."""
+        want, found = set(row_ids), {}
+        for rec in read_log(self.root / LOG)[0]:
+            if rec.get("op") != "add":
+                continue
             first = rec["first_id"]
-            if first <= row_id < first + len(rec["rows"]):
-                path, size, mtime_ns, sha = rec["rows"][row_id - first]
-                return {"id": row_id, "path": path, "size": size, "mtime_ns": mtime_ns, "sha256": sha}
-        raise KeyError(row_id)
+            for i in [i for i in want if first <= i < first + len(rec["rows"])]:
+                path, size, mtime_ns, sha = rec["rows"][i - first]
+                found[i] = {"id": i, "path": path, "size": size, "mtime_ns": mtime_ns, "sha256": sha}
+        return found
 
     @property
     def live_count(self) -> int:
