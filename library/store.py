@@ -202,8 +202,11 @@ class Library:
 
     def _replay(self) -> State:
         state = State()
-        for rec in read_log(self.root / LOG)[0]:
-            state.apply(rec)
+        for n, rec in enumerate(read_log(self.root / LOG)[0], 1):
+            try:
+                state.apply(rec)
+            except (KeyError, TypeError, ValueError, AttributeError) as err:  # a hand-edited or foreign log
+                raise IntegrityError(f"{self.root / LOG}: record {n} is malformed ({err!r})") from err
         return state
 
     @classmethod
@@ -276,6 +279,9 @@ class Library:
         """One committed shard's float16 [n, D] (memory-mapped), shape-checked against its log record."""
         path = self.root / SHARDS / f"{int(rec['shard']):06d}.npy"
         try:
+            with path.open("rb") as f:
+                if f.read(6) != b"\x93NUMPY":
+                    raise ValueError("not a .npy file")
             m = np.load(path, mmap_mode="c", allow_pickle=False)  # "c": writable view, never written back
         except (OSError, ValueError) as err:
             raise IntegrityError(f"library shard {path} is unreadable: {err}") from err

@@ -368,3 +368,28 @@ def test_memory_stays_flat_20000_images(bundle, tmp_path) -> None:
     )
     assert rss2 <= 1.10 * rss1
     assert Library(tmp_path / "lib20000").live_count == 20000
+
+
+def test_a_damaged_library_fails_in_one_line(bundle, tmp_path, capsys) -> None:
+    """A foreign or damaged library is refused with one line, never a traceback, and nothing is written."""
+    photos = tmp_path / "photos"
+    make_images(photos, 3)
+    lib = tmp_path / "lib"
+    assert index_cli(capsys, bundle, photos, lib)[0] == 0
+    search = ["search", "--index", str(lib), "--bundle", str(bundle), "--text", "x"]
+    good_shard, good_log = (lib / "shards" / "000000.npy").read_bytes(), (lib / LOG).read_bytes()
+    cases = [
+        (lib / "shards" / "000000.npy", b"\x80\x04pickle?", "not a .npy file"),
+        (lib / LOG, good_log + b'{"op": "add", "shard": 1}\n', "record 2 is malformed"),
+        (lib / LOG, good_log + b'{"op": "format-c"}\n', "unknown op"),
+    ]
+    for path, data, message in cases:
+        path.write_bytes(data)
+        assert main(search) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        (lib / "shards" / "000000.npy").write_bytes(good_shard)
+        (lib / LOG).write_bytes(good_log)
+    manifest = json.loads((lib / "library.json").read_text())
+    (lib / "library.json").write_text(json.dumps({**manifest, "version": 2}))
+    assert main(search) == 2 and "library format version 2" in capsys.readouterr().err
