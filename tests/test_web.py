@@ -140,6 +140,28 @@ def test_long_text_needs_the_eot_rule(tmp_path: Path, eot_fix: bool) -> None:
         assert cosine < 0.999, cosine
 
 
+def test_a_failing_dtype_is_not_shipped_and_the_pin_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """q8 held to a bar it cannot meet: its files are deleted (no name transformers.js would pick), the
+    record says why, and a requested q8 pin falls back to fp32. Node only (``browser=False``)."""
+    from mobileclip_export.export.parity import Tolerance
+
+    real = checks.tolerance_for
+    strict = Tolerance(min_cosine=0.9999999, max_abs_rel=1e-4, min_psnr_db=80.0)
+    monkeypatch.setattr(checks, "tolerance_for", lambda p: strict if p == "int8" else real(p))
+    out = tmp_path / "mobileclip_s0"
+    info = build.build_folder([_web_enc("image"), _web_enc("text")], ("fp32", "q8"), "q8", out, browser=False)
+    assert sorted(p.name for p in (out / "onnx").iterdir()) == ["text_model.onnx", "vision_model.onnx"]
+    for encoder in ("image", "text"):
+        r = info.details["dtypes"]["q8"][encoder]
+        assert r["status"] == "failed" and "cosine" in r["why_not_shipped"], r
+        assert r["node"]["cosine"] < 0.9999999
+    config = json.loads((out / "config.json").read_text())
+    assert config["transformers.js_config"]["dtype"] == {"vision_model": "fp32", "text_model": "fp32"}
+    assert any("pinned to fp32: the requested q8 did not pass" in n for n in info.notes)
+
+
 def test_card_snippet_runs_as_written(web: dict[str, Any], tmp_path: Path) -> None:
     from mobileclip_export.models.samples import sample_paths
 
