@@ -42,7 +42,7 @@ def write_library(root: Path, rows: int, dim: int, seed: int) -> None:
             n = min(SHARD, rows - start)
             x = rng.standard_normal((n, dim), dtype=np.float32)
             x /= np.linalg.norm(x, axis=1, keepdims=True)
-            meta = [[f"photo{start + i:07d}.jpg", 0, 0, ""] for i in range(n)]
+            meta = [[f"photo{start + i:07d}.jpg", 0, 0, "0" * 64] for i in range(n)]
             lib.commit_shard(x.astype(np.float16), meta)
 
 
