@@ -95,6 +95,22 @@ def test_token_ids_equal_ours_except_literal_specials(web: dict[str, Any]) -> No
     assert pixels["status"] == "reported" and len(pixels["max_pixel_diff_255"]) >= 10
 
 
+def test_the_literal_special_token_exception(web: dict[str, Any]) -> None:
+    """The one documented token difference: a typed ``<|endoftext|>`` is special to transformers.js (one
+    id, 49407), plain text to us (several ids)."""
+    from mobileclip_export.models.tokenizer import tokenize
+
+    text = "a dog <|endoftext|> on a sofa"
+    session = runtime.NodeSession(web["folder"])
+    try:
+        theirs = session.tokenize([text])[0]
+    finally:
+        session.close()
+    ours = tokenize([text], 77)[0]
+    assert list(theirs).count(49407) == 2 and list(ours).count(49407) == 1
+    assert checks.SPECIAL_LITERALS[1] in text
+
+
 def test_removing_the_dtype_pin_fails(web: dict[str, Any], tmp_path: Path) -> None:
     """Default-q8 trap: without ``transformers.js_config.dtype`` the browser (WASM) fetches the quantized
     files, not the fp32 ones the folder pinned; our pinned-load check must catch it."""
