@@ -174,3 +174,28 @@ def test_int8_static_text_keeps_attention_matmuls_float(tmp_path) -> None:
     got = np.concatenate([runner.run({enc.inputs[0].name: ids[i : i + 1]}) for i in range(len(ids))])
     stats = compare(ref, got)
     assert stats.violations(tolerance_for("int8-static")) == [], stats
+
+
+def test_gelu_is_written_in_the_order_onnxruntime_fuses(tmp_path) -> None:
+    """Reduced S0 image: every exact GELU is rewritten (forms.py), onnxruntime's optimized graph holds that
+    many fused Gelu nodes and no Erf left, and the artifact still matches the train-time encoder."""
+    import onnxruntime as ort
+
+    from _toys import reduced_encoder_export
+
+    enc, train = reduced_encoder_export("mobileclip_s0", "image")
+    n_gelu = sum(isinstance(m, torch.nn.GELU) for m in enc.module.modules())
+    path = tmp_path / "image.onnx"
+    info = OnnxTarget().export(enc, "fp32", OnnxTarget().validate("fp32", {}), path)
+    assert n_gelu > 0 and info.details["gelu_in_fusable_order"] == n_gelu
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("Gelu") == n_gelu and "Erf" not in ops, ops
+    x = enc.example_inputs[0]
+    with torch.no_grad():
+        want = train(x).numpy()
+    got = session.run(None, {"image": x.numpy()})[0]
+    assert compare(want, got).cosine > 0.99999

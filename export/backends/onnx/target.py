@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mobileclip_export.errors import ExportFailure
+from mobileclip_export.export.backends.onnx.forms import gelu_for_fusion
 from mobileclip_export.export.compression.precisions import (
     AUTO_KEEP_HELP,
     AUTO_KEEP_OPTION,
@@ -256,6 +257,7 @@ class OnnxTarget(Target):
         opset = int(options.get("opset", 18))
         dynamic = bool(options.get("dynamic_batch", False))
         model = _trace(enc, precision, opset, dynamic)
+        gelus = gelu_for_fusion(model)  # onnxruntime fuses each into one Gelu kernel (forms.py)
         got_opset = _finalize(model, enc, precision, opset, Path(path))
         batch_dim = -1 if dynamic else 1
         inputs = tuple(
@@ -267,7 +269,12 @@ class OnnxTarget(Target):
         notes = [f"opset {got_opset}", "fixed batch 1" if not dynamic else "dynamic batch (dim 0)"]
         if precision == "fp16":
             notes.append("fp16 weights and compute; fp32 inputs/outputs (cast inside the graph)")
-        details = {"opset": got_opset, "op_census": _census(model), "n_nodes": len(model.graph.node)}
+        details = {
+            "opset": got_opset,
+            "op_census": _census(model),
+            "n_nodes": len(model.graph.node),
+            "gelu_in_fusable_order": gelus,
+        }
         if precision in QUANTIZED:
             details.update(_quantize(enc, precision, options, Path(path)))
             details["op_census"] = _census(onnx.load(str(path)))
