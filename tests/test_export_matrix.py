@@ -20,12 +20,20 @@ from _toys import use_toy_models
 TARGETS = list(all_targets())
 # MCi2 repeats MCi0's block types and the MobileCLIP2-B stem is checked in PyTorch by test_vit: both run under
 # -m slow so the default run keeps one model per distinct block family in every runtime.
-FAMILIES = [
-    "mobileclip_s0",
-    pytest.param("mobileclip_s2", marks=pytest.mark.slow),
-    "mobileclip_b",
-    "mobileclip2_s4",
-    pytest.param("mobileclip2_b", marks=pytest.mark.slow),
+FAMILIES = [  # (model, slow)
+    ("mobileclip_s0", False),
+    ("mobileclip_s2", True),
+    ("mobileclip_b", False),
+    ("mobileclip2_s4", False),
+    ("mobileclip2_b", True),
+]
+# web repackages the onnx backend's files (every family runs through onnx here) and tests/test_web.py checks
+# reduced S0 in Node and Chromium, so its per-family cases (20-50 s each) run under -m slow too.
+SLOW_TARGETS = {"web"}
+CASES = [
+    pytest.param(model, target, marks=[pytest.mark.slow] if slow or target in SLOW_TARGETS else [])
+    for model, slow in FAMILIES
+    for target in TARGETS
 ]
 
 
@@ -52,8 +60,7 @@ def test_target_with_toy_encoders(tmp_path, monkeypatch, target) -> None:
     _check(res, target)
 
 
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("model", FAMILIES)
+@pytest.mark.parametrize("model,target", CASES)
 def test_target_with_reduced_family(tmp_path, model, target) -> None:
     res = export_model(model, target, output_dir=tmp_path, reduced=True, precision="fp32")
     _check(res, target, min_cosine=0.99999)
