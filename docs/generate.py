@@ -31,13 +31,14 @@ def targets_table() -> str:
     from mobileclip_export.export.registry import all_targets
 
     rows = [
-        "| target | aliases | artifact | precisions (**default**) | extra | what it is |",
-        "|---|---|---|---|---|---|",
+        "| target | aliases | artifact | precisions (**default**) | what it is |",
+        "|---|---|---|---|---|",
     ]
     for name, t in all_targets().items():
         precisions = ", ".join(f"**{p}**" if p == t.default_precision else p for p in t.precisions)
         aliases = ", ".join(f"`{a}`" for a in t.aliases) or "-"
-        cells = [f"`{name}`", aliases, f"`{t.extension}`", precisions, f"`{t.extra}`", _cell(t.description)]
+        artifact = f"`{t.extension}`" if t.extension else "folder"
+        cells = [f"`{name}`", aliases, artifact, precisions, _cell(t.description)]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

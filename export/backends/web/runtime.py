@@ -33,7 +33,8 @@ _CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chro
 
 
 def install_command() -> str:
-    return f"ONNXRUNTIME_NODE_INSTALL=skip npm ci --prefix {JS_DIR}"
+    """One command that installs the npm packages (and Chromium when missing): ``install.sh``."""
+    return f"bash {JS_DIR.parent / 'install.sh'}"
 
 
 def node_binary() -> str | None:
