@@ -537,42 +537,30 @@ def _check_and_place(
     name: str,
 ) -> None:
     """Verify (and guard) a converted artifact, then give it its final name in the bundle."""
+    t = tp.target
     try:
-        _check(rec, tp, partial, encs, prep, verify, emit)
+        with _Stage(emit, "verify", t.name, rec.encoder) as st:
+            vins, refs = prep.verify_inputs, prep.references
+            feeds = prep.golden.feeds if prep.golden else None
+            V.verify_artifact(rec, t, tp.precision, tp.options, partial, encs, vins, refs, verify, feeds)
+            st.status = rec.parity.get("status")
+            if rec.parity.get("cosine") is not None:
+                st.message = f"cos {rec.parity['cosine']:.7f}, max|diff| {rec.parity['max_abs_diff']:.2e}"
+        rec.seconds["verify"] = round(st.seconds, 3)
+        if prep.task is not None and needs_guard(tp.precision) and rec.parity.get("cosine") is not None:
+            with _Stage(emit, "guard", t.name, rec.encoder) as st:  # parity + task, maybe a re-export
+                job = GuardJob(t, tp.precision, tp.options, partial)
+                guard_record(rec, job, encs, prep.verify_inputs, prep.references, prep.task)
+                st.status = rec.status
+            rec.seconds["guard"] = round(st.seconds, 3)
         if rec.status != "failed":
             rec.sha256 = path_sha256(partial)
-            rec.path = writer.place(partial, tp.target.name, name).as_posix()
+            rec.path = writer.place(partial, t.name, name).as_posix()
     except Exception as err:  # one artifact failing must not stop the others (Ctrl-C still does)
         _record_failure(rec, err)
     finally:
         if rec.path is None:
             remove_path(partial)
-
-
-def _check(
-    rec: ArtifactRecord,
-    tp: TargetPlan,
-    partial: Path,
-    encs: list[EncoderExport],
-    prep: _Prepared,
-    verify: bool,
-    emit: ProgressCallback,
-) -> None:
-    t = tp.target
-    with _Stage(emit, "verify", t.name, rec.encoder) as st:
-        vins, refs = prep.verify_inputs, prep.references
-        feeds = prep.golden.feeds if prep.golden else None
-        V.verify_artifact(rec, t, tp.precision, tp.options, partial, encs, vins, refs, verify, feeds)
-        st.status = rec.parity.get("status")
-        if rec.parity.get("cosine") is not None:
-            st.message = f"cos {rec.parity['cosine']:.7f}, max|diff| {rec.parity['max_abs_diff']:.2e}"
-    rec.seconds["verify"] = round(st.seconds, 3)
-    if prep.task is not None and needs_guard(tp.precision) and rec.parity.get("cosine") is not None:
-        with _Stage(emit, "guard", t.name, rec.encoder) as st:  # compressed: parity + task, maybe re-export
-            job = GuardJob(t, tp.precision, tp.options, partial)
-            guard_record(rec, job, encs, prep.verify_inputs, prep.references, prep.task)
-            st.status = rec.status
-        rec.seconds["guard"] = round(st.seconds, 3)
 
 
 def _record_failure(rec: ArtifactRecord, err: Exception) -> None:
