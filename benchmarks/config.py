@@ -39,6 +39,7 @@ class BenchConfig:
     json: bool
     verbosity: int
     profile: bool = False
+    reference_onnx: tuple[Path, ...] = ()  # plain ONNX exports of the reference, timed beside ours
 
     def replace(self, **changes: object) -> BenchConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -94,4 +95,5 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         json=args.json,
         verbosity=getattr(args, "verbosity", 0),
         profile=getattr(args, "profile", False),
+        reference_onnx=tuple(getattr(args, "reference_onnx", None) or ()),
     )

@@ -99,3 +99,39 @@ def host_rows(results: Sequence[Any], macs: Mapping[str, Any], peak_gflops: floa
                 row.speedup_vs_reparam = reparam_median[c.encoder] / row.median_ms
         rows.append(row)
     return rows
+
+
+def ratios(rows: Sequence[Mapping[str, Any]], reference_export: str) -> list[dict[str, Any]]:
+    """Per encoder, every timed host row's median against the fastest artifact's and the reference export's.
+
+    Medians of one interleaved run, so the ratios hold on a noisy machine where the absolute figures do not.
+    Reference runtimes (emulators) and device rows are left out; ``vs_reference_export`` is None when no
+    reference export was timed for that encoder.
+    """
+    timed = [
+        r
+        for r in rows
+        if r.get("record_kind", "host") == "host"
+        and r.get("kind") != "reference"
+        and (r.get("latency") or {}).get("median")
+    ]
+    out = []
+    for encoder in sorted({r["encoder"] for r in timed}):
+        mine = [r for r in timed if r["encoder"] == encoder]
+        artifacts = [r["latency"]["median"] for r in mine if r.get("kind") == DEPLOYMENT]
+        fastest = min(artifacts) if artifacts else None
+        ref = next((r["latency"]["median"] for r in mine if r["target"] == reference_export), None)
+        for r in sorted(mine, key=lambda r: r["latency"]["median"]):
+            median = r["latency"]["median"]
+            out.append(
+                {
+                    "encoder": encoder,
+                    "target": r["target"],
+                    "precision": r["precision"],
+                    "kind": r.get("kind"),
+                    "median_ms": median,
+                    "vs_fastest_artifact": median / fastest if fastest else None,
+                    "vs_reference_export": median / ref if ref else None,
+                }
+            )
+    return out

@@ -45,7 +45,6 @@ def run_bench(config: BenchConfig) -> int:
     return _emit(config, outcome)
 
 
-
 @dataclass
 class _Outcome:
     doc: dict[str, Any]
@@ -68,11 +67,13 @@ def _bench(config: BenchConfig, device: dict[str, Any], cores: list[int]) -> _Ou
     """The stages of one benchmark run."""
     import torch
 
+    from mobileclip_export.benchmarks import reference_export
     from mobileclip_export.benchmarks.candidates import artifact_candidates
     from mobileclip_export.benchmarks.peak import gemm_candidates, peak_from
-    from mobileclip_export.benchmarks.rows import host_rows
+    from mobileclip_export.benchmarks.rows import host_rows, ratios
 
     baseline = regression.load_baseline(config.baseline) if config.baseline else None  # fail fast
+    references = reference_export.resolve(config.reference_onnx)  # fail fast: before any export
     torch.set_num_threads(config.threads)
     make_output_dir(config.output_dir)
     progress = _progress(config)
@@ -80,8 +81,9 @@ def _bench(config: BenchConfig, device: dict[str, Any], cores: list[int]) -> _Ou
     bundle, config = _resolve_bundle(config, progress)
     side = _torch_side(config)
     candidates, failed = artifact_candidates(bundle, config, side.data)
+    plain = reference_export.candidates(references, side.data, config.encoders, config.threads)
     results = H.measure(
-        [*side.candidates, *candidates, *gemm_candidates(config.threads)],
+        [*side.candidates, *plain, *candidates, *gemm_candidates(config.threads)],
         runs=config.runs,
         warmup=config.warmup,
         reference_runs=config.reference_runs,
@@ -102,6 +104,7 @@ def _bench(config: BenchConfig, device: dict[str, Any], cores: list[int]) -> _Ou
         rows=[r.to_dict() for r in rows],
         estimates=estimates,
     )
+    doc["ratios"] = ratios(doc["rows"], reference_export.REFERENCE_EXPORT)
     markdown, written = _write_report(config, doc)
     if config.profile:
         markdown, written = _profile_stage(config, bundle, side.data, markdown, written)
@@ -255,6 +258,7 @@ def _settings(config: BenchConfig, cores: list[int], bundle: Bundle) -> dict[str
         "reference_runs": min(config.runs, config.reference_runs),
         "pinned_cores": cores,
         "bundle_dir": str(bundle.bundle_dir),
+        "reference_onnx": [str(p) for p in config.reference_onnx],
     }
 
 

@@ -254,3 +254,61 @@ def test_bench_profile_writes_profiles_json_and_tables(bundle, tmp_path, monkeyp
     report_md = (out / "report.md").read_text()
     assert "## Per-operator profiles" in report_md and "not profiled: no per-operator" in report_md
     assert "| Conv | 3.000 | 1 | 60.0 % |  |  |" in report_md
+
+
+def _plain_reference_exports(folder, seed: int) -> None:
+    """``torch.onnx.export`` of the reduced train-time S0 encoders (what a user would write)."""
+    import torch
+
+    from mobileclip_export.models import create_model
+
+    model = create_model("mobileclip_s0", seed=seed, reduced=True).eval()
+    size = model.image_size
+    folder.mkdir()
+    with torch.no_grad():
+        for name, module, x in (
+            ("image", model.image_encoder, torch.rand(1, 3, size, size)),
+            ("text", model.text_encoder, torch.zeros(1, 77, dtype=torch.int32)),
+        ):
+            torch.onnx.export(module, (x,), folder / f"{name}.onnx", dynamo=True, external_data=False)
+
+
+def test_reference_onnx_row_and_ratios(reduced_bundle, tmp_path, capsys, monkeypatch):
+    """A folder of plain exports of the bundle's reference model (reduced S0, seed 3) is timed beside the
+    bundle's artifacts: one baseline row per encoder that matches the train-time model, and the ratios."""
+    from mobileclip_export.benchmarks import peak
+
+    monkeypatch.setattr(peak, "PROVIDERS", {k: v for k, v in peak.PROVIDERS.items() if k == "torch.mm"})
+    _plain_reference_exports(tmp_path / "ref", seed=3)
+    out = tmp_path / "bench"
+    code = _bench(
+        reduced_bundle, out, 2, 0, "--no-plots", "--no-estimates", "--reference-onnx", str(tmp_path / "ref")
+    )
+    printed = capsys.readouterr().out
+    assert code == 0
+    doc = json.loads((out / "report.json").read_text())
+    refs = {r["encoder"]: r for r in doc["rows"] if r["target"] == "reference-export"}
+    assert set(refs) == {"image", "text"}
+    for r in refs.values():
+        assert r["kind"] == "baseline" and r["status"] == "ok" and r["parity_cosine"] > 0.99999
+        assert "plain export of the train-time model" in r["runtime"]
+    deployed = {(r["encoder"], r["target"]): r for r in doc["rows"] if r["kind"] == "deployment"}
+    for ratio in doc["ratios"]:
+        row_median = ratio["median_ms"]
+        ref_median = refs[ratio["encoder"]]["latency"]["median"]
+        assert ratio["vs_reference_export"] == pytest.approx(row_median / ref_median)
+        if (ratio["encoder"], ratio["target"]) in deployed:
+            assert ratio["vs_fastest_artifact"] >= 1.0
+    for enc in ("image", "text"):
+        assert min(r["vs_fastest_artifact"] for r in doc["ratios"] if r["encoder"] == enc) <= 1.0
+    assert "vs reference export" in printed and doc["settings"]["reference_onnx"] == [str(tmp_path / "ref")]
+
+
+def test_reference_onnx_usage_errors(reduced_bundle, tmp_path, capsys):
+    """A file that is no ONNX model, a missing path and two files of one encoder: one line each, exit 2."""
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\xff\xff not a model")
+    for arg, said in ((junk, "not an ONNX model"), (tmp_path / "missing.onnx", "no such file")):
+        assert _bench(reduced_bundle, tmp_path / "o", 1, 0, "--reference-onnx", str(arg)) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err

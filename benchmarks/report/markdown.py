@@ -114,6 +114,29 @@ def _guard_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _ratio(v: Any) -> str:
+    return "x" + _fmt(v, 3) if _finite(v) else "—"
+
+
+def _ratios_table(ratios: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each timed row's median over the fastest artifact's and over the reference export's (same run)."""
+    if not ratios:
+        return []
+    lines = [
+        "",
+        "### Ratios (medians of this run; >1 is slower)",
+        "",
+        "| encoder | target | precision | median ms | vs fastest artifact | vs reference export |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for r in ratios:
+        lines.append(
+            f"| {r['encoder']} | {r['target']} | {r['precision']} | {_fmt(r['median_ms'])} | "
+            f"{_ratio(r['vs_fastest_artifact'])} | {_ratio(r['vs_reference_export'])} |"
+        )
+    return lines
+
+
 def _estimates_table(estimates: list[Mapping[str, Any]]) -> list[str]:
     lines = [
         "",
@@ -149,9 +172,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
     notes: list[str] = []
     lines += [_row_line(r, notes) for r in doc["rows"]]
     lines += _footnotes(doc, notes)
+    lines += _ratios_table(doc.get("ratios") or [])
     lines += _guard_table(doc["rows"])
     if doc.get("estimates"):
         lines += _estimates_table(doc["estimates"])
     return "\n".join(lines) + "\n"
-
-

@@ -42,6 +42,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "default: 1)",
     )
     p.add_argument("--fast", action="store_true", help="short run for CI: --runs 10 --warmup 2")
+    p.add_argument(
+        "--reference-onnx",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="a plain ONNX export of the reference model (e.g. torch.onnx.export of the train-time encoder), "
+        "or a folder of them, one per encoder (told apart by their input); timed in onnxruntime interleaved "
+        "with the artifacts, row 'reference-export', and every row's ratio to it reported (repeatable)",
+    )
     _add_output_arguments(p)
 
 
