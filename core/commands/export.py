@@ -74,8 +74,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--templates",
-        help="with --classes: templates averaged per label: clip, photo, none or a file (default: clip)",
+        help="with --classes or --eval-dir: templates averaged per label: clip, photo, none or a file "
+        "(default: clip)",
     )
+    _add_eval_arguments(p)
     p.add_argument("--list-models", action="store_true", help="list model names and exit")
     p.add_argument(
         "--list-targets", action="store_true", help="list targets, installed extras and pip commands"
@@ -96,6 +98,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             group.add_argument(
                 flag, dest=f"opt_{name}", type=spec.type, default=None, metavar="VALUE", help=helptext
             )
+
+
+def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """The accuracy gate on the user's own images."""
+    p.add_argument(
+        "--eval-dir",
+        type=Path,
+        help="your labelled images (one sub-folder per class, the folder name is the label): the accuracy "
+        "guard measures fp32 and each compressed artifact's zero-shot top-1 on them",
+    )
+    p.add_argument(
+        "--eval-labels",
+        type=Path,
+        help="with --eval-dir: a CSV of 'relative/path,label' lines instead of folder names",
+    )
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="with --eval-dir: accuracy points a compressed artifact may lose against fp32 (default: 1)",
+    )
 
 
 def _list_models() -> str:
@@ -172,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
     from mobileclip_export.stdio import stdout_to_stderr
 
     classifier = _classifier_args(args)  # bad --classes/--templates fail before any heavy work
+    evaluation = _evaluation_args(args)
     with stdout_to_stderr():  # converters print to stdout, even from C++; stdout is kept for --json
         result = export_model(
             args.model,
@@ -187,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=StderrProgress() if args.verbosity >= 0 else None,
             **classifier,
+            **evaluation,
         )
     _print_summary(result, args)
     if args.json:
@@ -196,12 +222,24 @@ def run(args: argparse.Namespace) -> int:
 
 def _classifier_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.classes is None:
-        if args.templates is not None:
-            raise UsageError("--templates applies to --classes (the labels baked into a classifier)")
+        if args.templates is not None and args.eval_dir is None:
+            raise UsageError("--templates applies to --classes or --eval-dir (the labels prompted)")
         return {}
     from mobileclip_export.export.pipeline.classifier import read_classes
 
     return {"classes": read_classes(args.classes), "templates": args.templates}
+
+
+def _evaluation_args(args: argparse.Namespace) -> dict[str, Any]:
+    """--eval-dir read and checked (files, classes, prompts) before any heavy work."""
+    if args.eval_dir is None:
+        if args.eval_labels is not None or args.max_accuracy_drop is not None:
+            raise UsageError("--eval-labels and --max-accuracy-drop apply to --eval-dir")
+        return {}
+    from mobileclip_export.export.compression.evalset import DEFAULT_MAX_DROP, eval_request
+
+    drop = DEFAULT_MAX_DROP if args.max_accuracy_drop is None else args.max_accuracy_drop
+    return {"evaluation": eval_request(args.eval_dir, args.eval_labels, args.templates, drop)}
 
 
 def _print_summary(result: Any, args: argparse.Namespace) -> None:

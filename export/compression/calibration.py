@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mobileclip_export.export.compression.evalset import EvalTask
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,8 @@ class TaskData:
     # Random weights make captions near-ties (rankings flip at cosine 0.9997): the task is then reported,
     # not enforced; the embedding parity still is.
     enforce_task: bool = True
+    # The user's labelled images (--eval-dir): zero-shot accuracy and its drop, enforced per artifact.
+    evaluation: EvalTask | None = None
 
 
 def calibration_inputs(enc: object, limit: int | None = None) -> np.ndarray:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from mobileclip_export.export.compression.calibration import TaskData
+from mobileclip_export.export.compression.evalset import embed_batches, eval_measures, eval_violations
 from mobileclip_export.export.compression.precisions import PALETTIZE_BITS
 from mobileclip_export.export.parity import TaskTolerance, Tolerance, compare
 
@@ -203,6 +204,11 @@ def guard_artifact(
     m = task_measures(task, got if encoder == "image" else None, got if encoder == "text" else None)
     m.update({"cosine": stats.cosine, "max_abs_diff": stats.max_abs_diff, "psnr_db": stats.psnr_db})
     task_bad = task_violations(m, tols[1])
+    if task.evaluation is not None:  # the user's own images: accuracy drop against fp32
+        ev = task.evaluation
+        got_ev = embed_batches(embed, ev.images) if encoder == "image" else embed(ev.ids)
+        m.update(eval_measures(ev, *((got_ev, None) if encoder == "image" else (None, got_ev))))
+        task_bad += eval_violations(m)
     waived: list[str] = []
     if not task.enforce_task:  # random weights: the task is reported, parity alone is enforced
         waived, task_bad, why = task_bad, [], "random weights"

@@ -18,6 +18,7 @@ import numpy as np
 
 from mobileclip_export.errors import ExportFailure
 from mobileclip_export.export.compression.calibration import TaskData, caption_ids, photographs
+from mobileclip_export.export.compression.evalset import EvalRequest, build_eval_task
 from mobileclip_export.export.compression.guard import GuardReport, guard_artifact, layer_sensitivity
 from mobileclip_export.export.compression.precisions import (
     AUTO_KEEP_OPTION,
@@ -35,8 +36,9 @@ _MAX_KEEP_ROUNDS = 6  # keeps up to 2^5 = 32 layers
 _SENSITIVITY_INPUTS = 2  # photographs / captions the per-layer PyTorch pass runs (it only ranks)
 
 
-def task_data(train_model: Any, spec: Any) -> TaskData:
-    """Photographs, captions and their fp32 train-time embeddings (one batched forward each)."""
+def task_data(train_model: Any, spec: Any, evaluation: EvalRequest | None = None) -> TaskData:
+    """Photographs, captions and their fp32 train-time embeddings (one batched forward each); with
+    ``evaluation`` (--eval-dir) also the user's images and their fp32 zero-shot figures."""
     import torch
 
     images = photographs(spec)
@@ -45,7 +47,9 @@ def task_data(train_model: Any, spec: Any) -> TaskData:
         ref_i = train_model.image_encoder(torch.from_numpy(images)).float().numpy()
         ref_t = train_model.text_encoder(torch.from_numpy(ids)).float().numpy()
     scale = float(train_model.logit_scale.detach().exp()) if hasattr(train_model, "logit_scale") else 100.0
-    return TaskData(images, ids, ref_i, ref_t, scale, not getattr(train_model, "random_init", False))
+    ev = build_eval_task(evaluation, train_model, spec) if evaluation is not None else None
+    trained = not getattr(train_model, "random_init", False)
+    return TaskData(images, ids, ref_i, ref_t, scale, trained, ev)
 
 
 def needs_guard(precision: str) -> bool:
