@@ -15,6 +15,7 @@ pytest.importorskip("ai_edge_litert.interpreter")
 
 from mobileclip_export.errors import MissingDependencyError, UsageError  # noqa: E402
 from mobileclip_export.export.backends.tflite import target as backend  # noqa: E402
+from mobileclip_export.export.backends.xnnpack.census import delegated_ops  # noqa: E402
 from mobileclip_export.export.parity import Tolerance, compare  # noqa: E402
 from mobileclip_export.export.registry import get_target  # noqa: E402
 from mobileclip_export.export.spec import (
@@ -121,6 +122,8 @@ def test_runner_rows_label_and_feed_errors(tmp_path):
         assert (
             runner.is_deployment_runtime and "ai-edge-litert" in runner.label and "1 thread)" in runner.label
         )
+        # the options keep XNNPACK as the default delegate: the whole toy graph is one delegate node
+        assert delegated_ops(runner.interpreter._get_ops_details())["delegated_subgraphs"] == 1
         x = _feed(enc, n=3)
         batched = runner.run({"image": x})
         rows = np.concatenate([runner.run({"image": x[i : i + 1]}) for i in range(3)])
