@@ -188,3 +188,21 @@ def test_a_destructive_setting_fails_the_gate_naming_the_drop(
     assert block["eval_images"] == 25 and block["eval_drop_points"] > 10.0, block  # measured: 100 -> 66 %
     assert f"a drop of {block['eval_drop_points']:.2f} points > 1 allowed" in art["error"]
     assert not out.exists() or not list(out.rglob("manifest.json"))
+
+
+@pytest.mark.slow
+def test_auto_keep_fp_keeps_layers_until_the_accuracy_drop_is_within_the_threshold(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--auto-keep-fp judges each re-export by the same figures: palettize2 with kept layers ends verified
+    with its drop on the user's images within 1 point."""
+    pytest.importorskip("coremltools")
+    from _shapes import write_image_folder
+
+    small = write_image_folder(tmp_path / "eval", n_per_class=1)
+    args = ["--checkpoint", str(checkpoint), "--eval-dir", str(small), "--target", "coreml", "--auto-keep-fp"]
+    code, doc = _export([*args, "--precision", "palettize2", "--output-dir", str(tmp_path / "out")], capsys)
+    (art,) = doc["artifacts"]
+    block = art["details"]["accuracy_guard"]
+    assert code == 0 and art["status"] == "verified", art["error"]
+    assert art["details"]["kept_fp_layers"] and block["eval_drop_points"] <= 1.0, block
