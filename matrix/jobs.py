@@ -162,10 +162,15 @@ def _target_options(targets: Sequence[str], encoders: Sequence[str], options: di
     """Validate option names once across all chosen targets; per target name -> its own options."""
     from mobileclip_export.export.pipeline.plan import plan_export
 
-    plan = plan_export(list(targets), list(encoders), None, options)
-    if any(tp.multifunction for tp in plan.targets):
+    if options.get("multifunction"):
         raise UsageError("the matrix runs one encoder per cell; drop --multifunction")
-    return {tp.target.name: (tp.target, tp.options) for tp in plan.targets}
+    plan = plan_export(list(targets), list(encoders), None, options)
+    # one encoder per cell: a target whose multifunction option defaults on (one artifact for both) is asked
+    # for one artifact per encoder, so every cell's options say what its export does
+    return {
+        tp.target.name: (tp.target, tp.options | ({"multifunction": False} if tp.multifunction else {}))
+        for tp in plan.targets
+    }
 
 
 def plan_matrix(req: MatrixRequest) -> MatrixPlan:
