@@ -766,16 +766,17 @@ def test_trained_head_bias_reaches_every_target(
         if enc == "image":  # every row: a dropped bias would miss the 0.99999 cosine by far
             assert _row_cosines(ref, ref - src.state_dict()[bias_key].numpy()).max() < 0.999
     del loaded
+    targets = [t for t in all_targets() if t != "web"]  # web ships the onnx backend's files again
     res = export_model(
         name,
-        "all",
+        targets,
         checkpoint=path,
         encoders=encoders,
         precision="fp32",
         reduced=reduced,
         output_dir=tmp_path,
     )
-    assert {a.target for a in res.artifacts} == set(all_targets()) and res.random_init is False
+    assert {a.target for a in res.artifacts} == set(targets) and res.random_init is False
     for a in res.artifacts:
         p = a.parity
         assert a.status == "verified" and p["status"] == "passed", f"{a.target} {a.encoder}: {a.error} {p}"

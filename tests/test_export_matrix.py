@@ -29,9 +29,16 @@ FAMILIES = [  # (model, slow)
 ]
 # web repackages the onnx backend's files (every family runs through onnx here) and tests/test_web.py checks
 # reduced S0 in Node and Chromium, so its per-family cases (20-50 s each) run under -m slow too.
+# tests/test_executorch.py checks the S0, S2 and B families' encoders in ExecuTorch directly (fp32 parity), so
+# here only S0 goes through the whole pipeline to it by default.
 SLOW_TARGETS = {"web"}
+SLOW_CASES = {("mobileclip_b", "executorch"), ("mobileclip2_s4", "executorch")}
 CASES = [
-    pytest.param(model, target, marks=[pytest.mark.slow] if slow or target in SLOW_TARGETS else [])
+    pytest.param(
+        model,
+        target,
+        marks=[pytest.mark.slow] if slow or target in SLOW_TARGETS or (model, target) in SLOW_CASES else [],
+    )
     for model, slow in FAMILIES
     for target in TARGETS
 ]
