@@ -450,7 +450,8 @@ def _export_target(
     encoders, and gives the target's records."""
     t = tp.target
     exports = {e: t.adapt_export(x, tp.options) for e, x in prep.exports.items()}  # e.g. NHWC/uint8 inputs
-    records, pending = [], []
+    records: list[ArtifactRecord] = []
+    pending: list[Future[None]] = []
     for label, run_export, encs in _jobs(tp, exports):
         rec = ArtifactRecord(target=t.name, encoder=label, precision=tp.precision, options=dict(tp.options))
         records.append(rec)
@@ -463,13 +464,16 @@ def _export_target(
         partial = writer.partial_path(t.name, name)
         if not _convert(rec, tp, run_export, partial, emit):
             continue
-        check = partial_fn(_check_and_place, rec, tp, partial, [exports[e] for e in encs], prep, verify, emit)
-        pending.append(beside.submit(check, writer, name) if t.verify_beside else check(writer, name))
+        encoders = [exports[e] for e in encs]
+        check = partial_fn(_check_and_place, rec, tp, partial, encoders, prep, verify, emit, writer, name)
+        if t.verify_beside:
+            pending.append(beside.submit(check))
+        else:
+            check()
 
     def finish() -> list[ArtifactRecord]:
         for job in pending:
-            if isinstance(job, Future):
-                job.result()
+            job.result()
         return records + _target_files(tp, prep, writer, model, verify, emit, records)
 
     return finish
