@@ -79,10 +79,6 @@ def golden_images(preprocessing: Any) -> list[GoldenImage]:
     return structured_images(preprocessing.crop) + natural_images(preprocessing)
 
 
-def _tol(target: str, precision: str) -> dict[str, float]:
-    return asdict(tolerance_for(precision))
-
-
 def _floats(x: np.ndarray) -> list[float]:
     return [float(v) for v in np.asarray(x, np.float32).reshape(-1)]
 
@@ -130,7 +126,7 @@ def golden_index(
                     row["artifacts"][path] = _floats(art["embeddings"][i])
     runs = {
         path: {k: v for k, v in art.items() if k != "embeddings"}
-        | {"tolerance": _tol(art["target"], art["precision"])}
+        | {"tolerance": asdict(tolerance_for(art["precision"]))}
         for path, art in artifacts.items()
     }
     return {
