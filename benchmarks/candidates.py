@@ -11,6 +11,7 @@ import numpy as np
 from mobileclip_export.benchmarks import harness as H
 from mobileclip_export.benchmarks.artifacts import Bundle, artifact_path, parse_precisions
 from mobileclip_export.benchmarks.rows import ReportRow
+from mobileclip_export.export.spec import BenchCandidate
 
 THREAD_OPTION_NAMES = ("threads", "num_threads", "intra_op_num_threads")
 
@@ -137,29 +138,79 @@ def guard_figures(rec: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def select(
-    bundle: Bundle, targets: tuple[str, ...], encoders: tuple[str, ...], precision: str | None
+    bundle: Bundle,
+    targets: tuple[str, ...],
+    encoders: tuple[str, ...],
+    precision: str | None,
+    multi: bool = False,
 ) -> list[dict[str, Any]]:
-    """The bundle's records for the chosen targets, encoders and precision(s) (comma-separated)."""
+    """The bundle's records for the chosen targets, encoders and precision(s) (comma-separated); with
+    ``multi``, also artifacts serving several encoders ("image+text") when one of them is chosen."""
     precs = parse_precisions(precision)
+
+    def wanted(enc: str) -> bool:
+        return enc in encoders or (multi and any(e in encoders for e in enc.split("+")))
+
     return [
         a
         for a in bundle.artifacts
         if a.get("target") in targets
-        and a.get("encoder") in encoders
+        and wanted(str(a.get("encoder")))
         and (precs is None or a.get("precision") in precs)
     ]
+
+
+def own_candidate(target: str, c: BenchCandidate, data: np.ndarray) -> H.Candidate:
+    """A candidate a target asked for (``Target.bench_candidates``), fed the run's input for its encoder."""
+    runner_box: list[Any] = []
+
+    def load() -> tuple[H.RunFn, str, bool]:
+        runner = c.load()
+        runner_box.append(runner)
+        return runner.run, runner.label or target, bool(runner.is_deployment_runtime)
+
+    def close() -> None:
+        for r in runner_box:
+            r.close()
+
+    return H.Candidate(
+        target=target,
+        encoder=c.encoder,
+        precision=c.precision,
+        load=load,
+        feeds={c.input_name: _cast(data, c.input_dtype)},
+        size_bytes=c.size_bytes,
+        artifact=c.artifact,
+        close=close,
+        variant=c.variant,
+        fields=dict(c.fields),
+    )
 
 
 def artifact_candidates(
     bundle: Bundle, config: Any, data: Mapping[str, np.ndarray]
 ) -> tuple[list[H.Candidate], list[ReportRow]]:
-    """Candidates for the selected artifacts, and rows for those whose export failed."""
-    candidates, failed = [], []
-    for rec in select(bundle, config.targets, config.encoders, config.precision):
+    """Candidates for the selected artifacts, and rows for those whose export failed. A target that times
+    its artifacts itself (``Target.bench_candidates``) gets its own candidates, each key once."""
+    from mobileclip_export.export.registry import get_target
+
+    candidates: list[H.Candidate] = []
+    failed = []
+    precs = parse_precisions(config.precision)
+    for rec in select(bundle, config.targets, config.encoders, config.precision, multi=True):
         if rec.get("status") == "failed" or not rec.get("path"):
             failed.append(failed_row(rec))
-        else:
-            enc_data = data[rec["encoder"]]
-            path = artifact_path(bundle, rec)  # resolved inside the bundle, sha256-checked
-            candidates.append(artifact_candidate(rec, path, enc_data, config.threads))
+            continue
+        target = get_target(rec["target"])
+        path = artifact_path(bundle, rec)  # resolved inside the bundle, sha256-checked
+        own = target.bench_candidates(path, rec, config.threads)
+        if own is not None:
+            seen = {c.key for c in candidates}
+            for c in own:
+                if c.encoder in config.encoders and (precs is None or c.precision in precs):
+                    cand = own_candidate(target.name, c, data[c.encoder])
+                    if cand.key not in seen:
+                        candidates.append(cand)
+        elif rec["encoder"] in config.encoders:  # several encoders in one file: timed only by its target
+            candidates.append(artifact_candidate(rec, path, data[rec["encoder"]], config.threads))
     return candidates, failed

@@ -48,10 +48,13 @@ class Candidate:
     close: Callable[[], None] | None = None
     notes: list[str] = field(default_factory=list)
     guard: dict[str, Any] | None = None  # accuracy-guard figures of a compressed artifact (its manifest)
+    variant: str | None = None  # several rows of one artifact (a target's bench_candidates) told apart
+    fields: dict[str, Any] | None = None  # what the target adds to the row's ``extra``
 
     @property
     def key(self) -> str:
-        return f"{self.target}/{self.encoder}/{self.precision}"
+        key = f"{self.target}/{self.encoder}/{self.precision}"
+        return f"{key}/{self.variant}" if self.variant else key
 
 
 @dataclass

@@ -39,6 +39,8 @@ class ReportRow:
     record_kind: str = "host"  # "host" | "device"
     device: dict[str, Any] | None = None  # set for device rows; host rows use the report's device
     guard: dict[str, Any] | None = None  # accuracy guard of a compressed artifact (candidates.guard_figures)
+    variant: str | None = None  # which of an artifact's rows (runtime, threads) when a target times several
+    extra: dict[str, Any] | None = None  # the target's own fields (Target.bench_fields)
 
     @property
     def median_ms(self) -> float | None:
@@ -61,7 +63,6 @@ def _speedups(results: Sequence[Any]) -> tuple[dict[str, Any], dict[str, float]]
 def host_rows(results: Sequence[Any], macs: Mapping[str, Any], peak_gflops: float) -> list[ReportRow]:
     """Rows for the timed host candidates (``harness.Measurement``), peak GEMMs left out."""
     from mobileclip_export.benchmarks import harness as H
-    from mobileclip_export.export.parity import compare
 
     reference, reparam_median = _speedups(results)
     rows = []
@@ -85,18 +86,71 @@ def host_rows(results: Sequence[Any], macs: Mapping[str, Any], peak_gflops: floa
             gmacs=macs[c.encoder].gmacs,
             notes=list(c.notes),
             guard=c.guard,
+            variant=c.variant,
+            extra=dict(c.fields) if c.fields else None,
         )
-        ref = reference.get(c.encoder)
-        if m.output is not None and ref is not None and c.target != TRAIN:
-            try:
-                row.parity_cosine = compare(ref, m.output.reshape(ref.shape)).cosine
-            except ValueError as err:
-                row.status = f"failed: output shape {m.output.shape} vs reference {ref.shape} ({err})"
-        if row.median_ms:
-            row.gflops_per_s = 2 * macs[c.encoder].macs / 1e9 / (row.median_ms / 1e3)
-            row.fraction_of_peak = row.gflops_per_s / peak_gflops
-            if c.kind != H.REFERENCE and c.encoder in reparam_median:
-                row.speedup_vs_reparam = reparam_median[c.encoder] / row.median_ms
+        _finish(row, m.output, reference, reparam_median, macs, peak_gflops)
+        rows.append(row)
+    return rows
+
+
+def _finish(
+    row: ReportRow,
+    output: Any,
+    reference: Mapping[str, Any],
+    reparam_median: Mapping[str, float],
+    macs: Mapping[str, Any],
+    peak_gflops: float,
+) -> None:
+    """Parity against the train-time output, achieved GFLOP/s, share of peak, speedup vs reparam PyTorch."""
+    from mobileclip_export.benchmarks import harness as H
+    from mobileclip_export.export.parity import compare
+
+    ref = reference.get(row.encoder)
+    if output is not None and ref is not None and row.target != TRAIN:
+        try:
+            row.parity_cosine = compare(ref, output.reshape(ref.shape)).cosine
+        except ValueError as err:
+            row.status = f"failed: output shape {output.shape} vs reference {ref.shape} ({err})"
+    if row.median_ms:
+        row.gflops_per_s = 2 * macs[row.encoder].macs / 1e9 / (row.median_ms / 1e3)
+        row.fraction_of_peak = row.gflops_per_s / peak_gflops
+        if row.kind != H.REFERENCE and row.encoder in reparam_median:
+            row.speedup_vs_reparam = reparam_median[row.encoder] / row.median_ms
+
+
+def external_rows(
+    target: str,
+    timings: Sequence[Any],
+    results: Sequence[Any],
+    macs: Mapping[str, Any],
+    peak_gflops: float,
+) -> list[ReportRow]:
+    """Rows for a target's measurements taken outside this process (``spec.ExternalTiming``), with the
+    same parity and speed figures as the timed rows (same inputs, same train-time reference)."""
+    from mobileclip_export.benchmarks.stats import summarize
+
+    reference, reparam_median = _speedups(results)
+    rows = []
+    for t in timings:
+        if t.encoder not in macs:
+            continue
+        row = ReportRow(
+            target=target,
+            encoder=t.encoder,
+            precision=t.precision,
+            status=t.status,
+            runtime=t.runtime,
+            artifact=t.artifact,
+            size_mb=t.size_bytes / 1e6 if t.size_bytes else None,
+            load_ms=t.load_ms,
+            first_ms=t.first_ms,
+            latency=summarize(t.samples_ms).to_dict() if t.samples_ms and t.status == "ok" else None,
+            gmacs=macs[t.encoder].gmacs,
+            variant=t.variant,
+            extra=dict(t.fields) if t.fields else None,
+        )
+        _finish(row, t.output, reference, reparam_median, macs, peak_gflops)
         rows.append(row)
     return rows
 
@@ -127,6 +181,7 @@ def ratios(rows: Sequence[Mapping[str, Any]], reference_export: str) -> list[dic
                 {
                     "encoder": encoder,
                     "target": r["target"],
+                    "variant": r.get("variant"),
                     "precision": r["precision"],
                     "kind": r.get("kind"),
                     "median_ms": median,

@@ -92,6 +92,8 @@ def _bench(config: BenchConfig, device: dict[str, Any], cores: list[int]) -> _Ou
     peak = peak_from(results)
     rows = host_rows(results, side.macs, peak.gflops) + failed
     H.release(results)
+    rows += _external_rows(bundle, config, side, results, peak.gflops)
+    _target_fields(rows)
     if device_runner is not None:
         rows += _device_rows(device_runner, bundle, config)
     estimates = _estimates(config, rows, side.macs, peak.gflops) if config.estimates else []
@@ -110,6 +112,39 @@ def _bench(config: BenchConfig, device: dict[str, Any], cores: list[int]) -> _Ou
         markdown, written = _profile_stage(config, bundle, side.data, markdown, written)
     gate = regression.compare(baseline, doc, config.fail_on_regression) if baseline is not None else None
     return _Outcome(doc, markdown, written, gate)
+
+
+def _external_rows(
+    bundle: Bundle, config: BenchConfig, side: _TorchSide, results: list[Any], peak: float
+) -> list[ReportRow]:
+    """Timings a target takes outside this process (e.g. a browser), after the interleaved runs."""
+    from mobileclip_export.benchmarks.candidates import select
+    from mobileclip_export.benchmarks.rows import external_rows
+    from mobileclip_export.export.registry import get_target
+
+    rows: list[ReportRow] = []
+    inputs = {e: side.data[e] for e in config.encoders}
+    for rec in select(bundle, config.targets, config.encoders, config.precision, multi=True):
+        if rec.get("status") == "failed" or not rec.get("path"):
+            continue
+        target = get_target(rec["target"])
+        timings = target.bench_external(artifact_path(bundle, rec), rec, inputs, config.runs, config.threads)
+        got = external_rows(target.name, timings, results, side.macs, peak)
+        keys = {(r.target, r.encoder, r.precision, r.variant) for r in rows}
+        rows += [r for r in got if (r.target, r.encoder, r.precision, r.variant) not in keys]
+    return rows
+
+
+def _target_fields(rows: list[ReportRow]) -> None:
+    """Each target's own fields for its rows (``Target.bench_fields``: e.g. its ecosystem's names)."""
+    from mobileclip_export.export.registry import all_targets, get_target
+
+    known = set(all_targets())
+    for row in rows:
+        if row.target in known and row.record_kind == "host":
+            fields = get_target(row.target).bench_fields(row.to_dict())
+            if fields:
+                row.extra = fields
 
 
 def _profile_stage(

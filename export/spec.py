@@ -4,7 +4,7 @@ written, and a loaded artifact (``Runner``). Plain dataclasses and one ABC, so e
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,3 +133,51 @@ class Runner(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
+
+    #: Set when the runtime brings an app framework's own image processor and tokenizer (``embed_files`` /
+    #: ``embed_texts`` work): what it does differently from our preprocessing, said by ``predict``.
+    app_preprocessing: str | None = None
+
+    def embed_files(self, paths: Sequence[Path]) -> np.ndarray:
+        """Image files decoded and preprocessed by the app framework's processor, embedded: ``[N, D]``."""
+        raise NotImplementedError(f"{type(self).__name__} has no app-side image processor")
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts tokenized by the app framework's tokenizer, embedded: ``[N, D]``."""
+        raise NotImplementedError(f"{type(self).__name__} has no app-side tokenizer")
+
+
+@dataclass
+class BenchCandidate:
+    """One more thing ``bench`` times, interleaved with everything else: a target's way of timing an artifact
+    that is not one file in one runtime (e.g. every model file of a folder). ``variant`` tells its rows apart
+    from the artifact's other rows; ``fields`` go into the row's ``extra``."""
+
+    encoder: str
+    precision: str
+    variant: str
+    load: Callable[[], Runner]
+    input_name: str
+    input_dtype: str  # "float32" | "int32" | "int64": the benchmark input is cast to it
+    size_bytes: int | None = None
+    artifact: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExternalTiming:
+    """A measurement taken outside this process (e.g. in a browser), reported beside the timed rows.
+    ``samples_ms``: the timed warm runs; ``output``: the embedding of the benchmark input (for parity)."""
+
+    encoder: str
+    precision: str
+    variant: str
+    runtime: str
+    status: str = "ok"  # "ok" | "failed: <why>"
+    load_ms: float | None = None
+    first_ms: float | None = None
+    samples_ms: list[float] = field(default_factory=list)
+    output: np.ndarray | None = None
+    size_bytes: int | None = None
+    artifact: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)

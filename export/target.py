@@ -17,7 +17,9 @@ from mobileclip_export.errors import MissingDependencyError, UsageError, install
 from mobileclip_export.export.image_input import wrap_export
 from mobileclip_export.export.spec import (
     ArtifactInfo,
+    BenchCandidate,
     EncoderExport,
+    ExternalTiming,
     OptionSpec,
     Runner,
     artifact_name,
@@ -139,6 +141,27 @@ class Target(ABC):
         """Per-operator times of ``runs`` runs in this target's runtime (its own profiler); ``None`` when
         the target has no profiler reachable here."""
         return None
+
+    # ---- how ``bench`` times this target's artifacts (defaults: ``load`` one file per encoder) ----
+    def bench_candidates(
+        self, path: Path, record: Mapping[str, Any], threads: int
+    ) -> list[BenchCandidate] | None:
+        """What ``bench`` times of this artifact, interleaved with the other candidates; ``None``: load it
+        with ``load`` and feed it the record's input (one artifact per encoder). ``threads``: the run's
+        thread count (the process is pinned to that many cores)."""
+        return None
+
+    def bench_external(
+        self, path: Path, record: Mapping[str, Any], inputs: Mapping[str, np.ndarray], runs: int, threads: int
+    ) -> list[ExternalTiming]:
+        """Timings of this artifact taken outside this process (e.g. in a browser), on the benchmark's
+        ``inputs`` (encoder -> array), after the interleaved runs; they become rows beside the others."""
+        return []
+
+    def bench_fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """Fields added to this target's report rows (``extra``), e.g. under its ecosystem's own benchmark
+        names; ``row``: the row as stored in report.json."""
+        return {}
 
     def versions(self) -> dict[str, str]:
         """Converter/runtime versions for the manifest: installed ``version_dists``, missing ones skipped."""

@@ -12,7 +12,9 @@ JSON document (``report.json``), schema ``mobileclip-export.bench/1``::
                 status, runtime, artifact, size_mb, parity_cosine, load_ms, first_ms, rss_delta_mb,
                 latency {n, median, p90, trimmed_mean, mean, std, min, max} (ms), gmacs, gflops_per_s,
                 fraction_of_peak, speedup_vs_reparam, guard (compressed artifacts: status, cosine,
-                max_abs_diff, top1_agreement, top5_agreement, mean_abs_prob_change, kept_fp_layers) ],
+                max_abs_diff, top1_agreement, top5_agreement, mean_abs_prob_change, kept_fp_layers),
+                variant (which of an artifact's rows, when its target times several: runtime and
+                threads), extra (the target's own fields, e.g. a leaderboard's names) ],
       "records": [ flat metric records, shaped like ExecuTorch's benchmark results:
                    {"benchmarkModel": {"name", "backend", "precision", "quantization", "encoder"},
                     "metric": "median_inference_latency(ms)", "actualValue": 3.2, "unit": "ms",
@@ -64,6 +66,7 @@ GATE_METRIC = "median_inference_latency(ms)"
 def row_key(row: Mapping[str, Any]) -> str:
     """Identity of a row across runs; device rows are kept apart from host rows of the same artifact."""
     key = f"{row['target']}/{row['encoder']}/{row['precision']}"
+    key += f"/{row['variant']}" if row.get("variant") else ""
     return key + "@device" if row.get("record_kind") == "device" else key
 
 
@@ -76,13 +79,16 @@ def _finite(v: Any) -> bool:
 
 
 def model_block(model: str, row: Mapping[str, Any]) -> dict[str, Any]:
-    return {
+    block = {
         "name": model,
         "backend": row["target"],
         "precision": row["precision"],
         "quantization": row["precision"],
         "encoder": row["encoder"],
     }
+    if row.get("variant"):
+        block["variant"] = row["variant"]
+    return block
 
 
 def records_from_rows(

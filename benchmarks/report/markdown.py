@@ -37,11 +37,16 @@ def _peak_sentence(st: Mapping[str, Any]) -> str:
     return text + f" from {source}" + (f" (others: {others} GFLOP/s)." if others else ".")
 
 
+def label(r: Mapping[str, Any]) -> str:
+    """The row's target, with its variant when the target times an artifact several ways."""
+    return f"{r['target']} ({r['variant']})" if r.get("variant") else str(r["target"])
+
+
 def _row_line(r: Mapping[str, Any], notes: list[str]) -> str:
     lat = r.get("latency") or {}
     status = r["status"]
     if status.startswith(("skipped", "failed")):
-        notes.append(f"- `{r['target']}` {r['encoder']} {r['precision']}: {status}")
+        notes.append(f"- `{label(r)}` {r['encoder']} {r['precision']}: {status}")
         status = status.split(":", 1)[0]
     median = _fmt(lat.get("median"))
     speed = "×" + _fmt(r.get("speedup_vs_reparam")) if _finite(r.get("speedup_vs_reparam")) else "—"
@@ -51,7 +56,7 @@ def _row_line(r: Mapping[str, Any], notes: list[str]) -> str:
     frac = r.get("fraction_of_peak")
     where = f" (device: {r['device']['name']})" if r.get("record_kind") == "device" else ""
     return (
-        f"| {r['target']}{where} | {r['encoder']} | {r['precision']} | {status} | "
+        f"| {label(r)}{where} | {r['encoder']} | {r['precision']} | {status} | "
         f"{_fmt(r.get('size_mb'))} | "
         f"{_cos(r.get('parity_cosine'))} | {_fmt(r.get('load_ms'), 1)} | {_fmt(r.get('first_ms'))} | "
         f"{median} | {_fmt(lat.get('p90'))} | {_fmt(r.get('gflops_per_s'), 1)} | "
@@ -131,9 +136,38 @@ def _ratios_table(ratios: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
     for r in ratios:
         lines.append(
-            f"| {r['encoder']} | {r['target']} | {r['precision']} | {_fmt(r['median_ms'])} | "
+            f"| {r['encoder']} | {label(r)} | {r['precision']} | {_fmt(r['median_ms'])} | "
             f"{_ratio(r['vs_fastest_artifact'])} | {_ratio(r['vs_reference_export'])} |"
         )
+    return lines
+
+
+def _variants_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Side by side: the runtimes and thread counts a target timed each of its files in (median / p90 ms)."""
+    mine = [r for r in rows if r.get("variant")]
+    variants = sorted({r["variant"] for r in mine})
+    if not mine:
+        return []
+    lines = [
+        "",
+        "### Side by side (one file, several runtimes and thread counts; median / p90 ms, load ms)",
+        "",
+        "| target | encoder | precision | " + " | ".join(variants) + " |",
+        "|---|---|---|" + "---:|" * len(variants),
+    ]
+    groups = sorted({(r["target"], r["encoder"], r["precision"]) for r in mine})
+    for target, encoder, precision in groups:
+        cells = []
+        for v in variants:
+            r = next((r for r in mine if (r["target"], r["encoder"], r["precision"], r["variant"]) ==
+                      (target, encoder, precision, v)), None)  # fmt: skip
+            lat = (r or {}).get("latency") or {}
+            cells.append(
+                f"{_fmt(lat.get('median'))} / {_fmt(lat.get('p90'))} (load {_fmt(r.get('load_ms'), 0)})"
+                if r and lat
+                else "—"
+            )
+        lines.append(f"| {target} | {encoder} | {precision} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -172,6 +206,7 @@ def markdown(doc: Mapping[str, Any]) -> str:
     notes: list[str] = []
     lines += [_row_line(r, notes) for r in doc["rows"]]
     lines += _footnotes(doc, notes)
+    lines += _variants_table(doc["rows"])
     lines += _ratios_table(doc.get("ratios") or [])
     lines += _guard_table(doc["rows"])
     if doc.get("estimates"):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mobileclip_export.benchmarks.report.document import _finite
+from mobileclip_export.benchmarks.report.markdown import label
 
 
 def plots(doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
@@ -28,13 +29,13 @@ def plots(doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
 
 
 def _latency_plot(plt: Any, doc: Mapping[str, Any], rows: list, encoders: list[str], path: Path) -> Path:
-    labels = sorted({(r["target"], r["precision"]) for r in rows})
+    labels = sorted({(label(r), r["precision"]) for r in rows})
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(labels) * len(encoders) + 1.5))
     height = 0.8 / len(encoders)
     for j, enc in enumerate(encoders):
         for i, (target, precision) in enumerate(labels):
             row = next(
-                (r for r in rows if (r["target"], r["precision"], r["encoder"]) == (target, precision, enc)),
+                (r for r in rows if (label(r), r["precision"], r["encoder"]) == (target, precision, enc)),
                 None,
             )
             if row is None:
@@ -79,7 +80,7 @@ def _size_plot(plt: Any, doc: Mapping[str, Any], sized: list, encoders: list[str
             )
         for k, r in enumerate(pts):
             ax.annotate(
-                f"{r['target']} {r['precision']}",
+                f"{label(r)} {r['precision']}",
                 (r["size_mb"], r["latency"]["median"]),
                 fontsize=7,
                 xytext=(4, 4 - 9 * (k % 3)),

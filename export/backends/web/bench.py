@@ -1,118 +1,126 @@
-"""Browser timings of a web folder beside onnxruntime Python on the same files, in one run.
+"""``bench`` for a web folder: every shipped model file in headless Chromium (transformers.js on
+onnxruntime-web, WASM) and in onnxruntime Python, 1 and N threads, in one run.
 
-Rows carry the transformers.js performance leaderboard's field names (``load_ms``, ``first_infer_ms``,
-``subsequent_infer_ms`` with ``p50``/``p90``), per model file, dtype, runtime and thread count. Chromium
-runs onnxruntime-web (WASM) through transformers.js with COOP/COEP headers, so threads above 1 are real
-(``cross_origin_isolated`` is recorded). Not yet wired into ``bench``: run
-``python -m mobileclip_export.export.backends.web.bench <folder> [runs]``.
+onnxruntime Python is timed by the benchmark harness (``candidates``, interleaved with every other row);
+Chromium runs its own loop after that (``external``): the page is served with COOP/COEP headers, so WASM
+threads above 1 are real (``cross_origin_isolated`` is recorded). Chromium inherits the run's pinned cores.
+Rows also carry the transformers.js performance leaderboard's field names (``fields``): ``load_ms``,
+``first_infer_ms``, ``subsequent_infer_ms`` (``p50``, ``p90``), ``dtype``, ``device``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .folder import DTYPES, onnx_path
+from mobileclip_export.export.spec import BenchCandidate, ExternalTiming, Runner
+
+from .folder import DTYPES, INPUT, onnx_path
+
+ORT = "ort-python"
+WASM = "chromium-wasm"
 
 
-def _inputs(folder: Path) -> dict[str, np.ndarray]:
-    from mobileclip_export.models.tokenizer import tokenize
-
-    config = json.loads((folder / "config.json").read_text())
-    size = int(config.get("vision_config", {}).get("image_size", 256))
-    image = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-    return {"image": image, "text": tokenize(["a photo of a cat"], 77).astype(np.int64)}
+def thread_counts(threads: int) -> list[int]:
+    """1 and N: what a page gets without COOP/COEP, and with them on this run's cores."""
+    return sorted({1, int(threads)})
 
 
-def _stats(ms: list[float]) -> dict[str, float]:
-    return {"p50": round(float(np.percentile(ms, 50)), 2), "p90": round(float(np.percentile(ms, 90)), 2)}
+def shipped(folder: Path) -> list[tuple[str, str]]:
+    """(encoder, dtype) of every model file in the folder, in dtype order."""
+    return [(e, d) for d in DTYPES for e in INPUT if onnx_path(folder, e, d).is_file()]
 
 
-def _shipped(folder: Path) -> list[tuple[str, str]]:
-    return [(e, d) for d in DTYPES for e in ("image", "text") if onnx_path(folder, e, d).is_file()]
+def variant(runtime: str, threads: int) -> str:
+    return f"{runtime}-{threads}t"
 
 
-def browser_rows(folder: Path, runs: int, threads: int) -> list[dict[str, Any]]:
+class _OrtRunner(Runner):
+    """One model file of the folder in onnxruntime Python (CPU), a fixed thread count."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.label = f"onnxruntime {ort.__version__} (Python, CPU, {threads} thread(s))"
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.session.run(None, dict(inputs))[0], np.float32)
+
+
+def candidates(folder: Path, threads: int) -> list[BenchCandidate]:
+    out = []
+    for n in thread_counts(threads):
+        for encoder, dtype in shipped(folder):
+            path = onnx_path(folder, encoder, dtype)
+            out.append(
+                BenchCandidate(
+                    encoder=encoder,
+                    precision=DTYPES[dtype].precision,
+                    variant=variant(ORT, n),
+                    load=lambda p=path, k=n: _OrtRunner(p, k),
+                    input_name=INPUT[encoder],
+                    input_dtype="float32" if encoder == "image" else "int64",
+                    size_bytes=path.stat().st_size,
+                    artifact=str(path),
+                    fields={"dtype": dtype, "device": "cpu", "threads": n},
+                )
+            )
+    return out
+
+
+def _timing(run: dict[str, Any], folder: Path, threads: int, facts: dict[str, Any]) -> ExternalTiming:
+    from .runtime import from_b64
+
+    encoder, dtype = run["encoder"], run["dtype"]
+    path = onnx_path(folder, encoder, dtype)
+    t = ExternalTiming(
+        encoder=encoder,
+        precision=DTYPES[dtype].precision,
+        variant=variant(WASM, threads),
+        runtime=f"transformers.js {facts.get('transformers')} on onnxruntime-web WASM, {threads} thread(s), "
+        f"{facts.get('browser') or 'Chromium'}",
+        size_bytes=path.stat().st_size,
+        artifact=str(path),
+        fields={"dtype": dtype, "device": "wasm", "threads": threads, **facts},
+    )
+    if not run.get("ok"):
+        t.status = f"failed: {run.get('error') or 'the browser run failed'}"
+        return t
+    t.load_ms, t.first_ms = float(run["load_ms"]), float(run["first_infer_ms"])
+    t.samples_ms = [float(v) for v in run["warm_ms"]]
+    t.output = from_b64(run["data"], run["dims"])
+    return t
+
+
+def external(folder: Path, inputs: Mapping[str, np.ndarray], runs: int, threads: int) -> list[ExternalTiming]:
+    """Chromium timings of every shipped file: load, first inference, ``runs`` warm runs, per thread count."""
     from .browser import chromium_version, run_in_chromium
     from .checks import browser_job
 
-    feeds = {k: (v, None) for k, v in _inputs(folder).items()}
-    jobs = [{"encoder": e, "dtype": d} for e, d in _shipped(folder)]
-    result = run_in_chromium(folder, browser_job(feeds, jobs, threads=threads, warm_runs=runs))
-    rows = []
-    for r in result["runs"]:
-        row = {"runtime": f"transformers.js {result.get('transformers')} (onnxruntime-web WASM)",
-               "browser": chromium_version(), "device": "wasm", "threads": threads,
-               "cross_origin_isolated": result.get("cross_origin_isolated"),
-               "encoder": r["encoder"], "dtype": r["dtype"]}  # fmt: skip
-        if r.get("ok"):
-            row.update(load_ms=round(r["load_ms"], 1), first_infer_ms=round(r["first_infer_ms"], 2))
-            row["subsequent_infer_ms"] = _stats(r["warm_ms"])
-        else:
-            row["error"] = r.get("error")
-        rows.append(row)
-    return rows
+    feeds = {k: (np.asarray(v), None) for k, v in inputs.items() if k in INPUT}
+    jobs = [{"encoder": e, "dtype": d} for e, d in shipped(folder) if e in feeds]
+    if not jobs:
+        return []
+    browser = chromium_version()
+    out = []
+    for n in thread_counts(threads):
+        result = run_in_chromium(folder, browser_job(feeds, jobs, threads=n, warm_runs=runs))
+        facts = {"browser": browser, "cross_origin_isolated": result.get("cross_origin_isolated")}
+        facts["transformers"] = result.get("transformers")
+        out += [_timing(r, folder, n, facts) for r in result.get("runs", [])]
+    return out
 
 
-def ort_rows(folder: Path, runs: int, threads: int) -> list[dict[str, Any]]:
-    import onnxruntime as ort
-
-    feeds = _inputs(folder)
-    rows = []
-    for encoder, dtype in _shipped(folder):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        t0 = time.perf_counter()
-        sess = ort.InferenceSession(
-            str(onnx_path(folder, encoder, dtype)), opts, providers=["CPUExecutionProvider"]
-        )
-        t1 = time.perf_counter()
-        feed = {sess.get_inputs()[0].name: feeds[encoder]}
-        sess.run(None, feed)
-        t2 = time.perf_counter()
-        warm = []
-        for _ in range(runs):
-            s = time.perf_counter()
-            sess.run(None, feed)
-            warm.append((time.perf_counter() - s) * 1e3)
-        rows.append({"runtime": f"onnxruntime {ort.__version__} (Python, CPU)", "device": "cpu",
-                     "threads": threads, "encoder": encoder, "dtype": dtype,
-                     "load_ms": round((t1 - t0) * 1e3, 1), "first_infer_ms": round((t2 - t1) * 1e3, 2),
-                     "subsequent_infer_ms": _stats(warm)})  # fmt: skip
-    return rows
-
-
-def bench_folder(
-    folder: Path, runs: int = 20, threads: tuple[int, ...] | None = None
-) -> list[dict[str, Any]]:
-    """Every shipped file, Chromium (WASM) and onnxruntime Python, 1 and all threads, in one run."""
-    counts = threads or tuple(sorted({1, os.cpu_count() or 1}))
-    rows: list[dict[str, Any]] = []
-    for n in counts:
-        rows += browser_rows(Path(folder), runs, n) + ort_rows(Path(folder), runs, n)
-    return rows
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    out = ["| model | dtype | runtime | threads | load ms | first ms | p50 ms | p90 ms |",
-           "|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in sorted(
-        rows, key=lambda r: (r["encoder"], list(DTYPES).index(r["dtype"]), r["threads"], r["device"])
-    ):
-        s = r.get("subsequent_infer_ms") or {}
-        cells = [r["encoder"], r["dtype"], r["device"], r["threads"], r.get("load_ms", "-")]
-        cells += [r.get("first_infer_ms", r.get("error", "-")), s.get("p50", "-"), s.get("p90", "-")]
-        out.append("| " + " | ".join(map(str, cells)) + " |")
-    return "\n".join(out)
-
-
-if __name__ == "__main__":  # python -m mobileclip_export.export.backends.web.bench <folder> [runs]
-    got = bench_folder(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 20)
-    print(markdown(got))
-    print(json.dumps(got, indent=1))
+def fields(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The transformers.js performance leaderboard's names for a row's figures (ms)."""
+    lat = row.get("latency") or {}
+    extra = dict(row.get("extra") or {})
+    extra.update(load_ms=row.get("load_ms"), first_infer_ms=row.get("first_ms"))
+    extra["subsequent_infer_ms"] = {"p50": lat.get("median"), "p90": lat.get("p90")}
+    return extra

@@ -13,7 +13,9 @@ import numpy as np
 from mobileclip_export.errors import MissingDependencyError, UsageError
 from mobileclip_export.export.spec import (
     ArtifactInfo,
+    BenchCandidate,
     EncoderExport,
+    ExternalTiming,
     OptionSpec,
     Runner,
     RuntimeUnavailable,
@@ -128,6 +130,26 @@ class WebTarget(Target):
 
     def structural_checks(self, path: Path, enc: EncoderExport) -> dict[str, Any]:
         return build.structure(Path(path), enc)
+
+    def bench_candidates(
+        self, path: Path, record: Mapping[str, Any], threads: int
+    ) -> list[BenchCandidate] | None:
+        from . import bench
+
+        self.ensure_available()  # the browser rows need Node's packages and Chromium: say so before timing
+        return bench.candidates(Path(path), threads)
+
+    def bench_external(
+        self, path: Path, record: Mapping[str, Any], inputs: Mapping[str, np.ndarray], runs: int, threads: int
+    ) -> list[ExternalTiming]:
+        from . import bench
+
+        return bench.external(Path(path), inputs, runs, threads)
+
+    def bench_fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        from . import bench
+
+        return bench.fields(row)
 
     def versions(self) -> dict[str, str]:
         return {**super().versions(), **js_versions()}
