@@ -3,6 +3,7 @@ and compare with the train-time PyTorch encoder; delegate census, options, the C
 
 from __future__ import annotations
 
+import json
 from functools import cache
 
 import numpy as np
@@ -212,18 +213,112 @@ def test_portable_delegate_runs_everything_on_portable_kernels(target, tmp_path)
     assert stats.violations(tolerance_for("fp32")) == [], stats
 
 
-def test_coreml_delegate_builds_but_cannot_run_here(target, tmp_path):
+@pytest.fixture(scope="module")
+def coreml_pte(target, tmp_path_factory):
+    """The toy lowered whole to one Core ML partition (fp16 compute), its export info and bytes."""
     pytest.importorskip("coremltools")
     enc = _toy_enc()
-    path = tmp_path / "c.pte"
+    path = tmp_path_factory.mktemp("coreml") / "c.pte"
     info = target.export(enc, "fp16", target.validate("fp16", {"delegate": "coreml"}), path)
+    return enc, path, info
+
+
+def _flip(data: bytes, needle: bytes, at: int, n: int = 16) -> bytes:
+    """``data`` with ``n`` bytes inverted ``at`` bytes into the (unique) occurrence of ``needle``."""
+    start = data.index(needle)
+    assert data.find(needle, start + 1) == -1
+    pos = start + at
+    return data[:pos] + bytes(b ^ 0xFF for b in data[pos : pos + n]) + data[pos + n :]
+
+
+def test_coreml_delegate_is_verified_in_the_mil_executor(target, coreml_pte):
+    enc, path, info = coreml_pte
     census = info.details["delegation"]
     assert census["delegated_subgraphs"] == 1 and census["non_delegated_nodes"] == 0  # whole graph in Core ML
     assert info.details["io_dtype"] == "float32" and any("Apple" in n for n in info.notes)
+    settings = info.details["coreml_delegate"]
+    assert settings["whole_graph"] and settings["portable_operators"] == []
+    assert settings["partitions"] == [
+        {"compute_precision": "float16", "compute_units": "all", "minimum_deployment_target": "iOS17",
+         "model_type": "model", "inputs": ["x"], "outputs": settings["partitions"][0]["outputs"]}
+    ]  # fmt: skip
     checks = target.structural_checks(path, enc)
     assert checks["problems"] == [] and checks["delegates"] == {"CoreMLBackend": 1}
-    with pytest.raises(RuntimeUnavailable, match="CoreMLBackend"):
-        target.load(path, {})
+    assert checks["coreml_delegate"] == settings
+    runner = target.load(path, {})
+    assert runner.is_deployment_runtime is False and "CoreMLBackend delegate" in runner.label
+    assert "compute precision float16" in runner.label
+    x = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
+    stats = compare(_reference(enc.module, x), runner.run({"image": x}))
+    runner.close()
+    assert stats.violations(tolerance_for("fp16")) == [], stats
+    assert stats.cosine > 0.9999, stats
+
+
+def test_our_unflatten_matches_executorchs_own(coreml_pte, tmp_path):
+    """Independent implementation: ExecuTorch's C++ ``unflatten_directory_contents`` gives the same files."""
+    from executorch.backends.apple.coreml import executorchcoreml
+
+    from mobileclip_export.export.backends.executorch import coreml_delegate as cd
+
+    program = cd._program(coreml_pte[1].read_bytes())
+    blob = cd._delegate_bytes(program, program.execution_plan[0].delegates[0].processed)
+    assert executorchcoreml.unflatten_directory_contents(blob, str(tmp_path))
+    theirs = {
+        str(f.relative_to(tmp_path / "lowered_module")): f.read_bytes()
+        for f in tmp_path.rglob("*")
+        if f.is_file()
+    }
+    ours = cd.unflatten(blob)
+    assert ours == theirs and "model.mlpackage/Data/com.apple.CoreML/weights/weight.bin" in ours
+
+
+def test_a_corrupted_delegate_payload_is_caught(target, coreml_pte, tmp_path):
+    from mobileclip_export.export.backends.executorch import coreml_delegate as cd
+
+    enc, path, _ = coreml_pte
+    data = path.read_bytes()
+    program = cd._program(data)
+    blob = cd._delegate_bytes(program, program.execution_plan[0].delegates[0].processed)
+    files = cd.unflatten(blob)
+    # 1. weights inside the embedded program (the first conv's, fp16 as stored): loads, but parity fails
+    weights = enc.module.conv.weight.detach().half().numpy().tobytes()
+    assert files["model.mlpackage/Data/com.apple.CoreML/weights/weight.bin"].count(weights) == 1
+    bad = tmp_path / "weights.pte"
+    bad.write_bytes(_flip(data, weights, 64, 128))
+    assert target.structural_checks(bad, enc)["problems"] == []
+    runner = target.load(bad, {})
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    stats = compare(_reference(enc.module, x), runner.run({"image": x}))
+    runner.close()
+    assert stats.violations(tolerance_for("fp16")), stats
+    # 2. the program's protobuf: the structural check names the partition
+    spec = files["model.mlpackage/Data/com.apple.CoreML/model.mlmodel"]
+    bad.write_bytes(_flip(data, spec[:256], 8, 64))
+    problems = target.structural_checks(bad, enc)["problems"]
+    assert len(problems) == 1 and "Core ML delegate partition 0: program does not load" in problems[0]
+    # 3. the flattened directory tree at the end of the payload
+    assert blob.endswith(b'[:"sedon"{')  # '{"nodes":[' reversed
+    bad.write_bytes(_flip(data, blob[-50:], 0, 30))
+    problems = target.structural_checks(bad, enc)["problems"]
+    assert len(problems) == 1 and "Core ML delegate payload is corrupt" in problems[0], problems
+
+
+def test_unflatten_refuses_names_that_leave_the_directory():
+    from mobileclip_export.export.backends.executorch.coreml_delegate import DelegatePayloadError, unflatten
+
+    def blob(name: str) -> bytes:
+        tree = {"nodes": [{"name": name, "kind": 0, "dataRegion": {"offset": 0, "size": 2}, "children": {}},
+                          {"name": "root", "kind": 1, "dataRegion": {"offset": 0, "size": 0},
+                           "children": {name: 0}}]}  # fmt: skip
+        return b"hi" + json.dumps(tree).encode()[::-1]
+
+    assert unflatten(blob("a.txt")) == {"a.txt": b"hi"}
+    for name in ("..", "../x", "/etc/passwd", ""):
+        with pytest.raises(DelegatePayloadError):
+            unflatten(blob(name))
+    with pytest.raises(DelegatePayloadError, match="past the payload"):
+        unflatten(blob("a.txt").replace(b'2 :"ezis"', b'99999 :"ezis"'))
 
 
 def test_leftover_batch_norm_is_reported(target, tmp_path):

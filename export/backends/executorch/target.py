@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 from mobileclip_export.errors import ExportFailure, UsageError
 from mobileclip_export.export.backends.executorch.runtime import set_threads
 from mobileclip_export.export.backends.xnnpack.census import undelegated_census
+from mobileclip_export.export.batching import BATCH_SIZE_OPTION, fixed_batch_of, with_batch
 from mobileclip_export.export.compression.precisions import INT8
-from mobileclip_export.export.image_input import IMAGE_INPUT_OPTION, wrap_runner
+from mobileclip_export.export.image_input import IMAGE_INPUT_OPTION, wrap_export, wrap_runner
 from mobileclip_export.export.spec import (
     ArtifactInfo,
     EncoderExport,
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 _SCALAR_TYPES = {0: "uint8", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64"}
 DELEGATES = ("xnnpack", "coreml", "portable")
 _BACKEND_IDS = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend"}
+# Upper bound of a dynamic batch: ExecuTorch plans activation memory for it at load, whatever is fed.
+DYNAMIC_MAX = 32
 
 
 class ExecuTorchTarget(Target):
@@ -56,6 +59,14 @@ class ExecuTorchTarget(Target):
         OptionSpec("delegate", "backend the graph is lowered to", "xnnpack", DELEGATES),
         num_threads_option("the ExecuTorch threadpool"),
         IMAGE_INPUT_OPTION,
+        BATCH_SIZE_OPTION,
+        OptionSpec(
+            "dynamic_batch",
+            f"executorch: any batch 1..{DYNAMIC_MAX} in one call (memory is planned for {DYNAMIC_MAX})",
+            False,
+            None,
+            bool,
+        ),
     )
 
     def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -67,7 +78,18 @@ class ExecuTorchTarget(Target):
                 "target 'executorch' with --delegate portable supports only fp32 "
                 "(use --delegate xnnpack or coreml for fp16)"
             )
+        batched = opts["dynamic_batch"] or fixed_batch_of(opts) > 1
+        if opts["dynamic_batch"] and fixed_batch_of(opts) > 1:
+            raise UsageError("target 'executorch': give --batch-size or --dynamic-batch, not both")
+        if batched and (precision == INT8 or opts["delegate"] == "coreml"):
+            raise UsageError(
+                "target 'executorch': --batch-size/--dynamic-batch are supported with --delegate xnnpack or "
+                "portable at fp32/fp16 (int8 calibrates batch-1 samples; the Core ML delegate takes batch 1)"
+            )
         return opts
+
+    def adapt_export(self, enc: EncoderExport, options: Mapping[str, Any]) -> EncoderExport:
+        return with_batch(wrap_export(enc, options), fixed_batch_of(options))
 
     # ---------------------------------------------------------------- export
     def export(
@@ -82,7 +104,7 @@ class ExecuTorchTarget(Target):
         try:
             if precision == INT8:
                 module, details = _quantized(enc, module, example)
-            program, census = _lower(module, example, delegate, precision)
+            program, census = _lower(module, example, delegate, precision, bool(opts["dynamic_batch"]))
         except (UsageError, ExportFailure):
             raise
         except Exception as err:  # lowering internals raise anything; keep the cause, add context
@@ -107,17 +129,27 @@ class ExecuTorchTarget(Target):
                 "must link the quantized kernels (quantized_ops_lib / kernels_quantized) next to XNNPACK"
             )
         if delegate == "coreml":
+            details["coreml_delegate"] = _coreml_settings(program.buffer)
             notes.append(
-                "Core ML delegate: lowered ahead of time; runs only where CoreMLBackend is registered (Apple)"
+                "Core ML delegate: lowered ahead of time; runs only where CoreMLBackend is registered (Apple); "
+                "verified by running its embedded Core ML program"
             )
         io_dtype = "float16" if precision == "fp16" and delegate != "coreml" else "float32"
+        lead = (-1,) if opts["dynamic_batch"] else ()
+        if opts["dynamic_batch"]:
+            notes.append(f"dynamic batch 1..{DYNAMIC_MAX} (activation memory is planned for {DYNAMIC_MAX})")
         inputs = tuple(
             TensorSpec(
-                s.name, s.shape, io_dtype if s.dtype in ("image", "float32") else s.dtype, s.description
+                s.name,
+                (*lead, *s.shape[len(lead) :]),
+                io_dtype if s.dtype in ("image", "float32") else s.dtype,
+                s.description,
             )
             for s in enc.inputs
         )
-        outputs = tuple(TensorSpec(s.name, s.shape, io_dtype, s.description) for s in enc.outputs)
+        outputs = tuple(
+            TensorSpec(s.name, (*lead, *s.shape[len(lead) :]), io_dtype, s.description) for s in enc.outputs
+        )
         return ArtifactInfo(
             path=path,
             inputs=inputs,
@@ -161,6 +193,10 @@ class ExecuTorchTarget(Target):
 
         runtime = Runtime.get()
         backends = _backends_used(Path(path))
+        if backends == ["CoreMLBackend"] and not runtime.backend_registry.is_available("CoreMLBackend"):
+            from .coreml_delegate import DelegateRunner
+
+            return wrap_runner(DelegateRunner(Path(path), options), options)
         missing = [b for b in backends if not runtime.backend_registry.is_available(b)]
         if missing:
             raise RuntimeUnavailable(
@@ -168,7 +204,10 @@ class ExecuTorchTarget(Target):
                 "(the Core ML delegate runs on macOS/iOS only)"
             )
         program = runtime.load_program(Path(path), verification=Verification.Minimal)
-        return wrap_runner(_ETRunner(program, backends, set_threads(options.get("num_threads"))), options)
+        runner = _ETRunner(program, backends, set_threads(options.get("num_threads")))
+        if options.get("dynamic_batch"):
+            runner.sizes = tuple(range(1, runner.batch + 1))  # the program's upper bound
+        return wrap_runner(runner, options)
 
     def profile(self, path: Path, inputs: Mapping[str, Any], threads: int, runs: int) -> Any:
         from mobileclip_export.export.backends.executorch.profile import profile_executorch
@@ -202,7 +241,14 @@ class ExecuTorchTarget(Target):
             problems.append(f"forward takes {len(plan.inputs)} input(s), expected {len(enc.inputs)}")
         if len(plan.outputs) != len(enc.outputs):
             problems.append(f"forward returns {len(plan.outputs)} output(s), expected {len(enc.outputs)}")
+        extra: dict[str, Any] = {}
+        if "CoreMLBackend" in delegates:
+            from .coreml_delegate import check_partitions
+
+            extra["coreml_delegate"], found = check_partitions(data)
+            problems += found
         return {
+            **extra,
             "bytes": len(data),
             "methods": sorted(plans),
             "delegates": dict(Counter(delegates)),  # backend id -> delegated subgraphs
@@ -311,17 +357,23 @@ def _partitioners(delegate: str, precision: str) -> list[Any]:
 
 
 def _lower(
-    module: Any, example: tuple[Any, ...], delegate: str, precision: str
+    module: Any, example: tuple[Any, ...], delegate: str, precision: str, dynamic: bool = False
 ) -> tuple[Any, dict[str, Any]]:
     import torch
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import to_edge_transform_and_lower
 
+    shapes = None
+    if dynamic:  # traced at batch 2: torch.export specializes a size-1 dimension to the constant 1
+        example = tuple(x[:1].repeat(2, *([1] * (x.dim() - 1))) for x in example)
+        shapes = tuple({0: torch.export.Dim("batch", min=1, max=DYNAMIC_MAX)} for _ in example)
     with torch.no_grad():
-        ep = torch.export.export(module, example)
-    edge = to_edge_transform_and_lower(
-        ep, transform_passes=_transform_passes(delegate), partitioner=_partitioners(delegate, precision)
-    )
+        ep = torch.export.export(module, example, dynamic_shapes=shapes)
+    # The views pass writes concrete shapes into view_copy; with a symbolic batch the XNNPACK serializer
+    # refuses them ("Unsupported type encountered in int list", measured), so a dynamic program goes without.
+    passes = None if dynamic else _transform_passes(delegate)
+    partitioner = _partitioners(delegate, precision)
+    edge = to_edge_transform_and_lower(ep, transform_passes=passes, partitioner=partitioner)
     info = get_delegation_info(edge.exported_program().graph_module)
     census = {
         "delegated_subgraphs": info.num_delegated_subgraphs,
@@ -349,6 +401,14 @@ def _census_note(delegate: str, census: Mapping[str, Any]) -> str:
     return note + (f" ({', '.join(f'{k} x{n}' for k, n in fallback)})" if fallback else "")
 
 
+def _coreml_settings(buffer: bytes) -> dict[str, Any]:
+    """Compute precision/units of the Core ML partitions, read back from the written program."""
+    from .coreml_delegate import coreml_partitions
+
+    parts, shape = coreml_partitions(buffer)
+    return {**shape, "partitions": [p.settings() for p in parts]}
+
+
 def _backends_used(path: Path) -> list[str]:
     from executorch.exir._serialize._program import deserialize_pte_binary
 
@@ -367,6 +427,7 @@ class _ETRunner(Runner):
             _SCALAR_TYPES[meta.input_tensor_meta(i).dtype()] for i in range(meta.num_inputs())
         ]
         self.batch = int(meta.input_tensor_meta(0).sizes()[0])
+        self.sizes: tuple[int, ...] = (self.batch,)  # a fixed-shape program takes its own batch size only
         used = ", ".join(backends) if backends else "portable kernels only"
         plural = "s" if threads != 1 else ""
         self.label = f"ExecuTorch {executorch.version.__version__} runtime ({used}, {threads} thread{plural})"
@@ -375,13 +436,12 @@ class _ETRunner(Runner):
         import numpy as np
         import torch
 
-        x = next(iter(inputs.values()))
+        from mobileclip_export.export.batching import run_chunked
+
         want = getattr(torch, self.input_dtypes[0])
-        rows = []
-        for i in range(0, x.shape[0], self.batch):  # fixed-shape program: feed it its own batch size
-            t = torch.from_numpy(np.ascontiguousarray(x[i : i + self.batch])).to(want)
-            out = self.method.execute([t])[0]
-            rows.append(out.float().numpy())
-        return np.concatenate(rows, axis=0).astype(np.float32)
 
+        def call(chunk: np.ndarray) -> np.ndarray:
+            t = torch.from_numpy(np.ascontiguousarray(chunk)).to(want)
+            return self.method.execute([t])[0].float().numpy()
 
+        return run_chunked(call, np.asarray(next(iter(inputs.values()))), self.sizes).astype(np.float32)
