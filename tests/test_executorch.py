@@ -14,7 +14,7 @@ from torch import nn
 from mobileclip_export.errors import UsageError
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.registry import get_target
-from mobileclip_export.export.spec import EncoderExport, RuntimeUnavailable, TensorSpec
+from mobileclip_export.export.spec import EncoderExport, TensorSpec
 from mobileclip_export.export.tolerances import tolerance_for
 
 from _toys import reduced_encoder_export

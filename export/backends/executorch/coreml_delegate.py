@@ -1,8 +1,8 @@
 """The Core ML delegate of a ``.pte``, read back and run in our MIL executor.
 
 The CoreMLBackend's processed blob (executorch 1.5.1, ``coreml_preprocess.py``) is a directory tree
-(``lowered_module/{model.mlpackage/..., metadata.json, debug_info.json}``) flattened by its ``inmemoryfs``: the
-files' bytes at aligned offsets from 0, then the tree as JSON written *reversed* at the end of the blob
+(``lowered_module/{model.mlpackage/..., metadata.json, debug_info.json}``) flattened by its ``inmemoryfs``:
+the files' bytes at aligned offsets from 0, then the tree as JSON written *reversed* at the end of the blob
 (``{"nodes": [{"name", "kind": 0 file | 1 directory, "dataRegion": {"offset", "size"}, "children": {name:
 index}}, ...]}``, children listed before their parent, the root last). We parse it ourselves (the blob is
 untrusted input): names are single path components, regions lie inside the blob, a child's index precedes
@@ -54,7 +54,8 @@ class CoreMLPartition:
         """Compute precision / units and deployment target, as the delegate will run them."""
         target = self.compile_specs.get("min_deployment_target", "")
         return {
-            "compute_precision": self.compile_specs.get("model_compute_precision", "float16"),  # backend default
+            # float16 is the backend's default when the spec is absent
+            "compute_precision": self.compile_specs.get("model_compute_precision", "float16"),
             "compute_units": self.compile_specs.get("compute_units", "all"),
             "minimum_deployment_target": _TARGETS.get(int(target), target) if target.isdigit() else None,
             "model_type": self.compile_specs.get("model_type", "model"),
@@ -137,8 +138,9 @@ def _delegate_bytes(program: Any, ref: Any) -> bytes:
 
 
 def coreml_partitions(data: bytes) -> tuple[list[CoreMLPartition], dict[str, Any]]:
-    """Every CoreMLBackend partition of ``forward`` unflattened, and the plan's shape: how many instructions
-    and which portable operators run outside the delegates (``whole_graph``: one delegate call, nothing else)."""
+    """Every CoreMLBackend partition of ``forward`` unflattened, and the plan's shape: how many
+    instructions and which portable operators run outside the delegates (``whole_graph``: one delegate call,
+    nothing else)."""
     program = _program(data)
     plan = next((p for p in program.execution_plan if p.name == "forward"), None)
     if plan is None:

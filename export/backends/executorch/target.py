@@ -131,8 +131,8 @@ class ExecuTorchTarget(Target):
         if delegate == "coreml":
             details["coreml_delegate"] = _coreml_settings(program.buffer)
             notes.append(
-                "Core ML delegate: lowered ahead of time; runs only where CoreMLBackend is registered (Apple); "
-                "verified by running its embedded Core ML program"
+                "Core ML delegate: lowered ahead of time; runs only where CoreMLBackend is registered "
+                "(Apple); verified by running its embedded Core ML program"
             )
         io_dtype = "float16" if precision == "fp16" and delegate != "coreml" else "float32"
         lead = (-1,) if opts["dynamic_batch"] else ()
