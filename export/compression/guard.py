@@ -118,6 +118,7 @@ def _lut_round(w: np.ndarray, nbits: int, iters: int = 12, seed: int = 0) -> np.
 
 def simulate_weight(w: np.ndarray, precision: str) -> np.ndarray:
     """``w`` as the precision rounds it: per-output-channel symmetric int8, or a k-means LUT."""
+    precision = precision.removesuffix("-static")  # activation quantization leaves the weights' rounding
     if precision in PALETTIZE_BITS:
         return _lut_round(w, PALETTIZE_BITS[precision]).astype(w.dtype)
     rows = w.reshape(w.shape[0], -1).astype(np.float64)

@@ -10,6 +10,8 @@ A precision name means the same thing on every target that offers it:
 - ``palettize8`` / ``palettize6`` / ``palettize4`` / ``palettize2``: weights as indices into a k-means
   lookup table of 2^n values (per grouped channels where the format allows); ``palettize2`` exists to show
   what over-compression does and is expected to need kept layers.
+- ``palettize4-static``: ``palettize4`` weights with int8 lookup tables and int8 activations calibrated like
+  ``int8-static`` (Core ML's joint A8W4; ``int8-static`` there is W8A8).
 
 Layers are named like the encoder's parameters without ``.weight`` (``model.network.2.0.convffn.fc1``,
 ``embedding_layer``, ``projection_layer``), the names ``--keep-fp`` takes and the guard reports.
@@ -25,7 +27,8 @@ from mobileclip_export.errors import UsageError
 INT8 = "int8"
 INT8_STATIC = "int8-static"
 PALETTIZE_BITS = {"palettize8": 8, "palettize6": 6, "palettize4": 4, "palettize2": 2}
-COMPRESSED = (INT8, INT8_STATIC, *PALETTIZE_BITS)
+PALETTIZE4_STATIC = "palettize4-static"
+COMPRESSED = (INT8, INT8_STATIC, *PALETTIZE_BITS, PALETTIZE4_STATIC)
 KEEP_FP_OPTION = "keep_fp"
 AUTO_KEEP_OPTION = "auto_keep_fp"
 AUTO_KEEP_HELP = (

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .options import STATIC
+
 
 def _names(rec: dict[str, Any]) -> tuple[str, str, str]:
     return Path(rec["path"]).stem, rec["inputs"][0]["name"], rec["outputs"][0]["name"]
@@ -40,9 +42,16 @@ def card_section(records: list[dict[str, Any]], manifest: dict[str, Any]) -> str
         ]
     naming = "Apple's published names: apps written for `apple/coreml-mobileclip` run these files unchanged. "
     apple = any((r.get("options") or {}).get("naming") == "apple" for r in records)
+    static = sorted({r["precision"] for r in records if r.get("precision") in STATIC})
+    units = (
+        f"`{', '.join(static)}` quantize activations to int8 too (W8A8 / A8W4): set "
+        "`config.computeUnits = .cpuAndNeuralEngine`; int8 x int8 runs faster on the Neural Engine of "
+        "A17 Pro / M4 and later, elsewhere it is smaller, not faster.\n\n"
+    )
     return (
         "## Swift (Core ML)\n\n"
         + (naming if apple else "")
+        + (units if static else "")
         + "Add the `.mlpackage` files to the Xcode target (Xcode compiles them to `.mlmodelc`).\n\n"
         + "```swift\n"
         + "\n".join(lines)

@@ -5,6 +5,11 @@
 - ``palettizeN``: k-means lookup tables of 2^N entries, one per group of 16 output channels where the
   deployment target has the iOS18 ops (``per_grouped_channel``), one per tensor below it.
 
+- ``int8-static`` (W8A8) / ``palettize4-static`` (A8W4): activations first get int8 quantize/dequantize
+  pairs, ranges calibrated on the shipped photographs / captions (``activations.py``), then the weights are
+  compressed as ``int8`` / as ``palettize4`` per grouped channel with each lookup table quantized to int8
+  (per tensor, the form coremltools' joint compression allows), so the Neural Engine can run int8 x int8.
+
 Weights smaller than coremltools' default threshold (2048 values: LayerNorm, biases, tiny heads) stay fp16.
 Layers in ``keep`` (``export.compression`` naming) are left uncompressed via per-const configs.
 """
@@ -21,13 +26,16 @@ import numpy as np
 from mobileclip_export.errors import ExportFailure, UsageError
 from mobileclip_export.export.compression.precisions import (
     INT8,
+    INT8_STATIC,
     KEEP_FP_OPTION,
+    PALETTIZE4_STATIC,
     PALETTIZE_BITS,
     matches_layer,
     parse_layers,
 )
 
 from .options import COMPRESSIONS as PRECISIONS
+from .options import STATIC
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +44,15 @@ _GROUP_SIZE = 16
 _WEIGHT_THRESHOLD = 2048
 
 
+_WEIGHTS_OF = {INT8_STATIC: INT8, PALETTIZE4_STATIC: "palettize4"}
+_INTENDED_UNITS = (
+    "cpu_and_ne: int8 x int8 convolutions and linears on the Neural Engine of A17 Pro / M4 and later; other "
+    "chips and the GPU/CPU run the quantize/dequantize pairs around fp16 compute (smaller, not faster)"
+)
+
+
 def _op_config(cto: Any, precision: str, deployment_target: str) -> tuple[Any, dict[str, Any]]:
+    precision = _WEIGHTS_OF.get(precision, precision)
     if precision == INT8:
         desc = {"mode": "linear_symmetric", "dtype": "int8", "granularity": "per_channel"}
         return cto.OpLinearQuantizerConfig(**desc, weight_threshold=_WEIGHT_THRESHOLD), desc
@@ -81,41 +97,43 @@ def _same_values(v: np.ndarray, p: np.ndarray) -> bool:
     )
 
 
-def compress_package(
-    path: Path,
+def _compress_weights(
+    model: Any,
     precision: str,
     deployment_target: str,
-    keep: tuple[str, ...] = (),
-    params: Mapping[str, np.ndarray] | None = None,
-) -> dict[str, Any]:
-    """Compress the package at ``path`` in place; returns the manifest details of what was done.
-    ``params`` (layer -> fp32 weight) lets kept layers be found when the converter renamed their const."""
-    import coremltools as ct
+    keep: tuple[str, ...],
+    params: Mapping[str, np.ndarray],
+) -> tuple[Any, dict[str, Any]]:
+    """The weight half of ``precision`` applied to ``model``; returns the model and the manifest details."""
     import coremltools.optimize.coreml as cto
 
-    model = ct.models.MLModel(str(path), skip_model_load=True)
     op_cfg, desc = _op_config(cto, precision, deployment_target)
     weights = cto.get_weights_metadata(model, weight_threshold=_WEIGHT_THRESHOLD)
-    kept = _kept_consts(weights, keep, params or {})
+    kept = _kept_consts(weights, keep, params)
     unmatched = sorted(set(keep) - set(kept.values()))
     if unmatched:
         log.warning("--keep-fp: no compressible Core ML weight for %s", ", ".join(unmatched))
-    config = cto.OptimizationConfig(global_config=op_cfg, op_name_configs=dict.fromkeys(kept))
-    fn = cto.linear_quantize_weights if precision == INT8 else cto.palettize_weights
+    skip = dict.fromkeys(kept)
+    fn = (
+        cto.linear_quantize_weights
+        if _WEIGHTS_OF.get(precision, precision) == INT8
+        else cto.palettize_weights
+    )
     try:
-        compressed = fn(model, config)
+        model = fn(model, cto.OptimizationConfig(global_config=op_cfg, op_name_configs=skip))
+        if precision == PALETTIZE4_STATIC:  # int8 LUTs: one scale per table set (joint compression's form)
+            lut_cfg = cto.OpLinearQuantizerConfig(
+                mode="linear_symmetric",
+                dtype="int8",
+                granularity="per_tensor",
+                weight_threshold=_WEIGHT_THRESHOLD,
+            )
+            config = cto.OptimizationConfig(global_config=lut_cfg, op_name_configs=skip)
+            model = cto.linear_quantize_weights(model, config, joint_compression=True)
+            desc["lut_dtype"] = "int8"
     except Exception as err:  # coremltools raises bare ValueError/AssertionError from its passes
         raise ExportFailure(f"coremltools could not compress to {precision}: {err}") from err
-    meta = compressed.user_defined_metadata
-    meta["coreml.precision"] = precision
-    meta["coreml.compression"] = ", ".join(f"{k}={v}" for k, v in desc.items())
-    if kept:
-        meta["coreml.kept_fp16_layers"] = ",".join(sorted(set(kept.values())))
-    import shutil
-
-    shutil.rmtree(path)
-    compressed.save(str(path))
-    return {
+    return model, {
         "compression": {
             **desc,
             "weight_threshold": _WEIGHT_THRESHOLD,
@@ -127,9 +145,80 @@ def compress_package(
     }
 
 
+def _quantize_activations(
+    path: Path, model: Any, calibration: np.ndarray | None
+) -> tuple[Any, dict[str, Any]]:
+    from .activations import activation_stats, count_ops, integer_ops, quantize_activations
+
+    if calibration is None or not len(calibration):
+        raise ExportFailure("activation quantization needs calibration inputs")
+    stats, n = activation_stats(path, calibration)
+    try:
+        model = quantize_activations(model, stats, integer_ops(path))
+    except Exception as err:  # coremltools' passes raise bare errors
+        raise ExportFailure(f"coremltools could not quantize the activations: {err}") from err
+    return model, {
+        "dtype": "int8",
+        "mode": "linear_symmetric",
+        "granularity": "per_tensor",
+        "quantize_ops": count_ops(model, "quantize"),
+        "calibration_inputs": n,
+        "calibrated_with": "coreml.mil executor (fp16 emulation): per-tensor min/max of every op output",
+        "library": "coremltools.optimize.coreml graph passes (insert_prefix/suffix_quantize_dequantize_pair)",
+    }
+
+
+def compress_package(
+    path: Path,
+    precision: str,
+    deployment_target: str,
+    keep: tuple[str, ...] = (),
+    params: Mapping[str, np.ndarray] | None = None,
+    calibration: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Compress the package at ``path`` in place; returns the manifest details of what was done.
+    ``params`` (layer -> fp32 weight) lets kept layers be found when the converter renamed their const;
+    ``calibration`` (samples in the encoder's input form) calibrates the activations of W8A8 / A8W4."""
+    import shutil
+
+    import coremltools as ct
+
+    model = ct.models.MLModel(str(path), skip_model_load=True)
+    details: dict[str, Any] = {}
+    if precision in STATIC:
+        model, details["activation_quantization"] = _quantize_activations(path, model, calibration)
+        details["intended_compute_units"] = _INTENDED_UNITS
+    model, weight_details = _compress_weights(model, precision, deployment_target, keep, params or {})
+    details.update(weight_details)
+    meta = model.user_defined_metadata
+    meta["coreml.precision"] = precision
+    meta["coreml.compression"] = ", ".join(f"{k}={v}" for k, v in details["compression"].items())
+    if precision in STATIC:
+        meta["coreml.activations"] = f"int8 ({STATIC[precision]}), calibrated"
+    if details["kept_fp_layers"]:
+        meta["coreml.kept_fp16_layers"] = ",".join(details["kept_fp_layers"])
+    shutil.rmtree(path)
+    model.save(str(path))
+    return details
+
+
+def _package_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 def compress_export(enc: Any, precision: str, opts: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    """Compress the just-written fp16 package of encoder ``enc`` (an ``EncoderExport``) as ``opts`` say."""
+    """Compress the just-written fp16 package of encoder ``enc`` (an ``EncoderExport``) as ``opts`` say;
+    the details carry bytes per inference parameter (package size / parameters of the exported encoder)."""
     keep = parse_layers(opts.get(KEEP_FP_OPTION))
     params = {n.removesuffix(".weight"): p for n, p in enc.module.named_parameters()}
     kept = {k: params[k].detach().float().numpy() for k in keep if k in params}
-    return compress_package(path, precision, opts["minimum_deployment_target"], keep, kept)
+    calibration = None
+    if precision in STATIC:
+        from mobileclip_export.export.compression.calibration import calibration_inputs
+
+        calibration = calibration_inputs(enc)
+    details = compress_package(path, precision, opts["minimum_deployment_target"], keep, kept, calibration)
+    n_params = sum(int(p.numel()) for p in enc.module.parameters())
+    details["inference_parameters"] = n_params
+    details["bytes_per_param"] = round(_package_bytes(path) / max(n_params, 1), 4)
+    return details

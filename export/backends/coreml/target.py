@@ -18,7 +18,14 @@ from mobileclip_export.export.spec import ArtifactInfo, EncoderExport, OptionSpe
 from mobileclip_export.export.target import Target
 
 from .naming import NAMINGS, apple_export, apple_file_name
-from .options import COMPRESSIONS, COMPUTE_UNITS, DEPLOYMENT_TARGETS, parse_batch_sizes
+from .options import (
+    COMPRESSIONS,
+    COMPUTE_UNITS,
+    DEPLOYMENT_TARGETS,
+    IOS18_OR_LATER,
+    STATIC,
+    parse_batch_sizes,
+)
 
 
 class CoreMLTarget(Target):
@@ -62,6 +69,7 @@ class CoreMLTarget(Target):
         if opts.get("batch_sizes") is not None:
             opts["batch_sizes"] = parse_batch_sizes(opts["batch_sizes"])
         out = super().validate(precision, opts)
+        _check_static(precision, out["minimum_deployment_target"])
         if out["naming"] == "apple" and out["batch_sizes"] not in (None, (1,)):
             raise UsageError(
                 "--naming apple needs batch 1 (Apple's image input is one ImageType); drop --batch-sizes"
@@ -108,6 +116,8 @@ class CoreMLTarget(Target):
             from .compress import compress_export
 
             details.update(compress_export(enc, compression, opts, path))
+            if compression in STATIC:
+                notes.append(f"{STATIC[compression]}: int8 activations; {details['intended_compute_units']}")
         return ArtifactInfo(
             path=path,
             inputs=(input_spec(enc, plan, opts),),
@@ -125,3 +135,16 @@ class CoreMLTarget(Target):
         from .structure import structural_checks
 
         return structural_checks(path, enc)
+
+
+def _check_static(precision: str, deployment_target: str) -> None:
+    """W8A8 needs the iOS17 quantize/dequantize ops; A8W4 also the iOS18 int8 lookup tables."""
+    if precision not in STATIC:
+        return
+    oldest = "iOS17" if STATIC[precision] == "W8A8" else "iOS18"
+    ok = IOS18_OR_LATER + (("iOS17", "macOS14") if oldest == "iOS17" else ())
+    if deployment_target not in ok:
+        raise UsageError(
+            f"precision {precision} ({STATIC[precision]}) needs {oldest} or later, got "
+            f"minimum_deployment_target {deployment_target}: add --minimum-deployment-target {oldest}"
+        )

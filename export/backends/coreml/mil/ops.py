@@ -19,7 +19,7 @@ import numpy as np
 from .errors import MilExecutorError, UnsupportedOpError
 from .fp16 import OverflowLog, round_fp16
 
-_FAMILIES = ("_ops_constexpr", "_ops_math", "_ops_nn", "_ops_tensor")
+_FAMILIES = ("_ops_constexpr", "_ops_math", "_ops_nn", "_ops_quant", "_ops_tensor")
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 _loaded = False
 
