@@ -28,6 +28,21 @@ def bench_inputs(model: Any, seed: int) -> dict[str, np.ndarray]:
     return {"image": image, "text": ids}
 
 
+def throughput_inputs(data: Mapping[str, np.ndarray], n: int, seed: int) -> dict[str, np.ndarray]:
+    """``n`` distinct inputs per encoder for ``--batch-sizes``: seeded random images, captions cycled."""
+    from mobileclip_export.models.tokenizer import tokenize
+
+    rng = np.random.default_rng(seed + 1)
+    out = {}
+    if "image" in data:
+        out["image"] = rng.random((n, *data["image"].shape[1:]), dtype=np.float32)
+    if "text" in data:
+        words = ["dog", "cat", "beach", "city at night", "bowl of fruit", "red car", "mountain", "child"]
+        captions = [f"a photo of a {words[i % len(words)]}" for i in range(n)]
+        out["text"] = np.asarray(tokenize(captions, context_length=data["text"].shape[1]), np.int32)
+    return out
+
+
 def _cast(data: np.ndarray, dtype: str | None) -> np.ndarray:
     if dtype in ("int32", "int64", "float16", "float32"):
         return data.astype(dtype)
@@ -118,6 +133,15 @@ GUARD_FIGURES = (
     "top1_agreement",
     "top5_agreement",
     "mean_abs_prob_change",
+    # --eval-dir figures (the user's labelled images): the bench scorecard
+    "eval_images",
+    "eval_classes",
+    "eval_fp32_top1",
+    "eval_top1",
+    "eval_drop_points",
+    "eval_top1_agreement",
+    "eval_cosine_mean",
+    "eval_cosine_min",
 )
 
 

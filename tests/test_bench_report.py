@@ -199,3 +199,35 @@ def test_another_runtime_version_is_another_host():
     row["runtime"] = "a-runtime 0.9"
     (why,) = regression.compare(old, new, 10).host_differences
     assert why.startswith("a/image/fp32 runtime: 'a-runtime 0.9' vs now")
+
+
+def test_numerics_scorecard_from_the_eval_dir_guard_figures():
+    """torch fp32 first, then each artifact with its task figures; none without --eval-dir figures."""
+    assert "scorecard" not in _doc({"fast": 3.0})  # no row carries eval figures
+
+    def guarded(target, precision, top1, agree, cos):
+        r = _row(target, "image", 5.0) | {"precision": precision}
+        r["guard"] = {"status": "passed", "cosine": 0.62, "eval_images": 300, "eval_classes": 25,
+                      "eval_fp32_top1": 98.0, "eval_top1": top1, "eval_drop_points": round(98.0 - top1, 4),
+                      "eval_top1_agreement": agree, "eval_cosine_mean": cos,
+                      "eval_cosine_min": cos - 0.01}  # fmt: skip
+        return r
+
+    rows = [_row("plain", "image", 6.0), guarded("qa", "int8", 98.33, 0.997, 0.99912),
+            guarded("qb", "int8-static", 97.33, 0.98, 0.99801)]  # fmt: skip
+    doc = report.build_document(
+        model={"name": "mobileclip_s0", "random_init": False, "reduced": True},
+        device=DEVICE, settings=SETTINGS, rows=rows,
+    )  # fmt: skip
+    card = doc["scorecard"]
+    assert (card["images"], card["classes"]) == (300, 25) and "note" not in card
+    assert [(r["target"], r["precision"], r["top1"]) for r in card["rows"]] == [
+        ("torch", "fp32", 98.0), ("qa", "int8", 98.33), ("qb", "int8-static", 97.33)
+    ]  # fmt: skip
+    assert card["rows"][2]["drop_points"] == pytest.approx(0.67)
+    assert card["rows"][2]["cosine_min"] == pytest.approx(0.98801)
+    md = report.markdown(doc).split("### Numerics scorecard", 1)[1]
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")][1:]
+    assert lines[0].startswith("| torch | fp32 | image+text | 98.00 | — |")
+    assert lines[2] == "| qb | int8-static | image | 97.33 | 0.67 | 0.980 | 0.99801 / 0.98801 | passed |"
+    assert json.loads(json.dumps(doc))["scorecard"] == card

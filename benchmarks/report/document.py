@@ -19,7 +19,10 @@ JSON document (``report.json``), schema ``mobileclip-export.bench/1``::
                    {"benchmarkModel": {"name", "backend", "precision", "quantization", "encoder"},
                     "metric": "median_inference_latency(ms)", "actualValue": 3.2, "unit": "ms",
                     "device": {...}, "kind": "host" | "device" | "estimate", "runtime": "..."} ],
-      "estimates": [ {device, encoder, latency_ms, method, error_note, inputs} ]
+      "estimates": [ {device, encoder, latency_ms, method, error_note, inputs} ],
+      "scorecard": only when an artifact carries --eval-dir figures (``scorecard.py``): {images, classes,
+                   rows: [torch fp32, then target x precision x encoder: top1, drop_points, top1_agreement,
+                   cosine_mean, cosine_min, guard]}
     }
 
 ``kind`` is never omitted: host numbers are proxies, device numbers come from a phone, estimates are modelled.
@@ -149,7 +152,11 @@ def build_document(
     rows: Sequence[Mapping[str, Any]],
     estimates: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
+    from .scorecard import scorecard
+
+    card = scorecard(rows)
     return {
+        **({"scorecard": card} if card else {}),
         "schema": SCHEMA,
         "created_utc": utc_now(),
         "model": dict(model),

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mobileclip_export.benchmarks.report.document import _finite
+from mobileclip_export.benchmarks.report.scorecard import scorecard_lines
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -188,6 +189,8 @@ def _estimates_table(estimates: list[Mapping[str, Any]]) -> list[str]:
 
 
 def markdown(doc: Mapping[str, Any]) -> str:
+    from mobileclip_export.benchmarks.report import batches
+
     dev, st, mdl = doc["device"], doc["settings"], doc["model"]
     weights = "seeded random weights" if mdl.get("random_init") else "checkpoint weights"
     size = "reduced" if mdl.get("reduced") else "full size"
@@ -207,8 +210,10 @@ def markdown(doc: Mapping[str, Any]) -> str:
     lines += [_row_line(r, notes) for r in doc["rows"]]
     lines += _footnotes(doc, notes)
     lines += _variants_table(doc["rows"])
+    lines += batches.markdown_table(doc.get("throughput") or [], doc["settings"].get("throughput"))
     lines += _ratios_table(doc.get("ratios") or [])
     lines += _guard_table(doc["rows"])
+    lines += scorecard_lines(doc.get("scorecard"))
     if doc.get("estimates"):
         lines += _estimates_table(doc["estimates"])
     return "\n".join(lines) + "\n"

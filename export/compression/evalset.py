@@ -168,10 +168,17 @@ def build_eval_task(req: EvalRequest, train_model: Any, spec: Any) -> EvalTask:
 def eval_measures(ev: EvalTask, image: np.ndarray | None, text: np.ndarray | None) -> dict[str, Any]:
     """fp32 and artifact top-1 accuracy (percent), the drop in points, and top-1 agreement with fp32, with
     the artifact's ``image`` embeddings of ``ev.images`` or ``text`` embeddings of ``ev.ids``."""
+    from mobileclip_export.export.zeroshot.prompts import l2_normalize
+
     ref = ev.predict(ev.ref_image, ev.ref_text)
     got = ev.predict(ev.ref_image if image is None else image, ev.ref_text if text is None else text)
     fp32, acc = 100 * float(np.mean(ref == ev.labels)), 100 * float(np.mean(got == ev.labels))
+    # embedding cosine on the task's own inputs (images, or the class prompts), beside the synthetic parity
+    mine, theirs = (image, ev.ref_image) if image is not None else (text, ev.ref_text)
+    cos = np.sum(l2_normalize(np.asarray(mine, np.float64)) * l2_normalize(theirs.astype(np.float64)), axis=1)
     return {
+        "eval_cosine_mean": round(float(np.mean(cos)), 6),
+        "eval_cosine_min": round(float(np.min(cos)), 6),
         "eval_images": int(len(ev.labels)),
         "eval_classes": len(ev.request.classes),
         "eval_fp32_top1": round(fp32, 4),

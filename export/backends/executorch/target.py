@@ -112,28 +112,7 @@ class ExecuTorchTarget(Target):
                 f"ExecuTorch lowering ({delegate}) of the {enc.encoder} encoder failed: {err}"
             ) from err
         Path(path).write_bytes(program.buffer)
-        notes = [_census_note(delegate, census)]
-        batch_norms = sum(
-            v["delegated"] + v["non_delegated"] for k, v in census["by_operator"].items() if "batch_norm" in k
-        )
-        if batch_norms:
-            notes.append(f"{batch_norms} batch_norm op(s) in the graph: reparameterization incomplete")
-        if precision == "fp16" and delegate == "xnnpack":
-            notes.append(
-                "fp16: the XNNPACK serializer (executorch 1.5.1) stores convolution weights in fp32 and "
-                "converts them at load, so conv-heavy encoders shrink less than linear-heavy ones"
-            )
-        if "embedding" in details.get("compression", {}):
-            notes.append(
-                "int8 token embedding (quantized_decomposed::embedding_byte): the app's ExecuTorch runtime "
-                "must link the quantized kernels (quantized_ops_lib / kernels_quantized) next to XNNPACK"
-            )
-        if delegate == "coreml":
-            details["coreml_delegate"] = _coreml_settings(program.buffer)
-            notes.append(
-                "Core ML delegate: lowered ahead of time; runs only where CoreMLBackend is registered "
-                "(Apple); verified by running its embedded Core ML program"
-            )
+        notes = _export_notes(delegate, precision, census, details, program.buffer)
         io_dtype = "float16" if precision == "fp16" and delegate != "coreml" else "float32"
         lead = (-1,) if opts["dynamic_batch"] else ()
         if opts["dynamic_batch"]:
@@ -390,6 +369,36 @@ def _lower(
     if delegate == "xnnpack":
         census.update(undelegated_census(census["by_operator"]))
     return edge.to_executorch(), census
+
+
+def _export_notes(
+    delegate: str, precision: str, census: Mapping[str, Any], details: dict[str, Any], buffer: bytes
+) -> list[str]:
+    """The artifact's notes (census, fallbacks, runtime needs); the Core ML delegate's settings go into
+    ``details``."""
+    notes = [_census_note(delegate, census)]
+    batch_norms = sum(
+        v["delegated"] + v["non_delegated"] for k, v in census["by_operator"].items() if "batch_norm" in k
+    )
+    if batch_norms:
+        notes.append(f"{batch_norms} batch_norm op(s) in the graph: reparameterization incomplete")
+    if precision == "fp16" and delegate == "xnnpack":
+        notes.append(
+            "fp16: the XNNPACK serializer (executorch 1.5.1) stores convolution weights in fp32 and "
+            "converts them at load, so conv-heavy encoders shrink less than linear-heavy ones"
+        )
+    if "embedding" in details.get("compression", {}):
+        notes.append(
+            "int8 token embedding (quantized_decomposed::embedding_byte): the app's ExecuTorch runtime "
+            "must link the quantized kernels (quantized_ops_lib / kernels_quantized) next to XNNPACK"
+        )
+    if delegate == "coreml":
+        details["coreml_delegate"] = _coreml_settings(buffer)
+        notes.append(
+            "Core ML delegate: lowered ahead of time; runs only where CoreMLBackend is registered "
+            "(Apple); verified by running its embedded Core ML program"
+        )
+    return notes
 
 
 def _census_note(delegate: str, census: Mapping[str, Any]) -> str:
