@@ -122,6 +122,7 @@ def export_bundle(
     checkpoint: str | None,
     progress: Any = None,
     verify: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> Bundle:
     """Export, by default with ``verify=False``: the benchmark measures parity itself, same run, on its own
     inputs (compressed precisions verify, for their accuracy guard)."""
@@ -139,6 +140,7 @@ def export_bundle(
         reduced=reduced,
         seed=seed,
         progress=progress,
+        options={k: v for k, v in (options or {}).items() if k in targets} or None,  # per target
     )
     arts = [a.to_dict() for a in result.artifacts]
     if result.bundle_dir is None:

@@ -40,6 +40,7 @@ class BenchConfig:
     verbosity: int
     profile: bool = False
     reference_onnx: tuple[Path, ...] = ()  # plain ONNX exports of the reference, timed beside ours
+    batch_sizes: tuple[int, ...] = ()  # --batch-sizes: the throughput stage (benchmarks/throughput.py)
 
     def replace(self, **changes: object) -> BenchConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -58,6 +59,7 @@ def _check_counts(runs: int, warmup: int, reference_runs: int, threads: int) -> 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """Validate the flags (cheap: names are resolved against the registries, nothing heavy is imported)."""
+    from mobileclip_export.benchmarks.throughput import parse_batch_sizes
     from mobileclip_export.export.pipeline.plan import resolve_encoders, resolve_targets
     from mobileclip_export.models import get_model_spec
 
@@ -96,4 +98,5 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         verbosity=getattr(args, "verbosity", 0),
         profile=getattr(args, "profile", False),
         reference_onnx=tuple(getattr(args, "reference_onnx", None) or ()),
+        batch_sizes=parse_batch_sizes(getattr(args, "batch_sizes", None)),
     )

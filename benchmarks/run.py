@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ class _TorchSide:
     data: dict[str, Any]  # encoder -> input array
     macs: dict[str, Any]  # encoder -> macs.MacReport of the reparameterized encoder
     candidates: list[H.Candidate]
+    modules: dict[str, Any] = field(default_factory=dict)  # encoder -> the reparameterized encoder
 
 
 def _bench(config: BenchConfig, device: dict[str, Any], cores: list[int]) -> _Outcome:
@@ -92,6 +93,7 @@ def _bench(config: BenchConfig, device: dict[str, Any], cores: list[int]) -> _Ou
     peak = peak_from(results)
     rows = host_rows(results, side.macs, peak.gflops) + failed
     H.release(results)
+    throughput = _throughput_stage(bundle, config, side) if config.batch_sizes else None
     rows += _external_rows(bundle, config, side, results, peak.gflops)
     _target_fields(rows)
     if device_runner is not None:
@@ -107,6 +109,8 @@ def _bench(config: BenchConfig, device: dict[str, Any], cores: list[int]) -> _Ou
         estimates=estimates,
     )
     doc["ratios"] = ratios(doc["rows"], reference_export.REFERENCE_EXPORT)
+    if throughput is not None:
+        doc["throughput"], doc["settings"]["throughput"] = throughput
     markdown, written = _write_report(config, doc)
     if config.profile:
         markdown, written = _profile_stage(config, bundle, side.data, markdown, written)
@@ -118,17 +122,20 @@ def _external_rows(
     bundle: Bundle, config: BenchConfig, side: _TorchSide, results: list[Any], peak: float
 ) -> list[ReportRow]:
     """Timings a target takes outside this process (e.g. a browser), after the interleaved runs."""
+    from mobileclip_export.benchmarks.artifacts import parse_precisions
     from mobileclip_export.benchmarks.candidates import select
     from mobileclip_export.benchmarks.rows import external_rows
     from mobileclip_export.export.registry import get_target
 
     rows: list[ReportRow] = []
     inputs = {e: side.data[e] for e in config.encoders}
+    precs = parse_precisions(config.precision)
     for rec in select(bundle, config.targets, config.encoders, config.precision, multi=True):
         if rec.get("status") == "failed" or not rec.get("path"):
             continue
         target = get_target(rec["target"])
-        timings = target.bench_external(artifact_path(bundle, rec), rec, inputs, config.runs, config.threads)
+        path = artifact_path(bundle, rec)
+        timings = target.bench_external(path, rec, inputs, config.runs, config.threads, precs)
         got = external_rows(target.name, timings, results, side.macs, peak)
         keys = {(r.target, r.encoder, r.precision, r.variant) for r in rows}
         rows += [r for r in got if (r.target, r.encoder, r.precision, r.variant) not in keys]
@@ -208,8 +215,26 @@ def _resolve_bundle(config: BenchConfig, progress: Any) -> tuple[Bundle, BenchCo
         seed=config.seed,
         checkpoint=config.checkpoint,
         progress=progress,
+        options=_batch_options(config),
     )
     return bundle, config
+
+
+def _batch_options(config: BenchConfig) -> dict[str, Any] | None:
+    """With --batch-sizes, a fresh export asks each target that offers it for a dynamic batch, else for the
+    sizes enumerated (targets with only a fixed batch keep batch 1; give one via --bundle-dir)."""
+    from mobileclip_export.export.registry import get_target
+
+    if not config.batch_sizes:
+        return None
+    per: dict[str, Any] = {}
+    for name in config.targets:
+        declared = {o.name for o in get_target(name).options}
+        if "dynamic_batch" in declared:
+            per[name] = {"dynamic_batch": True}
+        elif "batch_sizes" in declared:
+            per[name] = {"batch_sizes": ",".join(map(str, config.batch_sizes))}
+    return per or None
 
 
 def _torch_side(config: BenchConfig) -> _TorchSide:
@@ -230,7 +255,26 @@ def _torch_side(config: BenchConfig) -> _TorchSide:
         train_bytes = weight_bytes(train_enc)[0]
         side.candidates.append(torch_candidate(TRAIN, enc, train_enc, data[enc], train_bytes))
         side.candidates.append(torch_candidate(REPARAM, enc, rep_enc, data[enc], side.macs[enc].param_bytes))
+        side.modules[enc] = rep_enc
     return side
+
+
+def _throughput_stage(
+    bundle: Bundle, config: BenchConfig, side: _TorchSide
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``--batch-sizes``: every artifact and the reparameterized PyTorch model at each batch size."""
+    from mobileclip_export.benchmarks import throughput as T
+    from mobileclip_export.benchmarks.candidates import THREAD_OPTION_NAMES, select, throughput_inputs
+    from mobileclip_export.benchmarks.rows import REPARAM
+
+    subjects = [T.torch_subject(REPARAM, e, side.modules[e]) for e in config.encoders]
+    for rec in select(bundle, config.targets, config.encoders, config.precision):
+        if rec.get("status") != "failed" and rec.get("path"):
+            path = artifact_path(bundle, rec)
+            subjects.append(T.artifact_subject(rec, path, config.threads, THREAD_OPTION_NAMES))
+    inputs = throughput_inputs(side.data, max(config.batch_sizes), config.seed)
+    rows = T.measure(subjects, inputs, config.batch_sizes, config.runs, config.warmup)
+    return rows, T.settings(config.batch_sizes, config.runs)
 
 
 def _device_rows(runner: Any, bundle: Bundle, config: BenchConfig) -> list[ReportRow]:

@@ -144,8 +144,9 @@ def test_pipeline_fp16_toy(tmp_path, monkeypatch) -> None:
     assert all(a.parity["cosine"] > 0.999 for a in res.artifacts)
     for a in res.artifacts:  # dynamic batch: also verified with all inputs in one call
         assert a.inputs[0]["shape"][0] == -1
-        batched = a.details["batched_parity"][a.encoder]
-        assert batched["cosine"] > 0.999 and batched["n_rows"] >= 4
+        batched = a.parity["by_batch"]["8"]
+        assert batched["cosine"] > 0.999 and batched["n_rows"] == 8
+        assert a.batch == {"sizes": None, "dynamic": True, "verified": [1, 8]}
     assert (tmp_path / "mobileclip_s0" / "onnx" / "mobileclip_s0-image-fp16.onnx").is_file()
 
 

@@ -17,11 +17,14 @@ def plots(doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from mobileclip_export.benchmarks.report.batches import plot as throughput_plot
+
     rows = [r for r in doc["rows"] if (r.get("latency") or {}).get("median") is not None]
     if not rows:
-        return []
+        return throughput_plot(plt, doc, out_dir)
     encoders = sorted({r["encoder"] for r in rows})
-    written = [_latency_plot(plt, doc, rows, encoders, out_dir / "latency.png")]
+    written = throughput_plot(plt, doc, out_dir)
+    written.append(_latency_plot(plt, doc, rows, encoders, out_dir / "latency.png"))
     sized = [r for r in rows if _finite(r.get("size_mb"))]
     if sized:
         written.append(_size_plot(plt, doc, sized, encoders, out_dir / "latency_vs_size.png"))

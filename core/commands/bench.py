@@ -52,6 +52,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "or a folder of them, one per encoder (told apart by their input); timed in onnxruntime interleaved "
         "with the artifacts, row 'reference-export', and every row's ratio to it reported (repeatable)",
     )
+    p.add_argument(
+        "--batch-sizes",
+        default=None,
+        metavar="1,8,32",
+        help="also time every runtime at these batch sizes: ms per input, inputs per second and the peak "
+        "memory of each row (throughput table + throughput.png); a fresh export then asks each target for "
+        "a dynamic or enumerated batch where it offers one",
+    )
     _add_output_arguments(p)
 
 

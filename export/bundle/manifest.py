@@ -36,6 +36,8 @@ class ArtifactRecord:
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    # {"sizes": [N, ...] | None, "dynamic": bool, "verified": [...]}: see export/batching.py
+    batch: dict[str, Any] | None = None
     # Not in the manifest: per encoder, the golden inputs' embeddings verification recorded while the artifact
     # was loaded (``golden.embeddings_while_loaded``), so the golden stage need not load it again.
     golden: dict[str, dict[str, Any]] | None = field(default=None, repr=False, compare=False)

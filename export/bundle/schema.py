@@ -237,6 +237,15 @@ RECORD = Obj(
         "notes": List(TEXT),
         "details": Obj({"tokenizer_files": List(RelPath(), 256)}),
         "options": Map(AnyValue()),
+        "batch": Nullable(
+            Obj(
+                {
+                    "sizes": Nullable(List(Int(1, 2**31 - 1), 64)),
+                    "dynamic": Bool(),
+                    "verified": List(Int(1, 2**31 - 1), 64),
+                }
+            )
+        ),
     },
     required=("target", "encoder", "precision"),
 )

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobileclip_export.export.batching import declared_batch, sizes_to_verify
 from mobileclip_export.export.bundle.golden import embeddings_while_loaded
 from mobileclip_export.export.bundle.manifest import ArtifactRecord
 from mobileclip_export.export.parity import ParityStats, Tolerance
@@ -80,9 +81,10 @@ def _encoder_parity(
     vin: VerifyInputs,
     ref: np.ndarray,
     tol: Tolerance,
-    dynamic: set[str],
-) -> tuple[ParityStats, list[str]]:
-    """One encoder's parity (row by row, and as one batch when the input's batch is dynamic)."""
+    sizes: Sequence[int],
+) -> tuple[ParityStats, list[str], dict[int, ParityStats]]:
+    """One encoder's parity: row by row (batch 1), then once per batch size ``sizes`` declares above 1,
+    each as one call of exactly that many rows (the verification inputs cycled)."""
     from mobileclip_export.export.parity import compare
 
     name = enc.inputs[0].name
@@ -93,11 +95,13 @@ def _encoder_parity(
         rec.notes.append(f"{enc.encoder}: verified on {len(keep)} inputs ({labels}) (slow runtime)")
     stats = compare(ref, runner_outputs(runner, name, vin))
     bad = stats.violations(tol)
-    if name in dynamic:
-        batched = compare(ref, np.asarray(runner.run({name: vin.data}), np.float32))
-        rec.details.setdefault("batched_parity", {})[enc.encoder] = batched.to_dict()
-        bad += [f"batch of {len(vin.data)}: {v}" for v in batched.violations(tol)]
-    return stats, bad
+    by_batch = {1: stats}
+    for n in (s for s in sizes if s > 1):
+        rows = np.arange(n) % len(vin.data)
+        got = np.asarray(runner.run({name: vin.data[rows]}), np.float32)
+        by_batch[n] = compare(ref[rows], got)
+        bad += [f"batch of {n}: {v}" for v in by_batch[n].violations(tol)]
+    return stats, bad, by_batch
 
 
 def verify_artifact(
@@ -119,6 +123,7 @@ def verify_artifact(
     from mobileclip_export.export.tolerances import tolerance_for
 
     rec.golden = None  # whatever an earlier verification of this record ran is stale now
+    rec.batch = {**declared_batch(rec.to_dict()), "verified": []}
     problems = structural_problems(rec, target, path, encs)
     if problems:
         rec.status, rec.error = "failed", "structural check failed: " + "; ".join(problems)
@@ -132,11 +137,11 @@ def verify_artifact(
     except RuntimeUnavailable as err:
         rec.status, rec.parity = "unverified", parity_dict(None, f"skipped: {err}")
         return
-    dynamic = {i["name"] for i in rec.inputs if i.get("shape") and i["shape"][0] in (-1, None)}
+    sizes = sizes_to_verify(rec.batch)
     tol = tolerance_for(precision)
     try:
         per_enc = {
-            e.encoder: _encoder_parity(rec, runner, e, vins[e.encoder], refs[e.encoder], tol, dynamic)
+            e.encoder: _encoder_parity(rec, runner, e, vins[e.encoder], refs[e.encoder], tol, sizes)
             for e in encs
         }
         if golden is not None:
@@ -148,16 +153,26 @@ def verify_artifact(
 
 
 def _record_parity(
-    rec: ArtifactRecord, runner: Runner, per_enc: dict[str, tuple[ParityStats, list[str]]]
+    rec: ArtifactRecord,
+    runner: Runner,
+    per_enc: dict[str, tuple[ParityStats, list[str], dict[int, ParityStats]]],
 ) -> None:
     many = len(per_enc) > 1
     worst_enc = min(per_enc, key=lambda e: (not per_enc[e][1], per_enc[e][0].cosine))
-    stats, bad = per_enc[worst_enc]
-    status = "failed" if any(v for _, v in per_enc.values()) else "passed"
-    violations = [f"{e}: {v}" for e, (_, vs) in per_enc.items() for v in vs] if many else bad
+    stats, bad, _ = per_enc[worst_enc]
+    status = "failed" if any(v for _, v, _ in per_enc.values()) else "passed"
+    violations = [f"{e}: {v}" for e, (_, vs, _) in per_enc.items() for v in vs] if many else bad
     rec.parity = parity_dict(stats, status, runner.label, runner.is_deployment_runtime, violations)
     if many:
-        rec.parity["by_encoder"] = {e: s.to_dict() for e, (s, _) in per_enc.items()}
+        rec.parity["by_encoder"] = {e: s.to_dict() for e, (s, _, _) in per_enc.items()}
+    sizes = sorted({n for _, _, b in per_enc.values() for n in b})
+    # per batch size, the worst encoder: every declared size has its own row, so batch 1 passing says
+    # nothing about batch N
+    rec.parity["by_batch"] = {
+        str(n): min((b[n] for _, _, b in per_enc.values() if n in b), key=lambda s: s.cosine).to_dict()
+        for n in sizes
+    }
+    rec.batch = {**(rec.batch or {}), "verified": sizes}
     if status == "failed":
         rec.status = "failed"
         rec.error = f"parity failed vs the train-time PyTorch model: {'; '.join(rec.parity['violations'])}"

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mobileclip_export.errors import IntegrityError, UsageError
+from mobileclip_export.export.batching import run_rows, takes_batches
 from mobileclip_export.export.bundle.reader import BundleReader, open_bundle
 from mobileclip_export.export.spec import Runner, RuntimeUnavailable
 from mobileclip_export.export.target import Target
@@ -69,12 +70,6 @@ def check_artifact_hash(bundle: BundleInfo, rec: Mapping[str, Any]) -> Path:
     return bundle.reader.artifact(rec)
 
 
-def _rows(runner: Runner, name: str, x: np.ndarray) -> np.ndarray:
-    """Row by row: artifacts have a fixed batch of 1 unless exported with a dynamic batch."""
-    out = [np.asarray(runner.run({name: x[i : i + 1]}), np.float32).reshape(1, -1) for i in range(len(x))]
-    return np.concatenate(out, axis=0)
-
-
 class ArtifactEncoders:
     """The image and text artifacts of one target in a bundle, loaded through ``Target.load``."""
 
@@ -90,6 +85,7 @@ class ArtifactEncoders:
         t = get_target(target)
         recs = bundle.records(t.name, precision)
         self.runners: dict[str, tuple[Runner, str]] = {}
+        self.batched: dict[str, bool] = {}  # encoder -> its artifact takes batches (export/batching.py)
         self.precision = precision
         try:
             for enc in need:
@@ -115,15 +111,16 @@ class ArtifactEncoders:
             except RuntimeUnavailable as err:
                 raise UsageError(f"target {t.name!r} artifacts cannot run on this machine: {err}") from err
         self.runners[enc] = (shared, enc if multi else (rec.get("inputs") or [{"name": enc}])[0]["name"])
+        self.batched[enc] = takes_batches(rec)
         self.precision = rec["precision"]
 
     def image(self, x: np.ndarray) -> np.ndarray:
         runner, name = self.runners["image"]
-        return _rows(runner, name, np.asarray(x, np.float32))
+        return run_rows(runner, name, np.asarray(x, np.float32), self.batched["image"])
 
     def text(self, ids: np.ndarray) -> np.ndarray:
         runner, name = self.runners["text"]
-        return _rows(runner, name, np.asarray(ids, np.int32))
+        return run_rows(runner, name, np.asarray(ids, np.int32), self.batched["text"])
 
     def close(self) -> None:
         for runner in {id(r): r for r, _ in self.runners.values()}.values():

@@ -64,12 +64,12 @@ class CoreAIRunner(Runner):
             )
         fn, descriptors, outputs = self._functions[key]
         arrays = {name: np.asarray(value) for name, value in inputs.items()}
-        batch = next(iter(arrays.values())).shape[0]
-        fixed_batch = all(d.shape and d.shape[0] == 1 for d in descriptors.values())
-        if batch > 1 and fixed_batch:  # artifacts are exported for batch 1: run row by row
-            return np.concatenate(
-                [self.run({k: v[i : i + 1] for k, v in arrays.items()}) for i in range(batch)]
-            )
+        fixed = next(iter(descriptors.values())).shape
+        if len(arrays) == 1 and fixed and next(iter(arrays.values())).shape[0] != fixed[0]:
+            from mobileclip_export.export.batching import run_chunked
+
+            (name, x), *_ = arrays.items()  # a fixed-batch function: calls of its own batch, the last padded
+            return run_chunked(lambda chunk: self.run({name: chunk}), x, (int(fixed[0]),))
         feeds = {}
         for name, value in arrays.items():
             dtype = _DTYPES[descriptors[name].dtype]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mobileclip_export.errors import UsageError
+from mobileclip_export.export.batching import BATCH_SIZE_OPTION, fixed_batch_of, with_batch
 from mobileclip_export.export.spec import (
     ArtifactInfo,
     EncoderExport,
@@ -50,7 +51,11 @@ class CoreAITarget(Target):
             choices=(True, False),
             type=_parse_bool,
         ),
+        BATCH_SIZE_OPTION,
     )
+
+    def adapt_export(self, enc: EncoderExport, options: Mapping[str, Any]) -> EncoderExport:
+        return with_batch(super().adapt_export(enc, options), fixed_batch_of(options))
 
     def export(
         self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path

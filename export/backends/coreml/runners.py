@@ -37,7 +37,8 @@ def load_runner(path: Path, compute_units: str | None) -> Runner:
 
 
 class _RowRunner(Runner):
-    """Runs a fixed-batch program chunk by chunk (padding the last chunk) and stacks the embeddings."""
+    """Runs a program at the batch sizes it takes (fixed, or each enumerated shape): the rows fed are cut
+    into calls of those sizes (the last padded) and the embeddings stacked."""
 
     def __init__(self, path: Path):
         import coremltools as ct
@@ -48,23 +49,21 @@ class _RowRunner(Runner):
         self.is_image = f.type.WhichOneof("Type") == "imageType"
         array = f.type.multiArrayType
         self.is_text = not self.is_image and array.dataType == type(array).INT32
-        # ImageType carries one image; a tensor input runs at its default (first enumerated) batch size.
+        # ImageType carries one image; a tensor input's default shape is its first enumerated batch size.
         self.batch = 1 if self.is_image or not array.shape else int(array.shape[0])
+        self.sizes: tuple[int, ...] = (self.batch,)
+        if not self.is_image and array.WhichOneof("ShapeFlexibility") == "enumeratedShapes":
+            self.sizes = tuple(sorted({int(s.shape[0]) for s in array.enumeratedShapes.shapes}))
         if self.is_image:
             self.sample_shape: tuple[int, ...] = (3, f.type.imageType.height, f.type.imageType.width)
         else:
             self.sample_shape = tuple(int(d) for d in array.shape[1:])
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        from mobileclip_export.export.batching import run_chunked
+
         x = inputs[self.input_name] if self.input_name in inputs else next(iter(inputs.values()))
-        rows = []
-        for i in range(0, x.shape[0], self.batch):
-            chunk = x[i : i + self.batch]
-            pad = self.batch - chunk.shape[0]
-            if pad:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            rows.append(np.asarray(self._run_chunk(chunk)).reshape(self.batch, -1)[: self.batch - pad])
-        return np.concatenate(rows, axis=0).astype(np.float32)
+        return run_chunked(self._run_chunk, np.asarray(x), self.sizes).astype(np.float32)
 
     def _run_chunk(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -34,7 +34,8 @@ import numpy as np
 from mobileclip_export.errors import ExportFailure, MissingDependencyError, UsageError, install_hint
 from mobileclip_export.export.backends.tflite.quantize import from_output, is_quantized, quantize, to_input
 from mobileclip_export.export.backends.xnnpack.census import delegated_ops
-from mobileclip_export.export.image_input import IMAGE_INPUT_OPTION, layout_of, wrap_runner
+from mobileclip_export.export.batching import BATCH_SIZE_OPTION, fixed_batch_of, run_chunked, with_batch
+from mobileclip_export.export.image_input import IMAGE_INPUT_OPTION, layout_of, wrap_export, wrap_runner
 from mobileclip_export.export.spec import (
     ArtifactInfo,
     EncoderExport,
@@ -209,7 +210,9 @@ def _io_entry(detail: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _LiteRTRunner(Runner):
-    """The artifact's one signature, fed by our input names; a batch-1 artifact runs rows one by one."""
+    """The artifact's one signature, fed by our input names, in calls of the signature's fixed batch N (rows
+    one by one at N = 1; a short last chunk padded). Resizing the input of a fixed-batch model instead was
+    measured wrong: the image signature still returned one row for 8, the text one failed in RESHAPE."""
 
     def __init__(self, path: Path, num_threads: int):
         from ai_edge_litert.interpreter import Interpreter
@@ -238,11 +241,13 @@ class _LiteRTRunner(Runner):
                 f"signature {self.signature!r} takes inputs {sorted(self._inputs)}, got {sorted(inputs)}"
             )
         arrays = {k: np.asarray(v) for k, v in inputs.items()}
-        batch = next(iter(arrays.values())).shape[0]
-        if batch > 1 and all(d["shape"][0] == 1 for d in self._inputs.values()):
-            return np.concatenate(
-                [self.run({k: v[i : i + 1] for k, v in arrays.items()}) for i in range(batch)]
-            )
+        fixed = int(next(iter(self._inputs.values()))["shape"][0])
+        if len(arrays) == 1 and next(iter(arrays.values())).shape[0] != fixed:
+            (name, x), *_ = arrays.items()
+            return run_chunked(lambda chunk: self._call({name: chunk}), x, (fixed,))
+        return self._call(arrays)
+
+    def _call(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
         feeds = {}
         for name, value in arrays.items():
             dtype = self._inputs[name]["dtype"]
@@ -282,15 +287,21 @@ class TFLiteTarget(Target):
     options = (
         num_threads_option("the LiteRT interpreter"),
         IMAGE_INPUT_OPTION,
+        BATCH_SIZE_OPTION,
     )
 
     def validate(self, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
         out = super().validate(precision, options)
+        if precision == "int8-static" and fixed_batch_of(out) > 1:
+            raise UsageError("tflite int8-static calibrates batch-1 samples: export it with batch 1")
         if precision != "fp32" and importlib.util.find_spec("ai_edge_quantizer") is None:
             raise MissingDependencyError(
                 f"tflite precision {precision} needs ai-edge-quantizer; install it with: {_PIP_HINT}"
             )
         return out
+
+    def adapt_export(self, enc: EncoderExport, options: Mapping[str, Any]) -> EncoderExport:
+        return with_batch(wrap_export(enc, options), fixed_batch_of(options))
 
     def export(
         self, enc: EncoderExport, precision: str, options: Mapping[str, Any], path: Path

@@ -40,6 +40,8 @@ def _transpose(ctx: OpContext, a: Args) -> np.ndarray:
 @register_op("concat")
 def _concat(ctx: OpContext, a: Args) -> np.ndarray:
     values = [np.asarray(v) for v in a["values"]]
+    if all(v.ndim == 0 for v in values):  # MIL concatenates scalars into a rank-1 tensor (shape arithmetic)
+        values = [v.reshape(1) for v in values]
     axis = a.int("axis")
     if a.bool("interleave"):
         stacked = np.stack(values, axis=axis % values[0].ndim + 1)

@@ -107,6 +107,9 @@ class Program:
             if info.dtype.startswith("int") and not np.issubdtype(x.dtype, np.integer):
                 raise FeedError(f"input {name!r} must be integer ({info.dtype}), got {x.dtype}")
             desc = kinds.get(name)
+            if desc is not None and desc.enumerated and tuple(x.shape) not in desc.enumerated:
+                shapes = ", ".join(str(list(s)) for s in desc.enumerated)
+                raise FeedError(f"input {name!r} has shape {list(x.shape)}; the model takes only {shapes}")
             if desc is not None and desc.kind == "image" and x.size and float(np.max(x)) <= 1.0:
                 log.warning(
                     "image input %r has max %.3g: Core ML feeds pixels in [0, 255]; a [0, 1] image is "

@@ -59,6 +59,8 @@ class IODesc:
     scale: float | None = None
     bias: tuple[float, ...] | None = None
     description: str = ""
+    # Flexible inputs: the only shapes the model takes (Core ML EnumeratedShapes); None for a fixed shape.
+    enumerated: tuple[tuple[int, ...], ...] | None = None
 
 
 @dataclass

@@ -165,6 +165,14 @@ def _image_preprocessing(graph: Graph, name: str) -> tuple[float | None, tuple[f
     return scale, bias
 
 
+def _enumerated(feature: Any) -> tuple[tuple[int, ...], ...] | None:
+    """The shapes a flexible multi-array input takes (Core ML refuses any other); None when fixed."""
+    array = feature.type.multiArrayType
+    if array.WhichOneof("ShapeFlexibility") != "enumeratedShapes":
+        return None
+    return tuple(tuple(int(d) for d in s.shape) for s in array.enumeratedShapes.shapes)
+
+
 def _io_descs(spec: Any, graph: Graph) -> tuple[tuple[IODesc, ...], tuple[IODesc, ...]]:
     ins = []
     for f in spec.description.input:
@@ -187,7 +195,8 @@ def _io_descs(spec: Any, graph: Graph) -> tuple[tuple[IODesc, ...], tuple[IODesc
                 )
             )
         else:
-            ins.append(IODesc(f.name, "tensor", shape, dtype, description=f.shortDescription))
+            desc = f.shortDescription
+            ins.append(IODesc(f.name, "tensor", shape, dtype, description=desc, enumerated=_enumerated(f)))
     outs = []
     prod = graph.producers()
     for f in spec.description.output:
