@@ -29,6 +29,9 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("artifact", "palettize6"): Tolerance(min_cosine=0.99, max_abs_rel=1.5e-1, min_psnr_db=22.0),
     ("artifact", "palettize4"): Tolerance(min_cosine=0.97, max_abs_rel=3e-1, min_psnr_db=15.0),
     ("artifact", "palettize2"): Tolerance(min_cosine=0.97, max_abs_rel=3e-1, min_psnr_db=15.0),
+    # Core ML A8W4: palettize4's weights plus int8 activations, held to palettize4's bar (measured in
+    # docs/compression.md).
+    ("artifact", "palettize4-static"): Tolerance(min_cosine=0.97, max_abs_rel=3e-1, min_psnr_db=15.0),
 }
 
 
@@ -43,6 +46,9 @@ TASK_TOLERANCES: dict[str, TaskTolerance] = {
     "palettize6": TaskTolerance(min_top1_agreement=0.75, min_top5_agreement=0.9, max_prob_change=0.015),
     "palettize4": TaskTolerance(min_top1_agreement=0.65, min_top5_agreement=0.85, max_prob_change=0.02),
     "palettize2": TaskTolerance(min_top1_agreement=0.65, min_top5_agreement=0.85, max_prob_change=0.02),
+    "palettize4-static": TaskTolerance(
+        min_top1_agreement=0.65, min_top5_agreement=0.85, max_prob_change=0.02
+    ),
 }
 
 

@@ -48,7 +48,9 @@ def integer_ops(path: Path) -> list[str]:
         op.name
         for op in g.ops
         if op.type in _QUANTIZED_OPS
-        and any(isinstance(v, str) and not dtypes.get(v, "fp").startswith("fp") for v in op.inputs.values())
+        and any(
+            not dtypes.get(str(op.inputs.get(k)), "fp").startswith("fp") for k in ("x", "y") if k in op.inputs
+        )
     ]
 
 
