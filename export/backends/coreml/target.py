@@ -32,7 +32,7 @@ class CoreMLTarget(Target):
     name = "coreml"
     order = 10
     aliases = ("mlpackage", "ios")
-    description = "Core ML ML Program (.mlpackage) via coremltools; runs on macOS/iOS"
+    description = "Core ML ML Program via coremltools; runs on macOS/iOS"
     extension = ".mlpackage"
     extra = "coreml"
     requires = ("coremltools",)
