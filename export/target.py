@@ -152,10 +152,17 @@ class Target(ABC):
         return None
 
     def bench_external(
-        self, path: Path, record: Mapping[str, Any], inputs: Mapping[str, np.ndarray], runs: int, threads: int
+        self,
+        path: Path,
+        record: Mapping[str, Any],
+        inputs: Mapping[str, np.ndarray],
+        runs: int,
+        threads: int,
+        precisions: tuple[str, ...] | None = None,
     ) -> list[ExternalTiming]:
         """Timings of this artifact taken outside this process (e.g. in a browser), on the benchmark's
-        ``inputs`` (encoder -> array), after the interleaved runs; they become rows beside the others."""
+        ``inputs`` (encoder -> array; only the encoders asked for), at ``precisions`` (None: all it has),
+        after the interleaved runs; they become rows beside the others."""
         return []
 
     def bench_fields(self, row: Mapping[str, Any]) -> dict[str, Any]:

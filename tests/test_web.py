@@ -20,6 +20,7 @@ import pytest
 from mobileclip_export.errors import MissingDependencyError, UsageError
 from mobileclip_export.export.backends.web import build, checks, folder, runtime
 from mobileclip_export.export.backends.web.target import WebTarget
+from mobileclip_export.export.spec import RuntimeUnavailable
 from mobileclip_export.export.tolerances import tolerance_for
 
 from _toys import reduced_encoder_export
@@ -195,15 +196,88 @@ def test_card_snippet_runs_as_written(web: dict[str, Any], tmp_path: Path) -> No
     assert len(doc["probs"]) == 2 and abs(sum(doc["probs"]) - 1) < 1e-5
 
 
+def test_bench_shows_browser_rows_beside_onnxruntime(
+    web: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ``bench`` run: the image file in Chromium (WASM) and onnxruntime Python, 1 and 2 threads, in the
+    JSON (with the leaderboard's field names), the Markdown side-by-side table and the plot. (Every file and
+    dtype: the full-size run in docs/web.md.)"""
+    from mobileclip_export.benchmarks import peak
+    from mobileclip_export.commands.bench import main
+
+    # the cheap GEMM peak only (XNNPACK's needs a 30 s lowering; it has its own slow test)
+    monkeypatch.setattr(peak, "PROVIDERS", {k: v for k, v in peak.PROVIDERS.items() if k == "torch.mm"})
+    out = tmp_path / "bench"
+    args = ["--model", "mobileclip_s0", "--bundle-dir", str(web["bundle"]), "--target", "transformersjs"]
+    args += ["--encoder", "image", "--precision", "fp32", "--threads", "2", "--runs", "3", "--warmup", "1"]
+    assert main([*args, "--no-estimates", "--output-dir", str(out)]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    rows = {(r["variant"], r["encoder"], r["precision"]): r for r in doc["rows"] if r["target"] == "web"}
+    variants = ("ort-python-1t", "ort-python-2t", "chromium-wasm-1t", "chromium-wasm-2t")
+    assert set(rows) == {(v, "image", "fp32") for v in variants}
+    for (variant, _, precision), r in rows.items():
+        assert r["status"] == "ok" and r["latency"]["n"] == 3, r
+        assert r["parity_cosine"] >= tolerance_for(precision).min_cosine, r
+        lb = r["extra"]
+        assert lb["load_ms"] == r["load_ms"] > 0 and lb["first_infer_ms"] == r["first_ms"] > 0
+        assert lb["subsequent_infer_ms"] == {"p50": r["latency"]["median"], "p90": r["latency"]["p90"]}
+        assert lb["dtype"] == "fp32"
+        assert lb["threads"] == int(variant[-2])
+        assert lb["device"] == ("wasm" if "chromium" in variant else "cpu")
+    assert rows[("chromium-wasm-2t", "image", "fp32")]["extra"]["cross_origin_isolated"] is True
+    md = (out / "report.md").read_text()
+    assert "| web (chromium-wasm-1t) | image | fp32 | ok |" in md
+    assert "| target | encoder | precision | chromium-wasm-1t | chromium-wasm-2t | ort-python-1t |" in md
+    assert "| web | image | fp32 | " in md
+    pytest.importorskip("matplotlib")
+    assert (out / "latency.png").stat().st_size > 10_000
+
+
+def test_predict_answers_through_transformers_js(web: dict[str, Any]) -> None:
+    """``predict --target web``: images through the folder's AutoProcessor, prompts through AutoTokenizer,
+    the models with the pinned dtype, in Node; the result says whose preprocessing it was."""
+    from mobileclip_export.export.zeroshot import predict as P
+    from mobileclip_export.export.zeroshot.encoders import open_encoders, read_bundle_dir
+    from mobileclip_export.models import get_model_spec
+    from mobileclip_export.models.preprocess import preprocess_image
+    from mobileclip_export.models.samples import sample_paths
+    from mobileclip_export.models.tokenizer import tokenize
+
+    photos = [p for p in sample_paths() if p.stem in ("rocket", "chelsea")]
+    doc = P.predict(web["bundle"], "transformersjs", photos, ["a cat", "a rocket"], templates="photo")
+    assert "AutoProcessor" in doc["preprocessing"]
+    assert "preprocessing: transformers.js" in P.format_predictions(doc)
+    assert doc["runtime"].startswith("transformers.js") and len(doc["images"]) == 2
+    enc = open_encoders(read_bundle_dir(web["bundle"]), "web")
+    try:
+        app = enc.app_runner("image")
+        assert app is not None
+        got = app.embed_files(photos)
+        via_processor = enc.image(app.session.preprocess(photos))
+        pre = get_model_spec("mobileclip_s0").preprocessing
+        ours = enc.image(np.stack([preprocess_image(p, pre) for p in photos]))
+        texts = ["a photo of a cat", "a rocket on the launch pad"]
+        text_diff = np.abs(app.embed_texts(texts) - enc.text(tokenize(texts, 77))).max()
+    finally:
+        enc.close()
+    assert np.abs(got - via_processor).max() <= 1e-7  # AutoProcessor's pixels, not ours ...
+    assert np.abs(got - ours).max() > 1e-6  # ... which differ (sharp vs PIL: 221/255 on rocket.jpg)
+    assert text_diff <= 1e-7  # AutoTokenizer's ids equal ours on plain prompts
+
+
 def test_missing_node_or_chromium_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     from mobileclip_export import cli
 
     monkeypatch.setattr(runtime, "chromium_binary", lambda: None)
     with pytest.raises(MissingDependencyError, match="apt-get install -y --no-install-recommends chromium"):
         WebTarget().ensure_available()
+    with pytest.raises(MissingDependencyError, match="chromium"):  # bench: before anything is timed
+        WebTarget().bench_candidates(Path("unused"), {}, 1)
     monkeypatch.setattr(runtime, "node_binary", lambda: None)
     with pytest.raises(MissingDependencyError, match="Node.js"):
         WebTarget().ensure_available()
+    with pytest.raises(RuntimeUnavailable, match="apt-get install -y nodejs"):  # predict: exit 2 from there
+        WebTarget().load(Path("unused"), {})
     assert cli.main(["--model", "mobileclip_s0", "--target", "transformersjs", "--output-dir", "/tmp/x"]) == 2
 
 

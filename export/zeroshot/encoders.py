@@ -114,6 +114,11 @@ class ArtifactEncoders:
         self.batched[enc] = takes_batches(rec)
         self.precision = rec["precision"]
 
+    def app_runner(self, enc: str) -> Runner | None:
+        """The runner when it brings the app framework's own image processor / tokenizer, else None."""
+        runner = self.runners[enc][0]
+        return runner if runner.app_preprocessing else None
+
     def image(self, x: np.ndarray) -> np.ndarray:
         runner, name = self.runners["image"]
         return run_rows(runner, name, np.asarray(x, np.float32), self.batched["image"])
@@ -141,6 +146,9 @@ class TorchEncoders:
 
         with torch.no_grad():
             return module(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
+
+    def app_runner(self, enc: str) -> Runner | None:
+        return None
 
     def image(self, x: np.ndarray) -> np.ndarray:
         return self._run(self.model.image_encoder, np.asarray(x, np.float32))

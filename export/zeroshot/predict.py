@@ -72,6 +72,15 @@ class _Pixels:
         parts = [emb for _, emb, _ in embed_stream(encode_image, self.paths, self.load, strict=True)]
         return np.concatenate(parts, axis=0)
 
+    def embed_files(self, runner: Any) -> np.ndarray:
+        """The files as the app framework decodes them (``runner.embed_files``), each first checked here
+        (readable, within ``max_pixels``) so a bad file fails with the same one line as ours."""
+        from mobileclip_export.models.preprocess import load_rgb
+
+        for path in self.paths:
+            load_rgb(path, self.max_pixels)
+        return np.asarray(runner.embed_files(self.paths), np.float32)
+
 
 def _pixels(bundle: BundleInfo, images: Sequence[Path], max_pixels: int | None) -> _Pixels:
     from mobileclip_export.models import get_model_spec
@@ -82,19 +91,25 @@ def _pixels(bundle: BundleInfo, images: Sequence[Path], max_pixels: int | None) 
 def _embed(
     bundle: BundleInfo, target: str, precision: str | None, checkpoint: Any, pixels: _Pixels, texts: Any
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(image embeddings, text-side matrix, runtime info); ``texts(encode_text) -> matrix``."""
+    """(image embeddings, text-side matrix, runtime info); ``texts(encode_text, encode_strings) -> matrix``.
+    A runtime that brings an app framework's processor and tokenizer gets the files and the strings."""
     t0 = time.perf_counter()
     enc = open_encoders(bundle, target, precision, checkpoint)
     try:
-        img, txt = pixels.embed(enc.image), texts(enc.text)
+        app_img, app_txt = enc.app_runner("image"), enc.app_runner("text")
+        img = pixels.embed_files(app_img) if app_img else pixels.embed(enc.image)
+        txt = texts(enc.text, app_txt.embed_texts if app_txt else None)
     finally:
         enc.close()
     info = {"runtime": enc.label, "precision": enc.precision, "seconds": round(time.perf_counter() - t0, 3)}
+    app = app_img or app_txt
+    if app is not None:
+        info["preprocessing"] = app.app_preprocessing
     return img, txt, info
 
 
 def _header(bundle: BundleInfo, schema: str, target: str, info: dict[str, Any]) -> dict[str, Any]:
-    return {
+    out = {
         "schema": schema,
         "model": bundle.model,
         "bundle": str(bundle.root),
@@ -104,6 +119,9 @@ def _header(bundle: BundleInfo, schema: str, target: str, info: dict[str, Any]) 
         "random_init": bool(bundle.manifest.get("random_init", True)),
         "logit_scale": bundle.logit_scale,
     }
+    if info.get("preprocessing"):  # the runtime's own processor/tokenizer, not ours: what differs
+        out["preprocessing"] = info["preprocessing"]
+    return out
 
 
 def predict(
@@ -128,8 +146,8 @@ def predict(
     Z.check_prompts(labels, temps, ctx)
     pixels = _pixels(bundle, paths, max_image_pixels)
 
-    def texts(encode: Z.EncodeFn) -> np.ndarray:
-        return Z.label_embeddings(encode, labels, temps, ctx)
+    def texts(encode: Z.EncodeFn, strings: Any = None) -> np.ndarray:
+        return Z.label_embeddings(encode, labels, temps, ctx, strings)
 
     img, lab, info = _embed(bundle, target, precision, checkpoint, pixels, texts)
     probs = Z.zero_shot_probs(img, lab, bundle.logit_scale)
@@ -182,8 +200,8 @@ def retrieve(
     Z.check_prompts(queries, ["{}"], ctx, what="query")
     pixels = _pixels(bundle, paths, max_image_pixels)
 
-    def texts(encode: Z.EncodeFn) -> np.ndarray:
-        return Z.label_embeddings(encode, queries, ["{}"], ctx)
+    def texts(encode: Z.EncodeFn, strings: Any = None) -> np.ndarray:
+        return Z.label_embeddings(encode, queries, ["{}"], ctx, strings)
 
     img, q, info = _embed(bundle, target, precision, checkpoint, pixels, texts)
     cos = Z.l2_normalize(q) @ Z.l2_normalize(img).T  # [Q, B]
@@ -210,7 +228,8 @@ def _rankings(queries: list[str], cos: np.ndarray, paths: list[Path], k: int) ->
 
 def _title(doc: dict[str, Any]) -> str:
     weights = "RANDOM weights (scores are not meaningful)" if doc["random_init"] else "checkpoint weights"
-    return f"{doc['model']} | {doc['target']} {doc['precision']} | {doc['runtime']} | {weights}"
+    title = f"{doc['model']} | {doc['target']} {doc['precision']} | {doc['runtime']} | {weights}"
+    return title + (f"\npreprocessing: {doc['preprocessing']}" if doc.get("preprocessing") else "")
 
 
 def format_predictions(doc: dict[str, Any]) -> str:

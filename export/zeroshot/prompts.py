@@ -152,13 +152,21 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 def label_embeddings(
-    encode_text: EncodeFn, labels: Sequence[str], templates: Sequence[str], context_length: int = 77
+    encode_text: EncodeFn,
+    labels: Sequence[str],
+    templates: Sequence[str],
+    context_length: int = 77,
+    encode_strings: Callable[[list[str]], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Template-averaged, L2-normalized label embeddings, float32 ``[N, D]`` in label order."""
+    """Template-averaged, L2-normalized label embeddings, float32 ``[N, D]`` in label order.
+    ``encode_strings``: a runtime that tokenizes itself (an app framework's tokenizer) gets the prompts."""
     from mobileclip_export.models.tokenizer import tokenize
 
     prompts = [prompt(t, label) for label in labels for t in templates]
-    emb = l2_normalize(encode_text(tokenize(prompts, context_length).astype(np.int32)))
+    if encode_strings is not None:
+        emb = l2_normalize(encode_strings(prompts))
+    else:
+        emb = l2_normalize(encode_text(tokenize(prompts, context_length).astype(np.int32)))
     per_label = emb.reshape(len(labels), len(templates), -1).mean(axis=1)
     return l2_normalize(per_label).astype(np.float32)
 

@@ -98,13 +98,23 @@ def _timing(run: dict[str, Any], folder: Path, threads: int, facts: dict[str, An
     return t
 
 
-def external(folder: Path, inputs: Mapping[str, np.ndarray], runs: int, threads: int) -> list[ExternalTiming]:
+def external(
+    folder: Path,
+    inputs: Mapping[str, np.ndarray],
+    runs: int,
+    threads: int,
+    precisions: tuple[str, ...] | None = None,
+) -> list[ExternalTiming]:
     """Chromium timings of every shipped file: load, first inference, ``runs`` warm runs, per thread count."""
     from .browser import chromium_version, run_in_chromium
     from .checks import browser_job
 
     feeds = {k: (np.asarray(v), None) for k, v in inputs.items() if k in INPUT}
-    jobs = [{"encoder": e, "dtype": d} for e, d in shipped(folder) if e in feeds]
+    jobs = [
+        {"encoder": e, "dtype": d}
+        for e, d in shipped(folder)
+        if e in feeds and (precisions is None or DTYPES[d].precision in precisions)
+    ]
     if not jobs:
         return []
     browser = chromium_version()

@@ -128,6 +128,16 @@ class NodeSession:
         ans = self.request("tokenize", texts=texts)
         return np.asarray(ans["ids"], dtype=np.int64).reshape(ans["dims"])
 
+    def embed_files(self, paths: list[Path]) -> np.ndarray:
+        """AutoProcessor on the files, then the vision model with the pinned dtype (an app's path)."""
+        ans = self.request("embed_files", paths=[str(p) for p in paths])
+        return from_b64(ans["data"], ans["dims"])
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """AutoTokenizer (``padding: 'max_length'``), then the text model with the pinned dtype."""
+        ans = self.request("embed_texts", texts=list(texts))
+        return from_b64(ans["data"], ans["dims"])
+
     def preprocess(self, paths: list[Path]) -> np.ndarray:
         ans = self.request("preprocess", paths=[str(p) for p in paths])
         return from_b64(ans["data"], ans["dims"])

@@ -45,10 +45,27 @@ def parse_dtypes(value: str | Sequence[str] | None) -> tuple[str, ...]:
 class WebRunner(Runner):
     """The folder through transformers.js in Node with the dtype ``config.json`` pins (what an app gets)."""
 
+    app_preprocessing = (
+        "transformers.js AutoProcessor and AutoTokenizer from the folder (sharp decodes the images: colour "
+        "profiles converted to sRGB, crop offset rounded down, bilinear without antialiasing, so pixels "
+        "differ from our PIL preprocessing; tokens equal ours except a literal <|startoftext|> or "
+        "<|endoftext|> typed in a text; see docs/web.md)"
+    )
+    batch = 16  # images per request: one batch of decoded pixels alive in Node at a time
+
     def __init__(self, folder: Path) -> None:
         self.session = NodeSession(folder)
         version = js_versions().get("@huggingface/transformers", "?")
         self.label = f"transformers.js {version} (Node, onnxruntime-node, the dtype config.json pins)"
+
+    def embed_files(self, paths: Sequence[Path]) -> np.ndarray:
+        items = [Path(p).resolve() for p in paths]
+        step = self.batch
+        parts = [self.session.embed_files(items[i : i + step]) for i in range(0, len(items), step)]
+        return np.concatenate(parts, axis=0).astype(np.float32)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.session.embed_texts(list(texts)).astype(np.float32)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         for encoder, name in INPUT.items():
@@ -140,11 +157,17 @@ class WebTarget(Target):
         return bench.candidates(Path(path), threads)
 
     def bench_external(
-        self, path: Path, record: Mapping[str, Any], inputs: Mapping[str, np.ndarray], runs: int, threads: int
+        self,
+        path: Path,
+        record: Mapping[str, Any],
+        inputs: Mapping[str, np.ndarray],
+        runs: int,
+        threads: int,
+        precisions: tuple[str, ...] | None = None,
     ) -> list[ExternalTiming]:
         from . import bench
 
-        return bench.external(Path(path), inputs, runs, threads)
+        return bench.external(Path(path), inputs, runs, threads, precisions)
 
     def bench_fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
         from . import bench

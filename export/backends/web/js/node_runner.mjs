@@ -57,7 +57,22 @@ async function preprocess(req) {
   return { dims: pixel_values.dims, data: b64(Float32Array.from(pixel_values.data)) };
 }
 
-const OPS = { embed, tokenize, preprocess, version: async () => ({ transformers: env.version, node: process.version }) };
+// What an app gets: the folder's own processor / tokenizer, then the model with the dtype config.json pins.
+async function embedFiles(req) {
+  const proc = await AutoProcessor.from_pretrained(id, { local_files_only: true });
+  const images = await Promise.all(req.paths.map((p) => RawImage.read(p)));
+  const t = (await (await model('image'))(await proc(images))).image_embeds;
+  return { dims: t.dims, data: b64(Float32Array.from(t.data)) };
+}
+
+async function embedTexts(req) {
+  const tok = await AutoTokenizer.from_pretrained(id, { local_files_only: true });
+  const inputs = tok(req.texts, { padding: 'max_length', truncation: true });
+  const t = (await (await model('text'))(inputs)).text_embeds;
+  return { dims: t.dims, data: b64(Float32Array.from(t.data)) };
+}
+
+const OPS = { embed, tokenize, preprocess, embed_files: embedFiles, embed_texts: embedTexts, version: async () => ({ transformers: env.version, node: process.version }) };
 const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
 for await (const line of rl) {
   if (!line.trim()) continue;
