@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from mobileclip_export.errors import ExportFailure, MissingDependencyError, install_hint
 from mobileclip_export.export.spec import EncoderExport, TensorSpec
 
+from .forms import linears_as_convs
 from .hazards import find_coreai_hazards
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def _exported_program(enc: EncoderExport, precision: str) -> torch.export.Export
     coreai_torch = _import_converter()
     import torch
 
-    module = copy.deepcopy(enc.module).eval()  # never mutate the caller's module
+    module = linears_as_convs(enc.module).eval()  # a copy: never mutate the caller's module
     if precision == "fp16":
         module = module.half()
     try:
