@@ -14,7 +14,7 @@ from torch import nn
 from mobileclip_export.errors import UsageError
 from mobileclip_export.export.parity import compare
 from mobileclip_export.export.registry import get_target
-from mobileclip_export.export.spec import EncoderExport, TensorSpec
+from mobileclip_export.export.spec import EncoderExport, RuntimeUnavailable, TensorSpec
 from mobileclip_export.export.tolerances import tolerance_for
 
 from _toys import reduced_encoder_export
@@ -264,11 +264,8 @@ def test_our_unflatten_matches_executorchs_own(coreml_pte, tmp_path):
     program = cd._program(coreml_pte[1].read_bytes())
     blob = cd._delegate_bytes(program, program.execution_plan[0].delegates[0].processed)
     assert executorchcoreml.unflatten_directory_contents(blob, str(tmp_path))
-    theirs = {
-        str(f.relative_to(tmp_path / "lowered_module")): f.read_bytes()
-        for f in tmp_path.rglob("*")
-        if f.is_file()
-    }
+    root = tmp_path / "lowered_module"
+    theirs = {str(f.relative_to(root)): f.read_bytes() if f.is_file() else None for f in root.rglob("*")}
     ours = cd.unflatten(blob)
     assert ours == theirs and "model.mlpackage/Data/com.apple.CoreML/weights/weight.bin" in ours
 
@@ -313,7 +310,7 @@ def test_unflatten_refuses_names_that_leave_the_directory():
                            "children": {name: 0}}]}  # fmt: skip
         return b"hi" + json.dumps(tree).encode()[::-1]
 
-    assert unflatten(blob("a.txt")) == {"a.txt": b"hi"}
+    assert unflatten(blob("a.txt")) == {"a.txt": b"hi"}  # the root itself is not an entry
     for name in ("..", "../x", "/etc/passwd", ""):
         with pytest.raises(DelegatePayloadError):
             unflatten(blob(name))
@@ -382,3 +379,54 @@ def test_xnnpack_int8_parity_and_quantization_mode(target, tmp_path, encoder):
     runner = target.load(path, {"num_threads": 1})
     stats = compare(_reference(train, x), runner.run({enc.inputs[0].name: x}))
     assert stats.violations(tolerance_for("int8")) == [], stats
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_full_size_s0_coreml_delegate_parity_in_the_manifest(tmp_path, precision):
+    """Full-size S0, both encoders, --delegate coreml: verified by the extracted program, parity recorded."""
+    import json
+
+    from mobileclip_export.export.pipeline.api import export_model
+    from mobileclip_export.export.tolerances import tolerance_for
+
+    res = export_model("mobileclip_s0", "executorch", output_dir=tmp_path, precision=precision,
+                       options={"delegate": "coreml"})  # fmt: skip
+    manifest = json.loads(res.manifest_path.read_text())
+    tol = tolerance_for(precision)
+    for a in manifest["artifacts"]:
+        assert a["status"] == "verified", a.get("error")
+        assert a["parity"]["status"] == "passed" and a["parity"]["cosine"] >= tol.min_cosine
+        assert "extracted from the CoreMLBackend delegate" in a["parity"]["runtime"]
+        (part,) = a["details"]["coreml_delegate"]["partitions"]
+        assert part["compute_precision"] == {"fp16": "float16", "fp32": "float32"}[precision]
+        assert part["compute_units"] == "all" and a["details"]["coreml_delegate"]["whole_graph"]
+
+
+def test_a_split_coreml_graph_is_reported_not_silently_passed(target, tmp_path):
+    """Two Core ML partitions with a portable op (tanh, kept out) between them: each partition's program is
+    loaded by the structural check; numeric verification refuses, naming the portable operators."""
+    ct = pytest.importorskip("coremltools")
+    from executorch.backends.apple.coreml.compiler import CoreMLBackend
+    from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    class Split(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(torch.tanh(x * 2.0) + 1.0) * 3.0
+
+    x = torch.rand(1, 8)
+    specs = CoreMLBackend.generate_compile_specs(compute_precision=ct.precision.FLOAT32)
+    part = CoreMLPartitioner(compile_specs=specs, skip_ops_for_coreml_delegation=["aten.tanh.default"])
+    program = to_edge_transform_and_lower(torch.export.export(Split(), (x,)), partitioner=[part])
+    path = tmp_path / "split.pte"
+    path.write_bytes(program.to_executorch().buffer)
+    enc = EncoderExport("toy", "image", Split(), (x,), (TensorSpec("image", (1, 8), "float32"),),
+                        (TensorSpec("embedding", (1, 8), "float32"),), {"model": "toy"}, 8)  # fmt: skip
+    checks = target.structural_checks(path, enc)
+    assert checks["problems"] == [] and checks["delegates"] == {"CoreMLBackend": 2}
+    facts = checks["coreml_delegate"]
+    assert not facts["whole_graph"] and facts["delegate_calls"] == 2 and len(facts["partitions"]) == 2
+    assert facts["portable_operators"] == ["aten::tanh"]
+    with pytest.raises(RuntimeUnavailable, match=r"2 delegate call\(s\).*aten::tanh"):
+        target.load(path, {})

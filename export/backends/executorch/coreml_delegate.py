@@ -41,7 +41,7 @@ class DelegatePayloadError(ValueError):
 @dataclass
 class CoreMLPartition:
     index: int  # position among the plan's delegates
-    files: dict[str, bytes]  # relative POSIX path -> bytes
+    files: dict[str, bytes | None]  # relative POSIX path -> bytes (None: a directory)
     compile_specs: dict[str, str]
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -86,10 +86,12 @@ def _name(node: Any) -> str:
     return name
 
 
-def unflatten(blob: bytes) -> dict[str, bytes]:
-    """The files of a flattened directory, keyed by their path below its root."""
+def unflatten(blob: bytes) -> dict[str, bytes | None]:
+    """The files (bytes) and directories (None) of a flattened directory, keyed by their path below its
+    root. Directories are kept because an empty one matters: a package's ``weights`` folder is named by its
+    manifest even when the program has no weight file."""
     nodes = _tree(blob)
-    paths: dict[int, dict[str, bytes]] = {}  # node index -> files below it (relative to the node)
+    paths: dict[int, dict[str, bytes | None]] = {}  # node index -> entries below it (relative to the node)
     for i, node in enumerate(nodes):
         _name(node)
         if node.get("kind") == 0:
@@ -104,7 +106,7 @@ def unflatten(blob: bytes) -> dict[str, bytes]:
             children = node.get("children")
             if not isinstance(children, dict):
                 raise DelegatePayloadError(f"directory {node['name']!r} has no children map")
-            paths[i] = {}
+            paths[i] = {"": None}
             for child_name, j in children.items():
                 if not (isinstance(j, int) and 0 <= j < i) or j not in paths or _name(nodes[j]) != child_name:
                     raise DelegatePayloadError(f"directory {node['name']!r}: bad child {child_name!r}")
@@ -118,6 +120,7 @@ def unflatten(blob: bytes) -> dict[str, bytes]:
     root = paths.get(len(nodes) - 1)
     if root is None or nodes[-1].get("kind") != 1:
         raise DelegatePayloadError("the last node is not the root directory")
+    root.pop("", None)
     return root
 
 
@@ -152,7 +155,7 @@ def coreml_partitions(data: bytes) -> tuple[list[CoreMLPartition], dict[str, Any
         files = unflatten(_delegate_bytes(program, d.processed))
         specs = {c.key: bytes(c.value).decode("utf-8", "replace") for c in d.compile_specs}
         try:
-            meta = json.loads(files.get("metadata.json", b"{}"))
+            meta = json.loads(files.get("metadata.json") or b"{}")
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise DelegatePayloadError("the partition's metadata.json does not parse") from None
         parts.append(CoreMLPartition(i, files, specs, meta if isinstance(meta, dict) else {}))
@@ -181,8 +184,11 @@ def materialize(part: CoreMLPartition, into: Path) -> Path:
         target = (root / rel).resolve()
         if root not in target.parents:  # names were validated; this is the second lock
             raise DelegatePayloadError(f"entry {rel!r} resolves outside the extraction directory")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        if data is None:
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
     package = root / part.package_prefix
     if not package.is_dir():
         raise DelegatePayloadError("the partition holds no model.mlpackage")
