@@ -168,6 +168,17 @@ def test_int8_static_text_keeps_attention_matmuls_float(tmp_path) -> None:
     layers = sum(1 for name, _ in enc.module.named_modules() if name.endswith("token_mixer"))
     assert len(matmuls) - len(dequantized) == 2 * layers > 0, [n.name for n in matmuls]
     assert len(dequantized) >= 4 * layers  # qkv, out, fc1, fc2 per block
+    # bytes: the exporter's per-node provenance is gone; every byte is a tensor's or the graph's
+    from mobileclip_export.export.backends.onnx.sizes import size_breakdown
+
+    assert not any(n.metadata_props for n in graph.node)
+    sizes = size_breakdown(path)
+    roles = sizes["roles"]
+    assert sum(r["bytes"] for r in roles.values()) + sizes["graph_bytes"] == path.stat().st_size
+    params = enc.module.named_parameters()
+    weights = sum(p.numel() for n, p in params if p.dim() >= 2 and "embedding" not in n)
+    assert roles["weights_int8"]["elements"] >= weights  # every weight matrix int8 (+ the embedding table)
+    assert roles["scales"]["tensors"] == roles["zero_points"]["tensors"] > 0
     ids = structured_inputs("text")
     with torch.no_grad():
         ref = enc.module(torch.from_numpy(ids)).numpy()

@@ -220,7 +220,19 @@ def test_reduced_s0_int8_static_image_full_integer(tmp_path):
     assert image["dtype"] == "int8" and image["quantization"][0] > 0
     fp32_bytes = TARGET.export(enc, "fp32", {}, tmp_path / "fp32.tflite").path.stat().st_size
     assert path.stat().st_size < 0.5 * fp32_bytes
-    print(f"reduced S0 image int8-static: cosine {stats.cosine:.6f}, {path.stat().st_size} bytes")
+    # bytes: int8 weights, int32 biases, and per channel a float32 scale + an int64 zero point on the weight
+    # AND on its bias (the schema's per-channel quantization): 24 B per output channel
+    from torch import nn
+
+    from mobileclip_export.export.backends.tflite.sizes import size_breakdown
+
+    sizes = size_breakdown(path)
+    roles, q = sizes["roles"], sizes["quantization_params"]
+    assert sum(r["bytes"] for r in roles.values()) + q["bytes"] + sizes["graph_bytes"] == path.stat().st_size
+    assert "float_unquantized" not in roles and roles["weights_int8"]["bytes"] > 0
+    channels = sum(m.out_channels for m in enc.module.modules() if isinstance(m, nn.Conv2d))
+    assert q["bytes"] >= 24 * channels
+    print(f"reduced S0 image int8-static: cosine {stats.cosine:.6f}, {path.stat().st_size} bytes, {sizes}")
 
 
 def test_reduced_s0_text_int8_static_passes_its_guard(tmp_path):

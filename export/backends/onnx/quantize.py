@@ -52,10 +52,15 @@ def _activation_matmuls(model: Any) -> list[str]:
 
 
 def _clean(model: Any) -> Any:
+    """Drop value_info named like initializers (``quantize_dynamic`` trips over them) and the exporter's
+    per-node provenance (``metadata_props``: module namespace, class hierarchy, stack trace): 542.6 kB of the
+    full-size S0 image int8-static file, 0.048 bytes/param, read by nothing at run time."""
     inits = {i.name for i in model.graph.initializer}
     keep = [v for v in model.graph.value_info if v.name not in inits]
     del model.graph.value_info[:]
     model.graph.value_info.extend(keep)
+    for node in model.graph.node:
+        del node.metadata_props[:]
     return model
 
 
