@@ -18,15 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mobileclip_export.lifeline import die_with_parent
+from mobileclip_export.lifeline import parent_alive as coordinator_alive
 from mobileclip_export.matrix.jobs import Job
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 RESULT = "result.json"
 CONVERTING = "converting"
 COORDINATOR_ENV = "MOBILECLIP_MATRIX_COORDINATOR"  # the local pool's pid, set for each worker it starts
-ORPHANED = 3  # exit code of a worker that stopped because its coordinator is gone
-WATCH_SECONDS = 0.5
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _mismatch(job: Job) -> str | None:
@@ -64,39 +61,6 @@ def _marker(staging: Path) -> Any:
             (staging / CONVERTING).unlink(missing_ok=True)
 
     return progress
-
-
-def coordinator_alive(coordinator: int) -> bool:
-    """Our parent is still the coordinator (a dead parent re-parents us to init or a subreaper)."""
-    return os.getppid() == coordinator
-
-
-def _stop_if_orphaned(coordinator: int) -> None:
-    if not coordinator_alive(coordinator):
-        log.error("coordinator %d is gone; stopping without writing a result", coordinator)
-        os._exit(ORPHANED)  # no cleanup that could write into the run
-
-
-def _watch(coordinator: int) -> None:
-    while True:
-        time.sleep(WATCH_SECONDS)
-        _stop_if_orphaned(coordinator)
-
-
-def die_with_coordinator(coordinator: int) -> None:
-    """Ask the kernel to SIGKILL us when our parent dies (Linux), check it has not died already, and keep
-    checking in a daemon thread (every platform)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-                log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
-        except (OSError, AttributeError) as err:
-            log.warning("no parent-death signal (%s); relying on the watchdog", err)
-    _stop_if_orphaned(coordinator)  # the coordinator died before prctl took effect
-    threading.Thread(target=_watch, args=(coordinator,), name="coordinator-watch", daemon=True).start()
 
 
 def run_job(
@@ -137,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     coordinator = int(os.environ.get(COORDINATOR_ENV) or os.getppid())
-    die_with_coordinator(coordinator)
+    die_with_parent(coordinator)
     job = Job.from_dict(json.loads(Path(args[0]).read_text("utf-8")))
     run_job(job, Path(args[1]), alive=lambda: coordinator_alive(coordinator))
     return 0
