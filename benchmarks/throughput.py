@@ -7,12 +7,12 @@ row by row when it is a batch-1 artifact. A row's ``median_ms`` is one batch of 
 ``items_per_s`` divide by B (items: images for the image encoder, captions for the text encoder).
 
 Peak memory per row: the kernel's resident-set high-water mark (``VmHWM``) is reset at the start of every
-row (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0), so ``peak_rss_mb`` is the process's peak while that
-row ran, not the whole run's; ``peak_over_load_mb`` subtracts the RSS before the artifact was loaded (what
-loading it and running batches up to B cost). Artifacts run one after another (not interleaved, unlike the
-latency table) so memory belongs to one runtime at a time; sizes run in increasing order, each runtime is
-closed before the next loads. Where ``clear_refs`` cannot be written, RSS sampled every 2 ms stands in
-(``peak_rss_method`` says which).
+row, after the artifact is loaded (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0), so ``peak_rss_mb`` is
+the process's peak while that row ran, not the whole run's (nor the load's transient); ``peak_over_load_mb``
+subtracts the RSS before the artifact was loaded: the loaded artifact plus what batches of B need.
+Artifacts run one after another (not interleaved, unlike the latency table) so memory belongs to one
+runtime at a time; sizes run in increasing order, each runtime is closed before the next loads. Where
+``clear_refs`` cannot be written, RSS sampled every 2 ms stands in (``peak_rss_method`` says which).
 """
 
 from __future__ import annotations
@@ -200,7 +200,6 @@ def measure_subject(
 
     gc.collect()
     before = current_rss_bytes()
-    memory.reset()
     try:
         run, label, deployment, close = subject.load()
     except Exception as err:  # a runtime that cannot load here is a row saying why, not a crash
@@ -213,8 +212,7 @@ def measure_subject(
     try:
         for b in sizes:
             x = np.ascontiguousarray(inputs[np.arange(b) % len(inputs)])
-            if b != sizes[0]:
-                memory.reset()
+            memory.reset()  # after the load: a row's peak is what running batches of B holds
             samples = _time(run, x, runs_at(b, runs), warmup)
             peak = memory.peak_bytes()
             stats = summarize(samples)

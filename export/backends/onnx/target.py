@@ -238,7 +238,7 @@ class OnnxTarget(Target):
         ),
         OptionSpec(
             "dynamic_batch",
-            "onnx: make the batch dimension dynamic (default: fixed batch 1)",
+            "make the batch dimension dynamic (default: fixed batch 1; executorch: any batch 1..32)",
             False,
             None,
             bool,
