@@ -218,6 +218,39 @@ def test_integer_arithmetic_is_left_unquantized(tmp_path: Path) -> None:
     assert integer_ops(path) == ["int_add"]
 
 
+def test_calibration_images_come_from_the_named_folder_only(tmp_path: Path) -> None:
+    """--calibration-images: images under the folder (recursively, at most ``limit`` evenly spread) through
+    the variant's preprocessing; a symlink out, an empty folder, a non-static precision: one UsageError."""
+    from PIL import Image
+
+    from mobileclip_export.export.compression.calibration import folder_images
+    from mobileclip_export.models import get_model_spec
+
+    spec = get_model_spec("mobileclip_s0")
+    root = tmp_path / "calib"
+    for i in range(5):
+        (root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), (50 * i, 0, 0)).save(root / f"c{i % 2}" / f"{i}.png")
+    (root / "notes.txt").write_text("not an image")
+    x = folder_images(root, spec, limit=3)
+    assert x.shape == (3, 3, spec.image_size, spec.image_size) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UsageError, match="no image"):
+        folder_images(empty, spec)
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    (root / "escape.png").symlink_to(outside)
+    with pytest.raises(UsageError, match="leads outside"):
+        folder_images(root, spec)
+    t = get_target("coreml")
+    with pytest.raises(UsageError, match="applies to int8-static / palettize4-static, not int8"):
+        t.validate("int8", {"calibration_images": str(root)})
+    with pytest.raises(UsageError, match="is not a folder"):
+        t.validate(W8A8, {"calibration_images": str(outside)})
+
+
 def test_static_precisions_need_their_deployment_targets() -> None:
     t = get_target("coreml")
     with pytest.raises(UsageError, match="palettize4-static .A8W4. needs iOS18"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -79,9 +80,31 @@ class TaskData:
     evaluation: EvalTask | None = None
 
 
-def calibration_inputs(enc: object, limit: int | None = None) -> np.ndarray:
-    """Inputs for calibrating an encoder's activations: the photographs at the encoder's image size (in the
-    artifact's input layout), or the caption ids at its context length (``enc`` is an ``EncoderExport``)."""
+def folder_images(folder: str | Path, spec: object, limit: int = 32) -> np.ndarray:
+    """Up to ``limit`` images found under ``folder`` (recursively; evenly spread over the sorted list)
+    through the variant's preprocessing, for calibration on the user's own data. A file whose real path
+    leaves the folder (a symlink out) is refused, as is a folder without images."""
+    from mobileclip_export.errors import UsageError
+    from mobileclip_export.export.compression.evalset import IMAGE_SUFFIXES
+    from mobileclip_export.models.preprocess import preprocess_batch
+
+    root = Path(folder).resolve()
+    if not root.is_dir():
+        raise UsageError(f"calibration images: {str(folder)!r} is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    for p in files:
+        if not p.resolve().is_relative_to(root):
+            raise UsageError(f"calibration image {str(p)!r} leads outside {str(root)!r}; refused")
+    if not files:
+        raise UsageError(f"calibration images: no image ({', '.join(IMAGE_SUFFIXES)}) under {str(folder)!r}")
+    step = -(-len(files) // limit)
+    return preprocess_batch(files[::step][:limit], spec.preprocessing).astype(np.float32)  # type: ignore[attr-defined]
+
+
+def calibration_inputs(enc: object, limit: int | None = None, folder: str | Path | None = None) -> np.ndarray:
+    """Inputs for calibrating an encoder's activations: the photographs (or the images under ``folder``) at
+    the encoder's image size (in the artifact's input layout), or the caption ids at its context length
+    (``enc`` is an ``EncoderExport``)."""
     from mobileclip_export.models import get_model_spec
 
     spec = get_model_spec(enc.model_name)  # type: ignore[attr-defined]
@@ -90,7 +113,7 @@ def calibration_inputs(enc: object, limit: int | None = None) -> np.ndarray:
 
         length = int(enc.inputs[0].shape[1])  # type: ignore[attr-defined]
         return tokenize(list(calibration_captions()), length).astype(np.int32)[:limit]
-    images = photographs(spec, limit)
+    images = folder_images(folder, spec, limit or 32) if folder else photographs(spec, limit)
     size = enc.image_size  # type: ignore[attr-defined]
     if size and images.shape[-1] != size:  # reduced test variants run at a smaller size
         import torch

@@ -34,8 +34,8 @@ from mobileclip_export.export.compression.precisions import (
     parse_layers,
 )
 
+from .options import CALIBRATION_OPTION, STATIC
 from .options import COMPRESSIONS as PRECISIONS
-from .options import STATIC
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,8 @@ def compress_export(enc: Any, precision: str, opts: Mapping[str, Any], path: Pat
     if precision in STATIC:
         from mobileclip_export.export.compression.calibration import calibration_inputs
 
-        calibration = calibration_inputs(enc)
+        folder = opts.get(CALIBRATION_OPTION) if enc.encoder == "image" else None
+        calibration = calibration_inputs(enc, folder=folder)
     details = compress_package(path, precision, opts["minimum_deployment_target"], keep, kept, calibration)
     n_params = sum(int(p.numel()) for p in enc.module.parameters())
     details["inference_parameters"] = n_params

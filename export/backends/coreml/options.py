@@ -18,6 +18,7 @@ COMPRESSIONS = (INT8, *PALETTIZE_BITS, INT8_STATIC, PALETTIZE4_STATIC)  # of an 
 # and later; the joint A8W4 form (int8 lookup tables) needs the iOS18 ops.
 STATIC = {INT8_STATIC: "W8A8", PALETTIZE4_STATIC: "A8W4"}
 IOS18_OR_LATER = ("iOS18", "iOS26", "macOS15", "macOS26")
+CALIBRATION_OPTION = "calibration_images"
 COMPUTE_UNITS = {
     "all": "ALL",
     "cpu_only": "CPU_ONLY",
