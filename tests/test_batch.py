@@ -225,10 +225,15 @@ def test_fixed_batch_reduced_s0_executorch_tflite(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_coreai_fixed_batch(tmp_path, monkeypatch) -> None:
-    """Core AI --batch-size 2 (toy text encoder; the Linux reference runtime is slow): verified at 1 and 2."""
+def test_coreai_fixed_batch(tmp_path) -> None:
+    """Core AI --batch-size 2, reduced S0 text (the Linux reference runtime is slow): verified at 1 and 2. The
+    toy text encoder's nn.MultiheadAttention fails coreai-torch's export at batch 2 (t() on a 4-D tensor)."""
     pytest.importorskip("coreai")
-    res = _export(tmp_path, monkeypatch, ["coreai"], {"batch_size": 2}, encoders=("text",))
+    from mobileclip_export.export import export_model
+
+    res = export_model("mobileclip_s0", ["coreai"], output_dir=tmp_path, reduced=True, precision="fp32",
+                       encoders=("text",), options={"batch_size": 2})  # fmt: skip
     (a,) = res.artifacts
     assert a.status == "verified", a.error
     assert a.batch == {"sizes": [2], "dynamic": False, "verified": [1, 2]}
+    assert min(_by_batch(a).values()) > 0.99999, a.parity["by_batch"]
