@@ -53,6 +53,9 @@ class Target(ABC):
     # the GIL: the pipeline then converts this target first and verifies it in a background thread while the
     # other targets convert (same inputs, same tolerances; only the wall time changes).
     verify_beside: ClassVar[bool] = False
+    # Seconds this target takes to convert and verify full-size S0 here (both encoders, default precision):
+    # only the ratios matter, to share the targets of one run fairly between the export lanes.
+    export_weight: ClassVar[float] = 20.0
 
     # ---- dependency and option checks (cheap, no heavy imports) ----
     def missing_dependencies(self) -> list[str]:

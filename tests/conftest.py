@@ -4,6 +4,7 @@ that tests which only read a bundle share."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "reparam": ("test_blocks_reparam",),
     "contracts": ("test_contracts", "test_layout", "test_imports", "test_devices_registry", "test_docs"),
     "pipeline": ("test_export_pipeline", "test_export_matrix", "test_image_input", "test_cli", "test_stdio",
-                 "test_bad_input", "test_hostile_inputs", "test_batch"),
+                 "test_bad_input", "test_hostile_inputs", "test_batch", "test_lanes"),
     "bundle": ("test_bundle_reader", "test_check", "test_golden", "test_model_card"),
     "backends": ("test_coreml", "test_coreml_mil", "test_coreml_mil_constexpr", "test_coreml_static",
                  "test_apple_naming",
@@ -32,6 +33,22 @@ AREAS: dict[str, tuple[str, ...]] = {
     "matrix": ("test_matrix", "test_workflows"),
 }  # fmt: skip
 AREA_OF = {module: area for area, modules in AREAS.items() for module in modules}
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject): one worker per core, at most 4 (each holds torch and the converters)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # share the cores between the workers instead of oversubscribing them
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    # One export lane: tests patch targets in this process, which a lane in a child process would not see
+    # (tests of the lanes pass jobs=2 themselves).
+    os.environ.setdefault("MOBILECLIP_EXPORT_JOBS", "1")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

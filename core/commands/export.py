@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     return command_parser("export")
 
 
+def _jobs(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     targets = all_targets()
     target_names = [*targets, "all"]
@@ -66,6 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights and verification inputs")
     p.add_argument("--reduced", action="store_true", help="small test-size variant with the same block types")
+    p.add_argument(
+        "--jobs",
+        type=_jobs,
+        help="export lanes: targets converted side by side in this many processes (default: "
+        "$MOBILECLIP_EXPORT_JOBS, else one per core, at most 2)",
+    )
     p.add_argument(
         "--classes",
         type=Path,
@@ -210,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
             options=_options_from_args(args),
             reduced=args.reduced,
             seed=args.seed,
+            jobs=args.jobs,
             progress=StderrProgress() if args.verbosity >= 0 else None,
             **classifier,
             **evaluation,

@@ -51,6 +51,7 @@ from mobileclip_export.export.parity import compare
 from mobileclip_export.export.pipeline import verify as V
 from mobileclip_export.export.pipeline.encoders import encoder_export
 from mobileclip_export.export.pipeline.guard import GuardJob, guard_record, needs_guard, task_data
+from mobileclip_export.export.pipeline.lanes import LaneFailure, lane_count, run_lanes
 from mobileclip_export.export.pipeline.plan import ExportPlan, TargetPlan, check_output_path, plan_export
 from mobileclip_export.export.pipeline.progress import ProgressCallback, ProgressEvent
 from mobileclip_export.export.spec import EncoderExport, TensorSpec
@@ -188,13 +189,13 @@ def export_model(
     classes: Sequence[str] | None = None,
     templates: str | Sequence[str] | None = None,
     evaluation: EvalRequest | None = None,
+    jobs: int | None = None,
 ) -> ExportResult:
     """Export ``model``'s encoders (and with ``classes`` a classifier) to ``targets``, verify each artifact.
     Raises UsageError (bad names/options/paths, existing bundle, missing extra for an explicit target, bad
     checkpoint) before any heavy work, VerificationError if reparameterization changed the model's outputs.
-    Per-artifact conversion or parity failures do not raise: they are records with status "failed" and
-    ``result.ok`` is False. The bundle ``{output_dir}/{model}/`` is only (re)placed when at least one
-    artifact succeeded."""
+    Conversion or parity failures are records with status "failed" (``result.ok`` False), never raised; the
+    bundle ``{output_dir}/{model}/`` is only (re)placed when an artifact succeeded. ``jobs``: export lanes."""
     emit: ProgressCallback = progress or (lambda ev: None)
     t_start = time.perf_counter()
     spec = _get_spec(model)  # UnknownNameError lists the models
@@ -214,7 +215,7 @@ def export_model(
             _verification_data(prep, train_model, spec, plan, emit, evaluation)
         _prepare_classifier(prep, train_model, classes, templates, seed, emit)
         writer.open()
-        _export_targets(plan, prep, writer, model, verify, emit, result)
+        _export_targets(plan, prep, writer, model, verify, emit, result, jobs)
         if not any(r.ok and r.path for r in result.artifacts):
             log.error("no artifact succeeded; leaving the output directory unchanged")
             return result
@@ -422,18 +423,55 @@ def _export_targets(
     verify: bool,
     emit: ProgressCallback,
     result: ExportResult,
+    jobs: int | None = None,
 ) -> None:
-    """Every planned target into ``result``, in plan order. A target whose runtime here is a slow reference
-    (``Target.verify_beside``) converts first and is verified in a background thread while the others convert,
-    so both cores work; its records wait for that verification before anything reads them."""
-    order = sorted(plan.targets, key=lambda tp: not tp.target.verify_beside)  # stable: plan order otherwise
+    """Every planned target into ``result``, in plan order, shared between export lanes (lanes.py: this
+    process and a child process, so both cores convert), balanced by ``Target.export_weight``."""
+    lanes = lane_count(jobs, len(plan.targets))
+    work = partial_fn(_export_lane, prep=prep, writer=writer, model=model, verify=verify)
+    if lanes == 1:
+        records = work(list(plan.targets), emit)
+    else:
+        weights = [tp.target.export_weight for tp in plan.targets]
+        records = {}
+        for tps, got in run_lanes(work, list(plan.targets), weights, lanes, emit):
+            records.update(_lane_failed(tps, prep, got) if isinstance(got, LaneFailure) else got)
+    for tp in plan.targets:
+        result.artifacts.extend(records[tp.target.name])
+
+
+def _export_lane(
+    tps: list[TargetPlan],
+    emit: ProgressCallback,
+    *,
+    prep: _Prepared,
+    writer: BundleWriter,
+    model: str,
+    verify: bool,
+) -> dict[str, list[ArtifactRecord]]:
+    """One lane's targets. A target whose runtime here is a slow reference (``Target.verify_beside``)
+    converts first and is verified in a background thread while the others convert; its records wait for
+    that verification before anything reads them."""
+    order = sorted(tps, key=lambda tp: not tp.target.verify_beside)  # stable: plan order otherwise
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-beside") as beside:
         finishers = {
             tp.target.name: _export_target(tp, prep, writer, model, verify, emit, beside) for tp in order
         }
-        records = {name: finish() for name, finish in finishers.items()}
-    for tp in plan.targets:
-        result.artifacts.extend(records[tp.target.name])
+        return {name: finish() for name, finish in finishers.items()}
+
+
+def _lane_failed(
+    tps: list[TargetPlan], prep: _Prepared, failure: LaneFailure
+) -> dict[str, list[ArtifactRecord]]:
+    """Failure records for the artifacts of a lane whose process died or raised."""
+    out: dict[str, list[ArtifactRecord]] = {}
+    for tp in tps:
+        out[tp.target.name] = []
+        for label, _, _ in _jobs(tp, prep.exports):
+            rec = ArtifactRecord(tp.target.name, label, tp.precision, options=dict(tp.options))
+            rec.error, rec.parity = failure.message, V.parity_dict(None, "not run")
+            out[tp.target.name].append(rec)
+    return out
 
 
 def _export_target(

@@ -85,6 +85,7 @@ class WebTarget(Target):
     description = "transformers.js folder (ONNX per dtype), verified in Node and headless Chromium (WASM)"
     extension = ""
     extra = "onnx"
+    export_weight = 64.0  # full-size S0 here: every dtype, verified in Node and Chromium
     requires = ("onnx", "onnxruntime", "onnxscript")
     version_dists = ("onnx", "onnxruntime", "onnxscript")
     supports_multifunction = True
