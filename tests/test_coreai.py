@@ -361,3 +361,14 @@ def test_fp16_linears_accumulate_like_convolutions(tmp_path):
     with torch.no_grad():
         want = module(x.half().float()).numpy()
     assert np.abs(got - want).max() < 3e-3
+
+
+def test_attention_modules_keep_their_projections():
+    """nn.MultiheadAttention reads ``out_proj.weight`` as a matrix: it must stay a linear."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.MultiheadAttention(8, 2, batch_first=True)).eval()
+    out = linears_as_convs(model)
+    assert isinstance(out[0], LinearAsConv) and isinstance(out[1].out_proj, nn.Linear)
+    x = torch.randn(2, 5, 8)
+    y = out[0](x)
+    torch.testing.assert_close(out[1](y, y, y)[0], model[1](y, y, y)[0])

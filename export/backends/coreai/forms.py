@@ -33,10 +33,13 @@ class LinearAsConv(nn.Module):
 
 
 def linears_as_convs(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose ``nn.Linear`` submodules are ``LinearAsConv`` (the input is not changed)."""
+    """A copy of ``module`` whose ``nn.Linear`` submodules are ``LinearAsConv`` (the input is not changed).
+
+    Only plain ``nn.Linear``: subclasses such as ``nn.MultiheadAttention``'s ``out_proj`` are read by their
+    owner as weight matrices, not called."""
     out = copy.deepcopy(module)
     for child in list(out.modules()):
         for attr, sub in list(child.named_children()):
-            if isinstance(sub, nn.Linear):
+            if type(sub) is nn.Linear:
                 setattr(child, attr, LinearAsConv(sub))
     return out
