@@ -9,7 +9,7 @@ from pathlib import Path
 import _lane_work  # noqa: E402
 import pytest
 
-from mobileclip_export.export.pipeline.lanes import LaneFailure, lane_count, run_lanes, split
+from mobileclip_export.export.pipeline.lanes import LaneFailure, heaviest_first, lane_count, run_lanes
 
 
 @pytest.fixture
@@ -18,15 +18,10 @@ def child_imports_tests(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
 
 
-def test_split_balances_by_weight_and_keeps_plan_order():
-    # the main job's weights in plan order: coreml, coreai, onnx, web, executorch, tflite
-    weights = [27.0, 30.0, 8.0, 64.0, 44.0, 29.0]
-    lanes = split(weights, 2)
-    assert sorted(i for lane in lanes for i in lane) == list(range(6))
-    assert all(lane == sorted(lane) for lane in lanes)
-    loads = sorted(sum(weights[i] for i in lane) for lane in lanes)
-    assert loads == [101.0, 101.0]
-    assert split([5.0], 2) == [[0]]  # never an empty lane
+def test_heaviest_first_is_stable():
+    # the main job's weights in plan order: coreml, onnx, web, executorch, tflite, coreai
+    assert heaviest_first([27.0, 8.0, 64.0, 44.0, 29.0, 30.0]) == [2, 3, 5, 4, 0, 1]
+    assert heaviest_first([1.0, 1.0, 2.0]) == [2, 0, 1]
 
 
 def test_lane_count(monkeypatch: pytest.MonkeyPatch):
@@ -37,27 +32,32 @@ def test_lane_count(monkeypatch: pytest.MonkeyPatch):
     assert lane_count(None, 6) == 1
 
 
-def test_two_lanes_run_in_two_processes_relaying_events_and_logs(child_imports_tests, caplog):
+def test_two_lanes_take_items_from_one_queue_relaying_events_and_logs(child_imports_tests, caplog):
     events: list = []
     with caplog.at_level(logging.WARNING, logger="lane-test"):
-        out = run_lanes(_lane_work.report, ["a", "b", "c"], [3.0, 2.0, 2.0], 2, events.append)
-    (here_items, here), (there_items, there) = out
-    assert here_items == ["a"] and there_items == ["b", "c"]
-    assert here["pid"] == os.getpid() and there["pid"] not in (os.getpid(), None)
-    assert there["items"] == ["b", "c"]
-    assert sorted(e[1] for e in events) == ["a", "b", "c"]  # the child's events reached the parent
-    assert {e[2] for e in events if e[1] != "a"} == {there["pid"]}
-    assert f"lane {there['pid']} ran b,c" in caplog.text  # and so did its log records
+        got = run_lanes(_lane_work.report, ["slow-a", "b", "c", "d"], [4.0, 3.0, 2.0, 1.0], 2, events.append)
+    assert [g["item"] for g in got] == ["slow-a", "b", "c", "d"]  # results in item order
+    assert got[0]["pid"] == os.getpid()  # lane 0 took the heaviest item here ...
+    child = got[1]["pid"]
+    assert (
+        child != os.getpid() and got[2]["pid"] == got[3]["pid"] == child
+    )  # ... the child the rest meanwhile
+    assert sorted(e[1] for e in events) == ["b", "c", "d", "slow-a"]  # the child's events reached the parent
+    assert f"lane {child} ran c" in caplog.text  # and so did its log records
 
 
 @pytest.mark.parametrize(
     "work, needle",
     [(_lane_work.fail_in_child, "ValueError: the converter broke"), (_lane_work.die_in_child, "exit code 7")],
 )
-def test_a_lane_that_raises_or_dies_is_a_failure_not_a_hang(child_imports_tests, work, needle):
-    out = run_lanes(work, ["here", "child"], [2.0, 1.0], 2, lambda ev: None)
-    assert out[0][1]["items"] == ["here"]
-    assert isinstance(out[1][1], LaneFailure) and needle in out[1][1].message, out[1][1]
+def test_an_item_whose_lane_raises_or_dies_is_a_failure_not_a_hang(
+    child_imports_tests, monkeypatch, work, needle
+):
+    monkeypatch.setenv("LANE_PARENT", str(os.getpid()))
+    got = run_lanes(work, ["slow-here", "child", "later"], [3.0, 2.0, 1.0], 2, lambda ev: None)
+    assert got[0]["pid"] == os.getpid()
+    assert isinstance(got[1], LaneFailure) and needle in got[1].message, got[1]
+    assert got[2]["item"] == "later"  # taken by whichever lane was left
 
 
 def test_an_export_in_two_lanes_equals_one_in_one_lane(child_imports_tests, tmp_path):

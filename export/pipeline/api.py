@@ -425,33 +425,35 @@ def _export_targets(
     result: ExportResult,
     jobs: int | None = None,
 ) -> None:
-    """Every planned target into ``result``, in plan order, shared between export lanes (lanes.py: this
-    process and a child process, so both cores convert), balanced by ``Target.export_weight``."""
+    """Every planned target into ``result``, in plan order. With several export lanes (lanes.py: this
+    process and child processes, so every core converts) each lane takes the next target, heaviest
+    first. In one lane, a target whose runtime here is a slow reference (``Target.verify_beside``) converts
+    first and is verified in a background thread while the others convert."""
     lanes = lane_count(jobs, len(plan.targets))
-    work = partial_fn(_export_lane, prep=prep, writer=writer, model=model, verify=verify)
     if lanes == 1:
-        records = work(list(plan.targets), emit)
+        records = _export_lane(list(plan.targets), prep, writer, model, verify, emit)
     else:
+        work = partial_fn(_export_one, prep=prep, writer=writer, model=model, verify=verify)
         weights = [tp.target.export_weight for tp in plan.targets]
-        records = {}
-        for tps, got in run_lanes(work, list(plan.targets), weights, lanes, emit):
-            records.update(_lane_failed(tps, prep, got) if isinstance(got, LaneFailure) else got)
+        got = run_lanes(work, list(plan.targets), weights, lanes, emit)
+        records = {
+            tp.target.name: _lane_failed(tp, prep, r) if isinstance(r, LaneFailure) else r
+            for tp, r in zip(plan.targets, got, strict=True)
+        }
     for tp in plan.targets:
         result.artifacts.extend(records[tp.target.name])
 
 
 def _export_lane(
     tps: list[TargetPlan],
-    emit: ProgressCallback,
-    *,
     prep: _Prepared,
     writer: BundleWriter,
     model: str,
     verify: bool,
+    emit: ProgressCallback,
 ) -> dict[str, list[ArtifactRecord]]:
-    """One lane's targets. A target whose runtime here is a slow reference (``Target.verify_beside``)
-    converts first and is verified in a background thread while the others convert; its records wait for
-    that verification before anything reads them."""
+    """Targets one after another; ``verify_beside`` targets first, verified in a background thread; their
+    records wait for that verification before anything reads them."""
     order = sorted(tps, key=lambda tp: not tp.target.verify_beside)  # stable: plan order otherwise
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-beside") as beside:
         finishers = {
@@ -460,17 +462,20 @@ def _export_lane(
         return {name: finish() for name, finish in finishers.items()}
 
 
-def _lane_failed(
-    tps: list[TargetPlan], prep: _Prepared, failure: LaneFailure
-) -> dict[str, list[ArtifactRecord]]:
-    """Failure records for the artifacts of a lane whose process died or raised."""
-    out: dict[str, list[ArtifactRecord]] = {}
-    for tp in tps:
-        out[tp.target.name] = []
-        for label, _, _ in _jobs(tp, prep.exports):
-            rec = ArtifactRecord(tp.target.name, label, tp.precision, options=dict(tp.options))
-            rec.error, rec.parity = failure.message, V.parity_dict(None, "not run")
-            out[tp.target.name].append(rec)
+def _export_one(
+    tp: TargetPlan, emit: ProgressCallback, *, prep: _Prepared, writer: BundleWriter, model: str, verify: bool
+) -> list[ArtifactRecord]:
+    """One target in an export lane (run by lanes.py, here or in a child process)."""
+    return _export_lane([tp], prep, writer, model, verify, emit)[tp.target.name]
+
+
+def _lane_failed(tp: TargetPlan, prep: _Prepared, failure: LaneFailure) -> list[ArtifactRecord]:
+    """Failure records for the artifacts of a target whose export lane raised or died."""
+    out = []
+    for label, _, _ in _jobs(tp, prep.exports):
+        rec = ArtifactRecord(tp.target.name, label, tp.precision, options=dict(tp.options))
+        rec.error, rec.parity = failure.message, V.parity_dict(None, "not run")
+        out.append(rec)
     return out
 
 

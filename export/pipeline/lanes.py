@@ -1,10 +1,12 @@
 """Export lanes: the targets of one run shared between this process and child processes, so every core works.
 
 Converters are single-threaded Python for most of their time, and the GIL keeps threads from overlapping
-them; a child process does. Lane 0 runs in the calling thread; each other lane is a child process that gets
-its work and the run's shared state pickled over a pipe (nothing is read from disk), sends its progress
-events and log records while it works, and returns its results over the same pipe. A child dies with its
-parent (``lifeline``); a child that dies or raises leaves a ``LaneFailure`` for its items, never a hang.
+them; a child process does. The items wait in one queue, heaviest first (``Target.export_weight``), and
+each lane takes the next one when it is free: lane 0 in the calling thread, the others in child processes.
+A child gets the shared state once, pickled over a pipe (nothing is read from disk), then one item at a
+time; it sends its progress events and log records while it works and each item's result when done. A child
+dies with its parent (``lifeline``); an item whose child raised or died is a ``LaneFailure``, never a hang,
+and the items nobody took yet go to the lanes still alive.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import queue
 import subprocess
 import sys
 import threading
@@ -23,17 +26,17 @@ from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
-JOBS_ENV = "MOBILECLIP_EXPORT_JOBS"  # lanes when --jobs is not given (tests under pytest-xdist set 1)
+JOBS_ENV = "MOBILECLIP_EXPORT_JOBS"  # lanes when --jobs is not given (the test suite sets 1)
 
 T = TypeVar("T")
 R = TypeVar("R")
 Emit = Callable[[Any], None]
-LaneWork = Callable[[list[T], Emit], R]
+ItemWork = Callable[[T, Emit], R]
 
 
 @dataclass
 class LaneFailure:
-    """A lane that returned no result: its child process died or raised."""
+    """An item that returned no result: its lane's process raised or died."""
 
     message: str
 
@@ -47,15 +50,9 @@ def lane_count(requested: int | None, items: int) -> int:
     return max(1, min(requested, items))
 
 
-def split(weights: Sequence[float], lanes: int) -> list[list[int]]:
-    """Indices per lane, heaviest first onto the least loaded lane; each lane keeps plan order."""
-    load = [0.0] * lanes
-    out: list[list[int]] = [[] for _ in range(lanes)]
-    for i in sorted(range(len(weights)), key=lambda i: -weights[i]):
-        lane = min(range(lanes), key=lambda k: load[k])
-        load[lane] += weights[i]
-        out[lane].append(i)
-    return [sorted(ix) for ix in out if ix]
+def heaviest_first(weights: Sequence[float]) -> list[int]:
+    """The order items are taken in (stable for equal weights): long jobs first keep the lanes even."""
+    return sorted(range(len(weights)), key=lambda i: -weights[i])
 
 
 def _send(conn: Connection, obj: Any) -> None:
@@ -82,32 +79,34 @@ class _PipeLog(logging.Handler):
 
 
 def _child(read_fd: int, write_fd: int) -> None:
-    """A lane's process: ``(parent pid, log level, work, items)`` in, events, logs and the result out."""
+    """A lane's process: ``(parent pid, log level, work)`` in, "ready" out, then items in until ``None``;
+    events, log records and one result (or error) per item out."""
     from mobileclip_export.lifeline import die_with_parent
 
     inbox, conn = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
-    parent, level, work, items = _recv(inbox)
-    inbox.close()
+    parent, level, work = _recv(inbox)
     die_with_parent(parent)
+    _send(conn, ("ready", None))
     root = logging.getLogger()
     root.handlers[:] = [_PipeLog(conn)]
     root.setLevel(level)  # the parent's handlers format what arrives
     try:
-        result = work(items, lambda ev: _send(conn, ("event", ev)))
-        _send(conn, ("result", result))
-    except BaseException as err:  # noqa: BLE001 - reported to the parent, which owns the run
-        _send(conn, ("error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+        while (item := _recv(inbox)) is not None:
+            try:
+                _send(conn, ("result", work(item, lambda ev: _send(conn, ("event", ev)))))
+            except Exception as err:  # noqa: BLE001 - this item's failure; the lane takes the next one
+                _send(conn, ("error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
     finally:
         root.handlers[:] = []
         conn.close()
 
 
-class _Lane(Generic[R]):
+class _Lane(Generic[T, R]):
     """One child process (``python -m`` this module: unlike multiprocessing's spawn it never re-runs the
-    caller's script) and the thread that feeds it its work and relays its messages."""
+    caller's script) and the thread that hands it items from the queue and relays its messages."""
 
-    def __init__(self, work: LaneWork[Any, R], items: list[Any], emit: Emit) -> None:
-        self.result: R | LaneFailure = LaneFailure("the lane's process sent no result")
+    def __init__(self, work: ItemWork[T, R], todo: queue.Queue[int], items: Sequence[T], emit: Emit) -> None:
+        self.results: dict[int, R | LaneFailure] = {}
         to_child, from_child = os.pipe(), os.pipe()
         fds = (to_child[0], from_child[1])
         self.proc = subprocess.Popen(
@@ -115,58 +114,88 @@ class _Lane(Generic[R]):
         )
         for fd in fds:
             os.close(fd)
-        job = (os.getpid(), logging.getLogger().getEffectiveLevel(), work, items)
-        self.relay = threading.Thread(target=self._relay, args=(to_child[1], from_child[0], job, emit))
-        self.relay.daemon = True
+        out = Connection(to_child[1], readable=False)
+        conn = Connection(from_child[0], writable=False)
+        job = (os.getpid(), logging.getLogger().getEffectiveLevel(), work)
+        self.relay = threading.Thread(
+            target=self._relay, args=(out, conn, job, todo, items, emit), daemon=True
+        )
         self.relay.start()
 
-    def _relay(self, out_fd: int, in_fd: int, job: tuple[Any, ...], emit: Emit) -> None:
-        with Connection(out_fd, readable=False) as out:
+    def _relay(
+        self,
+        out: Connection,
+        conn: Connection,
+        job: tuple,
+        todo: queue.Queue[int],
+        items: Sequence[T],
+        emit: Emit,
+    ) -> None:
+        with out, conn:
             try:
                 _send(out, job)  # here, not in __init__: lane 0 starts while the child imports
+                if isinstance(self._await(conn, emit), LaneFailure):
+                    return  # it never got ready: the other lanes do the work
+                while (i := _take(todo)) is not None:
+                    _send(out, items[i])
+                    self.results[i] = self._await(conn, emit)
+                    if isinstance(self.results[i], LaneFailure) and self.proc.poll() is not None:
+                        return  # the child is gone: the others take what is left
+                _send(out, None)
             except OSError as err:
-                self.result = LaneFailure(f"the export lane's process did not start: {err}")
-        with Connection(in_fd, writable=False) as conn:
-            while True:
-                try:
-                    kind, payload = _recv(conn)
-                except (EOFError, OSError):
-                    return
-                if kind == "event":
-                    emit(payload)
-                elif kind == "log":
-                    logging.getLogger(payload.name).handle(payload)
-                elif kind == "result":
-                    self.result = payload
-                else:
-                    self.result = LaneFailure(payload.splitlines()[0])
-                    log.debug("export lane failed: %s", payload)
+                log.debug("export lane stopped: %s", err)
 
-    def join(self) -> R | LaneFailure:
-        self.proc.wait()
+    def _await(self, conn: Connection, emit: Emit) -> R | LaneFailure:
+        while True:
+            try:
+                kind, payload = _recv(conn)
+            except (EOFError, OSError):
+                code = self.proc.wait()
+                return LaneFailure(f"the export lane's process ended with exit code {code}")
+            if kind == "event":
+                emit(payload)
+            elif kind == "log":
+                logging.getLogger(payload.name).handle(payload)
+            elif kind in ("result", "ready"):
+                return payload
+            else:
+                log.debug("export lane item failed: %s", payload)
+                return LaneFailure(payload.splitlines()[0])
+
+    def join(self) -> dict[int, R | LaneFailure]:
         self.relay.join()
-        if isinstance(self.result, LaneFailure) and self.proc.returncode != 0:
-            self.result = LaneFailure(
-                f"the export lane's process ended with exit code {self.proc.returncode}"
-            )
-        return self.result
+        self.proc.wait()
+        return self.results
+
+
+def _take(todo: queue.Queue[int]) -> int | None:
+    try:
+        return todo.get_nowait()
+    except queue.Empty:
+        return None
 
 
 def run_lanes(
-    work: LaneWork[T, R], items: Sequence[T], weights: Sequence[float], lanes: int, emit: Emit
-) -> list[tuple[list[T], R | LaneFailure]]:
-    """``work(lane_items, emit)`` for each lane, lane 0 here and the others in child processes at the same
-    time; ``work`` must be picklable (a module-level function or a ``partial`` of one)."""
-    groups = [[items[i] for i in ix] for ix in split(weights, lanes)]
-    children = [_Lane(work, g, emit) for g in groups[1:]]
+    work: ItemWork[T, R], items: Sequence[T], weights: Sequence[float], lanes: int, emit: Emit
+) -> list[R | LaneFailure]:
+    """``work(item, emit)`` for every item, one result per item in item order; lane 0 works here, the
+    others in child processes. ``work`` must pickle (a module-level function or a ``partial`` of one)."""
+    todo: queue.Queue[int] = queue.Queue()
+    for i in heaviest_first(weights):
+        todo.put(i)
+    children = [_Lane(work, todo, items, emit) for _ in range(lanes - 1)]
+    results: dict[int, R | LaneFailure] = {}
     try:
-        here = work(groups[0], emit)
+        while (i := _take(todo)) is not None:
+            results[i] = work(items[i], emit)
     except BaseException:  # Ctrl-C or a bug here: the children's work is abandoned with the run
         for lane in children:
             lane.proc.kill()
             lane.join()
         raise
-    return [(groups[0], here), *zip(groups[1:], [lane.join() for lane in children], strict=True)]
+    for lane in children:
+        results.update(lane.join())
+    return [results.get(i, LaneFailure("no export lane was left to take it")) for i in range(len(items))]
 
 
 if __name__ == "__main__":
