@@ -233,7 +233,7 @@ def test_toy_graphs_have_no_hazards(kind):
 def test_registry_options_and_precision_errors():
     assert get_target("coreai") is get_target("aimodel")
     assert TARGET.default_precision == "fp16" and TARGET.extension == ".aimodel"
-    assert TARGET.validate("fp16", {}) == {"multifunction": False}
+    assert TARGET.validate("fp16", {}) == {"multifunction": False, "batch_size": None}
     with pytest.raises(UsageError, match="choices: True, False"):
         TARGET.validate("fp32", {"multifunction": "maybe"})
     with pytest.raises(UsageError, match="--compute-units is not supported"):

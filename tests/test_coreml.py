@@ -77,6 +77,7 @@ def test_names_aliases_and_defaults(target):
         "minimum_deployment_target": "iOS17",
         "compute_units": "all",
         "batch_sizes": None,
+        "calibration_images": None,
         "naming": "default",
         "keep_fp": None,
         "auto_keep_fp": False,

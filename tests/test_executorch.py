@@ -94,6 +94,8 @@ def test_names_and_defaults(target):
         "delegate": "xnnpack",
         "num_threads": None,
         "image_input": "float-nchw",
+        "batch_size": None,
+        "dynamic_batch": False,
     }
     assert set(target.versions()) >= {"executorch", "torch"}
 

@@ -94,6 +94,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--list-targets", action="store_true", help="list targets, installed extras and pip commands"
     )
+    _add_target_options(p)
+
+
+def _add_target_options(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("target options (each applies to the targets that declare it)")
     for name, (spec, owners) in _option_specs().items():
         flag = "--" + name.replace("_", "-")

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from mobileclip_export.errors import ExportFailure, MissingDependencyError, install_hint
 from mobileclip_export.export.spec import EncoderExport, TensorSpec
 
-from .forms import linears_as_convs
 from .hazards import find_coreai_hazards
 
 if TYPE_CHECKING:
@@ -55,6 +54,8 @@ def _example_args(enc: EncoderExport, precision: str) -> tuple[Any, ...]:
 def _exported_program(enc: EncoderExport, precision: str) -> torch.export.ExportedProgram:
     coreai_torch = _import_converter()
     import torch
+
+    from .forms import linears_as_convs  # torch: imported when converting, never for --help
 
     module = linears_as_convs(enc.module).eval()  # a copy: never mutate the caller's module
     if precision == "fp16":
