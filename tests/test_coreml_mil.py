@@ -762,6 +762,7 @@ def s0_full(tmp_mod: Path) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.slow  # the main job of .ci/run verifies full-size S0 fp16 in the executor on every CI run
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("encoder", ["image", "text"])
 def test_full_s0_matches_torch(s0_full: dict, encoder: str, precision: str) -> None:

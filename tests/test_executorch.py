@@ -359,7 +359,7 @@ def test_full_size_encoders_lower_to_one_xnnpack_subgraph(target, tmp_path, mode
     assert stats.cosine >= 0.99999, stats
 
 
-@pytest.mark.parametrize("encoder", ["image", "text"])
+@pytest.mark.parametrize("encoder", [pytest.param("image", marks=pytest.mark.slow), "text"])
 def test_xnnpack_int8_parity_and_quantization_mode(target, tmp_path, encoder):
     """int8 (dynamic linears, static convs, int8 embedding rows) lowers to ONE XNNPACK subgraph, leaves no
     large fp32 weight behind, runs in the ExecuTorch runtime and stays within the int8 tolerance."""

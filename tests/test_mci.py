@@ -146,7 +146,10 @@ def test_reduced_parity(name: str) -> None:
     _check_parity(name, reduced=True, size=128, n_inputs=1)
 
 
-@pytest.mark.parametrize("name,n_inputs", [("mci0", 2), ("mci2", 1), ("mci4", 1)])
+@pytest.mark.parametrize(
+    "name,n_inputs",
+    [("mci0", 2), *(pytest.param(n, 1, marks=pytest.mark.slow) for n in ("mci2", "mci4"))],
+)  # full size S0 by default: the zero-BN fusion at real widths; the reduced cases cover every family
 def test_full_size_parity(name: str, n_inputs: int) -> None:
     _check_parity(name, reduced=False, size=256, n_inputs=n_inputs)
 
