@@ -82,3 +82,33 @@ def test_an_export_in_two_lanes_equals_one_in_one_lane(child_imports_tests, tmp_
         )
     assert seen[0] == seen[1]
     assert len(seen[0][0]) == 2 and seen[0][1]
+
+
+def test_a_bad_jobs_variable_is_one_clear_error(monkeypatch: pytest.MonkeyPatch):
+    from mobileclip_export.errors import UsageError
+
+    for bad in ("two", "0", "-1"):
+        monkeypatch.setenv("MOBILECLIP_EXPORT_JOBS", bad)
+        with pytest.raises(UsageError, match="MOBILECLIP_EXPORT_JOBS must be a whole number"):
+            lane_count(None, 3)
+
+
+def test_a_dead_lanes_target_leaves_no_file_in_the_bundle(tmp_path):
+    """A lane that died after placing one artifact: failure records, and its files leave the bundle."""
+    from types import SimpleNamespace
+
+    from mobileclip_export.export.bundle.layout import BundleWriter
+    from mobileclip_export.export.pipeline import api
+    from mobileclip_export.export.pipeline.plan import plan_export
+
+    (tp,) = plan_export("onnx", ("image", "text"), None, None).targets
+    writer = BundleWriter(tmp_path, "m", force=False)
+    writer.open()
+    placed = writer.tmp_dir / "onnx" / "m-image.onnx"
+    placed.parent.mkdir()
+    placed.write_bytes(b"half a bundle")
+    prep = SimpleNamespace(exports={"image": None, "text": None})
+    died = "the export lane's process ended with exit code -9"
+    recs = api._lane_failed(tp, prep, writer, LaneFailure(died))
+    assert [(r.encoder, r.status, r.error) for r in recs] == [(e, "failed", died) for e in ("image", "text")]
+    assert not (writer.tmp_dir / "onnx").exists()

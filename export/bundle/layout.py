@@ -171,6 +171,10 @@ class BundleWriter:
         os.replace(partial, dest)
         return dest.relative_to(tmp_dir)
 
+    def drop_target(self, target: str) -> None:
+        """Remove what was written for ``target`` so far (its export failed without records of its files)."""
+        remove_path(self._tmp() / target)
+
     def _drop_staging(self) -> None:
         tmp_dir = self._tmp()
         for folder in tmp_dir.glob(f"*/{STAGING}"):

@@ -437,7 +437,7 @@ def _export_targets(
         weights = [tp.target.export_weight for tp in plan.targets]
         got = run_lanes(work, list(plan.targets), weights, lanes, emit)
         records = {
-            tp.target.name: _lane_failed(tp, prep, r) if isinstance(r, LaneFailure) else r
+            tp.target.name: _lane_failed(tp, prep, writer, r) if isinstance(r, LaneFailure) else r
             for tp, r in zip(plan.targets, got, strict=True)
         }
     for tp in plan.targets:
@@ -469,8 +469,12 @@ def _export_one(
     return _export_lane([tp], prep, writer, model, verify, emit)[tp.target.name]
 
 
-def _lane_failed(tp: TargetPlan, prep: _Prepared, failure: LaneFailure) -> list[ArtifactRecord]:
-    """Failure records for the artifacts of a target whose export lane raised or died."""
+def _lane_failed(
+    tp: TargetPlan, prep: _Prepared, writer: BundleWriter, failure: LaneFailure
+) -> list[ArtifactRecord]:
+    """Failure records for the artifacts of a target whose export lane raised or died; whatever that lane
+    had already placed for the target leaves the bundle (no file the manifest does not list)."""
+    writer.drop_target(tp.target.name)
     out = []
     for label, _, _ in _jobs(tp, prep.exports):
         rec = ArtifactRecord(tp.target.name, label, tp.precision, options=dict(tp.options))

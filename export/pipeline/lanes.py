@@ -46,7 +46,11 @@ def lane_count(requested: int | None, items: int) -> int:
     memory, not cores, limits full-size conversions); never more lanes than items."""
     if requested is None:
         env = os.environ.get(JOBS_ENV, "").strip()
-        requested = int(env) if env.isdigit() else min(2, os.cpu_count() or 1)
+        if env and not (env.isdigit() and int(env) >= 1):
+            from mobileclip_export.errors import UsageError
+
+            raise UsageError(f"${JOBS_ENV} must be a whole number >= 1, got {env!r}")
+        requested = int(env) if env else min(2, os.cpu_count() or 1)
     return max(1, min(requested, items))
 
 
