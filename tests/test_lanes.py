@@ -112,3 +112,13 @@ def test_a_dead_lanes_target_leaves_no_file_in_the_bundle(tmp_path):
     recs = api._lane_failed(tp, prep, writer, LaneFailure(died))
     assert [(r.encoder, r.status, r.error) for r in recs] == [(e, "failed", died) for e in ("image", "text")]
     assert not (writer.tmp_dir / "onnx").exists()
+
+
+def test_a_bad_jobs_variable_stops_an_export_before_any_work(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    from mobileclip_export.errors import UsageError
+    from mobileclip_export.export.pipeline.api import export_model
+
+    monkeypatch.setenv("MOBILECLIP_EXPORT_JOBS", "many")
+    with pytest.raises(UsageError, match="MOBILECLIP_EXPORT_JOBS"):
+        export_model("mobileclip_s0", "onnx", reduced=True, output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -200,7 +200,7 @@ def export_model(
     t_start = time.perf_counter()
     spec = _get_spec(model)  # UnknownNameError lists the models
     plan = plan_export(targets, encoders, precision, options)
-    _check_request(checkpoint, classes, templates, plan)
+    _check_request(checkpoint, classes, templates, plan, jobs)
     out_dir = Path(output_dir)
     check_output_path(out_dir, model, plan)  # a name or path too long for the filesystem: before any work
     created = check_output_dir(out_dir)
@@ -268,7 +268,11 @@ def _export_args(model: str, plan: ExportPlan, args: dict[str, Any]) -> dict[str
 
 
 def _check_request(
-    checkpoint: str | Path | None, classes: Sequence[str] | None, templates: Templates, plan: ExportPlan
+    checkpoint: str | Path | None,
+    classes: Sequence[str] | None,
+    templates: Templates,
+    plan: ExportPlan,
+    jobs: int | None = None,
 ) -> None:
     """Cheap checks before any heavy work: the checkpoint file; --classes needs the image encoder, valid
     templates, and labels that stay distinct within the context length."""
@@ -276,6 +280,7 @@ def _check_request(
     from mobileclip_export.export.zeroshot import prompts as Z
 
     _check_checkpoint(checkpoint)
+    lane_count(jobs, len(plan.targets))  # a bad $MOBILECLIP_EXPORT_JOBS before any heavy work
     if classes is not None and "image" not in plan.encoders:
         raise UsageError("--classes bakes labels into the image encoder; it needs --encoder image or both")
     if classes is not None:
