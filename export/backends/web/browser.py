@@ -3,7 +3,8 @@
 A throwaway HTTP server on 127.0.0.1 (random port, stopped by us) serves only four roots: the page
 (``js/browser.*``), the transformers.js bundle, onnxruntime-web's wasm files, and the folder under test; it
 sends COOP/COEP headers so WASM threads are allowed, and records which model files the page fetched (the
-dtype pin test reads them). The page POSTs its result to ``/result``; Chromium is then stopped by its pid.
+dtype pin test reads them), per run: the page GETs ``/mark?run=N`` before run N. The page POSTs its result
+to ``/result``; Chromium is then stopped by its pid.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class _State:
     def __init__(self, roots: dict[str, Path], job: dict[str, Any]) -> None:
         self.roots, self.job, self.model_name = roots, json.dumps(job).encode(), str(job["model"])
         self.result: dict[str, Any] | None = None
-        self.fetched: list[str] = []
+        self.fetched: list[tuple[int, str]] = []  # (run index the page last marked, file)
+        self.run = -1
         self.done = threading.Event()
 
 
@@ -71,6 +73,10 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?")[0]
             if path == "/job":
                 return self._send(200, state.job, "application/json")
+            if path == "/mark":
+                run = self.path.partition("run=")[2]
+                state.run = int(run) if run.isdigit() else -1
+                return self._send(200, b"ok", "text/plain")
             root_name, _, rest = path.lstrip("/").partition("/")
             if root_name == "models":  # only the folder under test, never its siblings
                 name, _, rest = rest.partition("/")
@@ -80,7 +86,7 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
             if root is None or file is None or not file.is_relative_to(root.resolve()) or not file.is_file():
                 return self._send(404, b"not found", "text/plain")
             if root_name == "models":
-                state.fetched.append(rest)
+                state.fetched.append((state.run, rest))
             self._send(200, file.read_bytes(), _TYPES.get(file.suffix, "application/octet-stream"))
 
         def do_POST(self) -> None:  # noqa: N802
@@ -105,8 +111,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_in_chromium(folder: Path, job: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
-    """Serve ``folder`` as ``/models/<name>/``, run ``job`` in the page, return its result plus
-    ``fetched`` (model-folder files the page requested). ExportFailure when Chromium cannot run it."""
+    """Serve ``folder`` as ``/models/<name>/``, run ``job`` in the page, return its result plus ``fetched``
+    (model-folder files the page requested) and ``fetched_by_run`` (the same per job run, by index).
+    ExportFailure when Chromium cannot run it."""
     binary = chromium_binary()
     if binary is None:
         raise ExportFailure(
@@ -134,7 +141,14 @@ def run_in_chromium(folder: Path, job: dict[str, Any], timeout: float = 600.0) -
     result = state.result or {}
     if "fatal" in result:
         raise ExportFailure(f"web: the browser page failed: {result['fatal'].splitlines()[0]}")
-    return {**result, "fetched": sorted(set(state.fetched))}
+    by_run: dict[int, list[str]] = {}
+    for run, rest in state.fetched:
+        by_run.setdefault(run, []).append(rest)
+    return {
+        **result,
+        "fetched": sorted({rest for _, rest in state.fetched}),
+        "fetched_by_run": {run: sorted(set(files)) for run, files in by_run.items()},
+    }
 
 
 def chromium_version() -> str | None:

@@ -1,10 +1,11 @@
 """Build one web folder: files, every dtype verified, failures removed, the pin written last.
 
 Order: static files -> fp32 (then fp16, q8) model files via the onnx backend -> Node parity per dtype (+ the
-q8 accuracy guard) -> Chromium parity per dtype -> a dtype that failed anywhere is deleted (never left under a
-name transformers.js would pick) -> ``config.json`` pins each model to the requested dtype when it passed,
-else to the most accurate one that did -> Chromium loads the folder *without* a dtype and must fetch exactly
-the pinned files and reproduce their outputs -> model card.
+q8 accuracy guard) -> ``config.json`` pins what passed in Node -> Chromium parity per dtype, then in the same
+session a load *without* a dtype, which must fetch exactly the pinned files and run -> a dtype that failed
+anywhere is deleted (never left under a name transformers.js would pick) -> ``config.json`` pins each model to
+the requested dtype when it passed, else to the most accurate one that did (when Chromium changed the pin, a
+second session repeats the load without a dtype) -> model card.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .folder import (
     write_onnx,
     write_tokenizer,
 )
-from .runtime import NodeSession, js_versions
+from .runtime import NodeSession, from_b64, js_versions
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,23 @@ class _Clock:
         self.t0 = now
 
 
+def _provisional_pin(report: dict, guard: dict | None, encs: list[EncoderExport], wanted: str) -> dict | None:
+    """The pin the Node results alone give (None: nothing passed there; the build fails later)."""
+    node_only = {d: {e: {"node": r.get("node", {})} for e, r in per.items()} for d, per in report.items()}
+    _decide(node_only, guard)
+    try:
+        return _pin(node_only, encs, wanted)
+    except ExportFailure:
+        return None
+
+
 def _verify(
-    folder: Path, encs: list[EncoderExport], dtypes: tuple[str, ...], browser: bool, clock: _Clock
+    folder: Path,
+    encs: list[EncoderExport],
+    dtypes: tuple[str, ...],
+    wanted: str,
+    browser: bool,
+    clock: _Clock,
 ) -> dict[str, Any]:
     refs = {e.encoder: (x := checks.verify_inputs(e), checks.torch_embed(e, x)) for e in encs}
     session = NodeSession(folder)
@@ -108,39 +124,37 @@ def _verify(
     finally:
         session.close()
     if browser:
-        results, out["browser"] = checks.browser_parity(folder, encs, list(dtypes), refs)
+        out["provisional_pin"] = pin = _provisional_pin(out["report"], guard, encs, wanted)
+        if pin is not None:
+            write_json(folder / "config.json", config_json(encs, pin))
+        results, out["browser"], out["browser_result"] = checks.browser_parity(
+            folder, encs, list(dtypes), refs, pinned_load=pin is not None
+        )
         _merge(out["report"], "chromium", results)
-        clock.lap("chromium parity")
+        clock.lap("chromium parity, pinned load")
     _decide(out["report"], guard)
     out["refs"] = refs
     return out
 
 
-def _pinned_in_browser(folder: Path, encs: list[EncoderExport], pin: dict[str, str], refs: dict) -> dict:
-    """Load without a dtype (what an app does): the page must fetch the pinned files only, same outputs."""
-    from .browser import run_in_chromium
-    from .runtime import from_b64
-
-    result = run_in_chromium(
-        folder, checks.browser_job(refs, [{"encoder": e.encoder, "dtype": None} for e in encs])
-    )
-    problems, fetched = [], [f for f in result["fetched"] if f.startswith("onnx/")]
+def pinned_check(folder: Path, pin: dict[str, str], result: dict) -> dict:
+    """The loads without a dtype in a Chromium ``result`` must fetch exactly the pinned files and run."""
+    runs = [(i, r) for i, r in enumerate(result.get("runs", [])) if r.get("dtype") is None]
+    by_run = result.get("fetched_by_run", {})
+    fetched = sorted({f for i, _ in runs for f in by_run.get(i, []) if f.startswith("onnx/")})
     want = sorted(onnx_path(folder, e, d).relative_to(folder).as_posix() for e, d in pin.items())
-    if sorted(fetched) != want:
-        problems.append(f"without a dtype the browser fetched {fetched}, expected {want}")
-    for run in result.get("runs", []):
-        if not run.get("ok"):
-            problems.append(f"{run['encoder']}: {run.get('error')}")
-    return {
-        "fetched": fetched,
-        "expected": want,
-        "problems": problems,
-        "runs_ok": [
-            r["encoder"]
-            for r in result.get("runs", [])
-            if r.get("ok") and from_b64(r["data"], r["dims"]).size
-        ],
-    }
+    problems = [] if fetched == want else [f"without a dtype the browser fetched {fetched}, expected {want}"]
+    problems += [f"{r['encoder']}: {r.get('error')}" for _, r in runs if not r.get("ok")]
+    ran = [r["encoder"] for _, r in runs if r.get("ok") and from_b64(r["data"], r["dims"]).size]
+    return {"fetched": fetched, "expected": want, "problems": problems, "runs_ok": ran}
+
+
+def _pinned_in_browser(folder: Path, encs: list[EncoderExport], pin: dict[str, str], refs: dict) -> dict:
+    """Load without a dtype (what an app does) in a session of its own."""
+    from .browser import run_in_chromium
+
+    runs = [{"encoder": e.encoder, "dtype": None} for e in encs]
+    return pinned_check(folder, pin, run_in_chromium(folder, checks.browser_job(refs, runs)))
 
 
 def build_folder(
@@ -155,7 +169,7 @@ def build_folder(
             files.setdefault(dtype, {})[enc.encoder] = write_onnx(enc, dtype, folder)
     write_json(folder / "config.json", config_json(encs, {e.encoder: "fp32" for e in encs}))
     clock.lap("onnx files")
-    checked = _verify(folder, encs, dtypes, browser, clock)
+    checked = _verify(folder, encs, dtypes, wanted, browser, clock)
     if checked.get("tokenizer_check", {}).get("status") == "failed":
         differ = checked["tokenizer_check"]["differ"]
         raise ExportFailure(f"web: transformers.js tokenizes differently: {differ}")
@@ -172,8 +186,12 @@ def build_folder(
         {k: checked[k] for k in ("tokenizer_check", "preprocessing_check", "browser") if k in checked}
     )
     if browser:
-        details["pinned_load_in_browser"] = got = _pinned_in_browser(folder, encs, pin, checked["refs"])
-        clock.lap("chromium, pinned load")
+        if pin == checked["provisional_pin"]:  # the first session's loads without a dtype saw this pin
+            got = pinned_check(folder, pin, checked["browser_result"])
+        else:
+            got = _pinned_in_browser(folder, encs, pin, checked["refs"])
+            clock.lap("chromium, pinned load again")
+        details["pinned_load_in_browser"] = got
         if got["problems"]:
             raise ExportFailure(f"web: loading without a dtype went wrong: {'; '.join(got['problems'])}")
     details["js_versions"] = js_versions()

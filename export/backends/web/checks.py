@@ -73,16 +73,22 @@ def browser_job(refs: dict, runs: list[dict[str, Any]], threads: int = 1, warm_r
 
 
 def browser_parity(
-    folder: Path, encs: list[EncoderExport], dtypes: list[str], refs: dict
-) -> tuple[dict, dict]:
-    """({dtype: {encoder: parity}}, facts about the browser run) in headless Chromium (WASM)."""
+    folder: Path, encs: list[EncoderExport], dtypes: list[str], refs: dict, *, pinned_load: bool = False
+) -> tuple[dict, dict, dict]:
+    """({dtype: {encoder: parity}}, facts about the browser run, the raw result) in headless Chromium (WASM).
+
+    ``pinned_load``: the same session then loads each model without a dtype (what an app does); those runs
+    come last in the raw result (``build.pinned_check`` reads them)."""
     from .browser import run_in_chromium
 
-    runs = [{"encoder": e.encoder, "dtype": d} for d in dtypes for e in encs]
+    runs: list[dict[str, Any]] = [{"encoder": e.encoder, "dtype": d} for d in dtypes for e in encs]
+    runs += [{"encoder": e.encoder, "dtype": None} for e in encs] if pinned_load else []
     result = run_in_chromium(folder, browser_job(refs, runs))
     out: dict[str, dict[str, Any]] = {}
     for run in result.get("runs", []):
         dtype, encoder = run["dtype"], run["encoder"]
+        if dtype is None:
+            continue
         if not run.get("ok"):
             out.setdefault(dtype, {})[encoder] = {"status": "failed", "violations": [run.get("error", "")]}
             continue
@@ -91,7 +97,7 @@ def browser_parity(
         judged.update(load_ms=round(run["load_ms"], 1), first_infer_ms=round(run["first_infer_ms"], 1))
         out.setdefault(dtype, {})[encoder] = judged
     facts = {k: result.get(k) for k in ("user_agent", "cross_origin_isolated", "transformers")}
-    return out, facts
+    return out, facts, result
 
 
 def q8_guard(session: NodeSession, encs: list[EncoderExport], refs: dict, meta: dict[str, str]) -> dict:

@@ -51,7 +51,8 @@ async function main() {
   env.backends.onnx.wasm.wasmPaths = '/ort/';
   env.backends.onnx.wasm.numThreads = job.threads || 1;
   const runs = [];
-  for (const run of job.runs) {
+  for (const [i, run] of job.runs.entries()) {
+    await fetch(`/mark?run=${i}`); // the server attributes the files fetched from here on to run i
     try {
       runs.push({ ok: true, ...(await runOne(job, run)) });
     } catch (err) {
