@@ -120,7 +120,8 @@ def test_invalid_requests_are_usage_errors(target, precision, options, needle):
     "model_name, encoder",
     [
         ("mobileclip_s0", "image"),
-        ("mobileclip_s2", "image"),
+        # MCi2 repeats MCi0's block types (one more stage of the same blocks): under -m slow
+        pytest.param("mobileclip_s2", "image", marks=pytest.mark.slow),
         ("mobileclip_b", "image"),
         ("mobileclip_s0", "text"),
         ("mobileclip_b", "text"),  # the S2 text family (base-512)
@@ -151,6 +152,8 @@ def test_xnnpack_fp32_parity(target, tmp_path, model_name, encoder):
     stats = compare(_reference(train, x), runner.run({enc.inputs[0].name: x}))
     assert stats.cosine >= 0.99999, stats
     assert stats.violations(tolerance_for("fp32")) == [], stats
+    if model_name != "mobileclip_s0":
+        return  # the profiler does not depend on the family: S0's image and text encoders check it
     # per-op profile (ETDump + Inspector): XNNPACK operators inside the delegate, the ids' ops outside
     prof = target.profile(path, {enc.inputs[0].name: x[:1]}, 1, 2).summary()
     assert prof["runs"] == 2 and prof["profiled_ms_per_run"] > 0

@@ -29,10 +29,19 @@ FAMILIES = [  # (model, slow)
 ]
 # web repackages the onnx backend's files (every family runs through onnx here) and tests/test_web.py checks
 # reduced S0 in Node and Chromium, so its per-family cases (20-50 s each) run under -m slow too.
-# tests/test_executorch.py checks the S0, S2 and B families' encoders in ExecuTorch directly (fp32 parity), so
-# here only S0 goes through the whole pipeline to it by default.
+# tests/test_executorch.py (S0 and B families) and tests/test_tflite.py (S0) check those encoders in their
+# runtimes directly, and the CI main job takes full-size S0 through the whole pipeline to every target; here
+# the default run keeps what nothing else converts by default: B and S4 to TFLite.
 SLOW_TARGETS = {"web"}
-SLOW_CASES = {("mobileclip_b", "executorch"), ("mobileclip2_s4", "executorch")}
+SLOW_CASES = {
+    ("mobileclip_s0", "executorch"),
+    ("mobileclip_s0", "tflite"),
+    ("mobileclip_b", "executorch"),
+    ("mobileclip2_s4", "executorch"),
+}
+# The toy contract check for the slowest converters: tests/test_stdio.py takes toy image encoders through
+# every registered target by default, and the reduced families above take both encoders.
+SLOW_TOY_TARGETS = {"web", "executorch", "tflite"}
 CASES = [
     pytest.param(
         model,
@@ -60,7 +69,9 @@ def _check(res, target: str, min_cosine: float = 0.999) -> None:
     assert [x["status"] for x in manifest["artifacts"]] == [a.status for a in res.artifacts]
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize(
+    "target", [pytest.param(t, marks=[pytest.mark.slow] if t in SLOW_TOY_TARGETS else []) for t in TARGETS]
+)
 def test_target_with_toy_encoders(tmp_path, monkeypatch, target) -> None:
     use_toy_models(monkeypatch)
     res = export_model("mobileclip_s0", target, output_dir=tmp_path)

@@ -86,8 +86,19 @@ def _roundtrip(tmp_path, enc: EncoderExport, precision: str, x: np.ndarray | Non
 # ---------------------------------------------------------------- conversion + parity
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-@pytest.mark.parametrize("kind", ["image", "text_causal", "text_full"])
+# Every encoder kind and every precision runs by default (each once: a Latin square); the rest of the
+# 3 x 3 product under -m slow. The reduced S0 cases below take the real encoders through fp32 and int8.
+_DEFAULT_TOYS = {("image", "int8"), ("text_causal", "fp32"), ("text_full", "fp16")}
+
+
+@pytest.mark.parametrize(
+    ("kind", "precision"),
+    [
+        pytest.param(k, p, marks=[] if (k, p) in _DEFAULT_TOYS else [pytest.mark.slow])
+        for k in ("image", "text_causal", "text_full")
+        for p in ("fp32", "fp16", "int8")
+    ],
+)
 def test_toy_export_runs_and_matches_pytorch(tmp_path, kind, precision):
     enc = toy_export(kind)
     path, info, checks, stats, _ = _roundtrip(tmp_path, enc, precision)
@@ -218,11 +229,12 @@ def test_reduced_s0_int8_static_image_full_integer(tmp_path):
     assert checks["op_census"]["CONV_2D"] > 0
     image = checks["inputs"]["image"]
     assert image["dtype"] == "int8" and image["quantization"][0] > 0
-    fp32_bytes = TARGET.export(enc, "fp32", {}, tmp_path / "fp32.tflite").path.stat().st_size
-    assert path.stat().st_size < 0.5 * fp32_bytes
+    from torch import nn
+
+    n_params = sum(p.numel() for p in enc.module.parameters())
+    assert path.stat().st_size < 0.5 * 4 * n_params  # under half the fp32 file (4.03 B/param measured)
     # bytes: int8 weights, int32 biases, and per channel a float32 scale + an int64 zero point on the weight
     # AND on its bias (the schema's per-channel quantization): 24 B per output channel
-    from torch import nn
 
     from mobileclip_export.export.backends.tflite.sizes import size_breakdown
 
