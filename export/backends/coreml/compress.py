@@ -6,9 +6,10 @@
   deployment target has the iOS18 ops (``per_grouped_channel``), one per tensor below it.
 
 - ``int8-static`` (W8A8) / ``palettize4-static`` (A8W4): activations first get int8 quantize/dequantize
-  pairs, ranges calibrated on the shipped photographs / captions (``activations.py``), then the weights are
-  compressed as ``int8`` / as ``palettize4`` per grouped channel with each lookup table quantized to int8
-  (per tensor, the form coremltools' joint compression allows), so the Neural Engine can run int8 x int8.
+  pairs, ranges (least round-trip error) calibrated on the shipped photographs / captions (activations.py),
+  then the weights are compressed as ``int8`` / as ``palettize4`` per grouped channel with each lookup table
+  quantized to int8 (per tensor, the form coremltools' joint compression allows), so the Neural Engine can
+  run int8 x int8.
 
 Weights smaller than coremltools' default threshold (2048 values: LayerNorm, biases, tiny heads) stay fp16.
 Layers in ``keep`` (``export.compression`` naming) are left uncompressed via per-const configs.
@@ -163,7 +164,8 @@ def _quantize_activations(
         "granularity": "per_tensor",
         "quantize_ops": count_ops(model, "quantize"),
         "calibration_inputs": n,
-        "calibrated_with": "coreml.mil executor (fp16 emulation): per-tensor min/max of every op output",
+        "calibrated_with": "coreml.mil executor (fp16 emulation): per tensor, the symmetric range of least "
+        "int8 round-trip squared error over the calibration values",
         "library": "coremltools.optimize.coreml graph passes (insert_prefix/suffix_quantize_dequantize_pair)",
     }
 
