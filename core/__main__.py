@@ -1,7 +1,5 @@
 """``python -m mobileclip_export`` = the ``mobileclip-export`` command."""
 
-import sys
+from mobileclip_export.cli import entry
 
-from mobileclip_export.cli import main
-
-sys.exit(main())
+entry()

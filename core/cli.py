@@ -193,3 +193,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n{PROG}: interrupted; no partial artifact was left behind", file=sys.stderr)
         _json_error(args, err, 130)
         return 130
+
+
+# Commands that have written and closed everything when they return (no Ray cluster, pool or temp dir left
+# to an exit handler): the console script ends them without the interpreter's teardown of torch and the
+# converters, which takes seconds after the work is done.
+_EXITS_WITHOUT_TEARDOWN = frozenset({"export"})
+
+
+def entry() -> NoReturn:
+    """The ``mobileclip-export`` console script (tests call ``main``, which never exits the process)."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    try:
+        command = _split_command(list(argv))[0]
+    except UsageError:
+        command = None
+    if command not in _EXITS_WITHOUT_TEARDOWN:
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach the reader
+            pass
+    os._exit(code)

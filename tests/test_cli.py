@@ -85,6 +85,17 @@ def test_json_error_document(capsys, tmp_path) -> None:
     )
 
 
+def test_the_console_script_exits_with_the_code_and_everything_written(tmp_path) -> None:
+    """``export`` ends without the interpreter's teardown (``cli.entry``): the exit code and the whole JSON
+    document still arrive, through a pipe (block-buffered stdout)."""
+    argv = ["--model", "nope", "--target", "onnx", "--json", "--output-dir", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mobileclip_export", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert json.loads(proc.stdout)["exit_code"] == 2 and "unknown model 'nope'" in proc.stderr
+
+
 def test_unknown_target(capsys, tmp_path) -> None:
     code, _, err = run(capsys, "--model", "mobileclip_s0", "--target", "caffe", "--output-dir", str(tmp_path))
     assert code == 2

@@ -72,7 +72,7 @@ def test_an_export_in_two_lanes_equals_one_in_one_lane(child_imports_tests, tmp_
         pytest.skip("needs the onnx and tflite extras")
     seen = []
     for jobs in (1, 2):
-        res = export_model("mobileclip_s0", targets, encoders="image", reduced=True, seed=3,
+        res = export_model("mobileclip_s0", targets, encoders="text", reduced=True, seed=3,
                            output_dir=tmp_path / str(jobs), jobs=jobs)  # fmt: skip
         assert res.ok, [r.error for r in res.artifacts]
         manifest = json.loads(res.manifest_path.read_text())
