@@ -24,6 +24,7 @@ unwritable path, existing bundle without --force, missing extra for an explicit 
 from __future__ import annotations
 
 import argparse
+import atexit
 import difflib
 import importlib
 import json
@@ -195,9 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-# Commands that have written and closed everything when they return (no Ray cluster, pool or temp dir left
-# to an exit handler): the console script ends them without the interpreter's teardown of torch and the
-# converters, which takes seconds after the work is done.
+# Commands that have written and closed everything when they return (no Ray cluster or pool left running):
+# the console script runs the exit handlers (coremltools' removal of its temporary packages, logging's
+# flush) and then ends the process without the interpreter's teardown of torch and the converters, which
+# takes seconds after the work is done.
 _EXITS_WITHOUT_TEARDOWN = frozenset({"export"})
 
 
@@ -211,7 +213,7 @@ def entry() -> NoReturn:
         command = None
     if command not in _EXITS_WITHOUT_TEARDOWN:
         sys.exit(code)
-    logging.shutdown()
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -86,14 +86,21 @@ def test_json_error_document(capsys, tmp_path) -> None:
 
 
 def test_the_console_script_exits_with_the_code_and_everything_written(tmp_path) -> None:
-    """``export`` ends without the interpreter's teardown (``cli.entry``): the exit code and the whole JSON
-    document still arrive, through a pipe (block-buffered stdout)."""
+    """``export`` ends without the interpreter's teardown (``cli.entry``): the exit code, the whole JSON
+    document through a pipe (block-buffered stdout) and the exit handlers (coremltools removes its temporary
+    packages in one) all still happen."""
     argv = ["--model", "nope", "--target", "onnx", "--json", "--output-dir", str(tmp_path)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "mobileclip_export", *argv], capture_output=True, text=True, timeout=120
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('exit handler ran', file=sys.stderr))\n"
+        f"sys.argv = ['mobileclip-export', *{argv!r}]\n"
+        "from mobileclip_export.cli import entry\n"
+        "entry()\n"
     )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert json.loads(proc.stdout)["exit_code"] == 2 and "unknown model 'nope'" in proc.stderr
+    assert proc.stderr.rstrip().endswith("exit handler ran")
 
 
 def test_unknown_target(capsys, tmp_path) -> None:

@@ -11,6 +11,7 @@ and the items nobody took yet go to the lanes still alive.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import pickle
@@ -204,8 +205,10 @@ def run_lanes(
 
 if __name__ == "__main__":
     _child(int(sys.argv[1]), int(sys.argv[2]))
-    # Every result is sent and every file it wrote is closed: skip the interpreter's teardown of torch and
-    # the converters (seconds that the parent's join would wait for).
+    # Every result is sent and every file it wrote is closed: run the exit handlers (coremltools removes its
+    # temporary packages there), then skip the interpreter's teardown of torch and the converters (seconds
+    # that the parent's join would wait for).
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
