@@ -111,15 +111,15 @@ def _verify(
     try:
         _merge(out["report"], "node", checks.node_parity(session, encs, list(dtypes), refs))
         clock.lap("node parity")
-        both = {e.encoder for e in encs} == {"image", "text"}
-        guard = (
-            checks.q8_guard(session, encs, refs, dict(encs[0].metadata)) if both and "q8" in dtypes else None
-        )
         by = {e.encoder: e for e in encs}
+        photos = checks.Photos(by["image"]) if "image" in by else None
+        guard = None
+        if photos is not None and "text" in by and "q8" in dtypes:
+            guard = checks.q8_guard(session, encs, refs, dict(encs[0].metadata), photos)
         if "text" in by:
             out["tokenizer_check"] = checks.tokenizer_check(session, by["text"])
-        if "image" in by:
-            out["preprocessing_check"] = checks.pixel_check(session, by["image"])
+        if photos is not None:
+            out["preprocessing_check"] = checks.pixel_check(session, photos)
         clock.lap("node guard, tokens, pixels")
     finally:
         session.close()

@@ -100,30 +100,47 @@ def browser_parity(
     return out, facts, result
 
 
-def q8_guard(session: NodeSession, encs: list[EncoderExport], refs: dict, meta: dict[str, str]) -> dict:
+class Photos:
+    """The shipped photographs through the image encoder's preprocessing, and their fp32 embedding: computed
+    on first use, shared by the q8 guard and the pixel check."""
+
+    def __init__(self, image: EncoderExport) -> None:
+        self.image = image
+        self._pixels: np.ndarray | None = None
+        self._embedding: np.ndarray | None = None
+
+    @property
+    def pixels(self) -> np.ndarray:
+        if self._pixels is None:
+            from types import SimpleNamespace
+
+            from mobileclip_export.export.compression.calibration import photographs
+            from mobileclip_export.models.spec import Preprocessing
+
+            raw = preprocessing_of(self.image).items()
+            pre = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw})
+            self._pixels = photographs(SimpleNamespace(preprocessing=pre)).astype(np.float32)
+        return self._pixels
+
+    @property
+    def embedding(self) -> np.ndarray:
+        if self._embedding is None:
+            self._embedding = torch_embed(self.image, self.pixels)
+        return self._embedding
+
+
+def q8_guard(
+    session: NodeSession, encs: list[EncoderExport], refs: dict, meta: dict[str, str], photos: Photos
+) -> dict:
     """The ``int8`` accuracy guard on each q8 model (photographs and captions, Node; needs both towers)."""
-    from types import SimpleNamespace
-
-    from mobileclip_export.export.compression.calibration import TaskData, caption_ids, photographs
+    from mobileclip_export.export.compression.calibration import TaskData, caption_ids
     from mobileclip_export.export.compression.guard import guard_artifact
-    from mobileclip_export.models.spec import Preprocessing
 
-    by = {e.encoder: e for e in encs}
-    image, text = by["image"], by["text"]
-    pre = Preprocessing(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing_of(image).items()}
-    )
-    images = photographs(SimpleNamespace(preprocessing=pre)).astype(np.float32)
+    text = next(e for e in encs if e.encoder == "text")
     ids = caption_ids(int(text.inputs[0].shape[-1]))
     enforce = meta.get("random_init", "true") != "true"
-    task = TaskData(
-        images,
-        ids,
-        torch_embed(image, images),
-        torch_embed(text, ids),
-        float(meta.get("logit_scale", 100.0)),
-        enforce,
-    )
+    logit_scale = float(meta.get("logit_scale", 100.0))
+    task = TaskData(photos.pixels, ids, photos.embedding, torch_embed(text, ids), logit_scale, enforce)
     tols = (tolerance_for("int8"), task_tolerance_for("int8"))
     out = {}
     for enc in encs:
@@ -165,23 +182,16 @@ def tokenizer_check(session: NodeSession, text: EncoderExport) -> dict[str, Any]
     return out
 
 
-def pixel_check(session: NodeSession, image: EncoderExport) -> dict[str, Any]:
+def pixel_check(session: NodeSession, photos: Photos) -> dict[str, Any]:
     """AutoProcessor (sharp) vs our PIL preprocessing on the sample photos: pixels and the fp32 embedding."""
-    from types import SimpleNamespace
-
-    from mobileclip_export.export.compression.calibration import photographs
     from mobileclip_export.models.samples import sample_paths
-    from mobileclip_export.models.spec import Preprocessing
 
-    pre = Preprocessing(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing_of(image).items()}
-    )
-    ours = photographs(SimpleNamespace(preprocessing=pre)).astype(np.float32)
+    image, ours = photos.image, photos.pixels
     theirs = session.preprocess(sample_paths())
     if theirs.shape != ours.shape:
         return {"status": "failed", "violations": [f"shape {list(theirs.shape)} vs ours {list(ours.shape)}"]}
     per_photo = np.abs(theirs - ours).reshape(len(ours), -1).max(axis=1) * 255
-    emb = compare(torch_embed(image, ours), torch_embed(image, theirs))
+    emb = compare(photos.embedding, torch_embed(image, theirs))
     names = [p.stem for p in sample_paths()]
     return {
         "max_pixel_diff_255": {n: round(float(d), 1) for n, d in zip(names, per_photo)},
