@@ -739,18 +739,22 @@ def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+# By default the reduced case goes to ExecuTorch only: the other targets convert reduced MobileCLIP2-S4, whose
+# head bias moves the embedding far (row cosine 0.43 without it), in tests/test_export_matrix.py's default
+# cases, and the loaded model is checked bitwise here. Full size, under -m slow: every target.
 @pytest.mark.parametrize(
-    ("name", "reduced", "encoders"),
+    ("name", "reduced", "encoders", "only"),
     [
-        ("mobileclip2_s0", True, ("image",)),
-        *(pytest.param(n, False, ("image", "text"), marks=pytest.mark.slow) for n in BIASED),
+        ("mobileclip2_s0", True, ("image",), ("executorch",)),
+        *(pytest.param(n, False, ("image", "text"), None, marks=pytest.mark.slow) for n in BIASED),
     ],
 )
 def test_trained_head_bias_reaches_every_target(
-    name: str, reduced: bool, encoders: tuple, tmp_path: Path
+    name: str, reduced: bool, encoders: tuple, only: tuple | None, tmp_path: Path
 ) -> None:
-    """open_clip checkpoint with a trained head bias -> export_model to every target in fp32 -> each artifact
-    in its runtime matches (cosine >= 0.99999) the model create_model loads, which is bitwise the writer."""
+    """open_clip checkpoint with a trained head bias -> export_model to every target (``only``: those) in fp32
+    -> each artifact in its runtime matches (cosine >= 0.99999) the model create_model loads, which is bitwise
+    the writer."""
     from mobileclip_export.export import verify_inputs as VI
     from mobileclip_export.export.pipeline import verify as V
     from mobileclip_export.export.pipeline.api import export_model
@@ -766,7 +770,7 @@ def test_trained_head_bias_reaches_every_target(
         if enc == "image":  # every row: a dropped bias would miss the 0.99999 cosine by far
             assert _row_cosines(ref, ref - src.state_dict()[bias_key].numpy()).max() < 0.999
     del loaded
-    targets = [t for t in all_targets() if t != "web"]  # web ships the onnx backend's files again
+    targets = list(only or (t for t in all_targets() if t != "web"))  # web ships the onnx backend's files
     res = export_model(
         name,
         targets,
