@@ -78,6 +78,8 @@ def test_every_dtype_verified_in_node_and_chromium(web: dict[str, Any]) -> None:
             assert r["status"] == "passed", (dtype, encoder, r)
             for rt in ("node", "chromium"):
                 assert r[rt]["cosine"] >= limit, (dtype, encoder, rt, r[rt]["cosine"])
+    for dtype, per in rec["details"]["dtypes"].items():  # Chromium loads the pinned fp32 without a dtype
+        assert {r["chromium"]["loaded_without_dtype"] for r in per.values()} == {dtype == "fp32"}, dtype
     q8_text = rec["details"]["dtypes"]["q8"]["text"]
     assert q8_text["accuracy_guard"]["top1_agreement"] >= 0.8
     pinned = rec["details"]["pinned_load_in_browser"]

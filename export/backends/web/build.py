@@ -1,8 +1,8 @@
 """Build one web folder: files, every dtype verified, failures removed, the pin written last.
 
 Order: static files -> fp32 (then fp16, q8) model files via the onnx backend -> Node parity per dtype (+ the
-q8 accuracy guard) -> ``config.json`` pins what passed in Node -> Chromium parity per dtype, then in the same
-session a load *without* a dtype, which must fetch exactly the pinned files and run -> a dtype that failed
+q8 accuracy guard) -> ``config.json`` pins what passed in Node -> Chromium parity per dtype, the pinned one
+loaded *without* a dtype (as an app does), which must fetch exactly the pinned files -> a dtype that failed
 anywhere is deleted (never left under a name transformers.js would pick) -> ``config.json`` pins each model to
 the requested dtype when it passed, else to the most accurate one that did (when Chromium changed the pin, a
 second session repeats the load without a dtype) -> model card.
@@ -128,7 +128,7 @@ def _verify(
         if pin is not None:
             write_json(folder / "config.json", config_json(encs, pin))
         results, out["browser"], out["browser_result"] = checks.browser_parity(
-            folder, encs, list(dtypes), refs, pinned_load=pin is not None
+            folder, encs, list(dtypes), refs, pin=pin
         )
         _merge(out["report"], "chromium", results)
         clock.lap("chromium parity, pinned load")

@@ -73,28 +73,39 @@ def browser_job(refs: dict, runs: list[dict[str, Any]], threads: int = 1, warm_r
 
 
 def browser_parity(
-    folder: Path, encs: list[EncoderExport], dtypes: list[str], refs: dict, *, pinned_load: bool = False
+    folder: Path,
+    encs: list[EncoderExport],
+    dtypes: list[str],
+    refs: dict,
+    *,
+    pin: dict[str, str] | None = None,
 ) -> tuple[dict, dict, dict]:
     """({dtype: {encoder: parity}}, facts about the browser run, the raw result) in headless Chromium (WASM).
 
-    ``pinned_load``: the same session then loads each model without a dtype (what an app does); those runs
-    come last in the raw result (``build.pinned_check`` reads them)."""
+    ``pin`` ({encoder: dtype}, what ``config.json`` pins now): that dtype of each model is loaded *without*
+    a dtype, as an app does, and judged as the pinned dtype (``build.pinned_check`` then proves from the
+    files it fetched that it was that dtype)."""
     from .browser import run_in_chromium
 
-    runs: list[dict[str, Any]] = [{"encoder": e.encoder, "dtype": d} for d in dtypes for e in encs]
-    runs += [{"encoder": e.encoder, "dtype": None} for e in encs] if pinned_load else []
+    pin = pin or {}
+    runs = [
+        {"encoder": e.encoder, "dtype": None, "as": d}
+        if pin.get(e.encoder) == d
+        else {"encoder": e.encoder, "dtype": d}
+        for d in dtypes
+        for e in encs
+    ]
     result = run_in_chromium(folder, browser_job(refs, runs))
     out: dict[str, dict[str, Any]] = {}
     for run in result.get("runs", []):
-        dtype, encoder = run["dtype"], run["encoder"]
-        if dtype is None:
-            continue
+        dtype, encoder = run["dtype"] or run["as"], run["encoder"]
         if not run.get("ok"):
             out.setdefault(dtype, {})[encoder] = {"status": "failed", "violations": [run.get("error", "")]}
             continue
         got = from_b64(run["data"], run["dims"])
         judged = _judge(refs[encoder][1], got, DTYPES[dtype].precision, "chromium-wasm")
         judged.update(load_ms=round(run["load_ms"], 1), first_infer_ms=round(run["first_infer_ms"], 1))
+        judged["loaded_without_dtype"] = run["dtype"] is None
         out.setdefault(dtype, {})[encoder] = judged
     facts = {k: result.get(k) for k in ("user_agent", "cross_origin_isolated", "transformers")}
     return out, facts, result
