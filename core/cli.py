@@ -24,7 +24,6 @@ unwritable path, existing bundle without --force, missing extra for an explicit 
 from __future__ import annotations
 
 import argparse
-import atexit
 import difflib
 import importlib
 import json
@@ -197,9 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # Commands that have written and closed everything when they return (no Ray cluster or pool left running):
-# the console script runs the exit handlers (coremltools' removal of its temporary packages, logging's
-# flush) and then ends the process without the interpreter's teardown of torch and the converters, which
-# takes seconds after the work is done.
+# the console script ends them with ``lifeline.exit_without_teardown``.
 _EXITS_WITHOUT_TEARDOWN = frozenset({"export"})
 
 
@@ -213,10 +210,6 @@ def entry() -> NoReturn:
         command = None
     if command not in _EXITS_WITHOUT_TEARDOWN:
         sys.exit(code)
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can reach the reader
-            pass
-    os._exit(code)
+    from mobileclip_export.lifeline import exit_without_teardown
+
+    exit_without_teardown(code)

@@ -9,7 +9,13 @@ from pathlib import Path
 import _lane_work  # noqa: E402
 import pytest
 
-from mobileclip_export.export.pipeline.lanes import LaneFailure, heaviest_first, lane_count, run_lanes
+from mobileclip_export.export.pipeline.lanes import (
+    LaneFailure,
+    heaviest_first,
+    lane_count,
+    parse_jobs,
+    run_lanes,
+)
 
 
 @pytest.fixture
@@ -91,6 +97,9 @@ def test_a_bad_jobs_variable_is_one_clear_error(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setenv("MOBILECLIP_EXPORT_JOBS", bad)
         with pytest.raises(UsageError, match="MOBILECLIP_EXPORT_JOBS must be a whole number"):
             lane_count(None, 3)
+        with pytest.raises(UsageError, match="--jobs must be a whole number"):  # the flag's parser
+            parse_jobs(bad)
+    assert parse_jobs("3") == 3
 
 
 def test_a_dead_lanes_target_leaves_no_file_in_the_bundle(tmp_path):

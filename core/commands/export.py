@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mobileclip_export.errors import UsageError, install_hint
+from mobileclip_export.export.pipeline.lanes import parse_jobs
 from mobileclip_export.export.pipeline.progress import human_bytes
 from mobileclip_export.export.registry import all_targets
 from mobileclip_export.export.spec import OptionSpec
@@ -39,12 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     from mobileclip_export.cli import command_parser
 
     return command_parser("export")
-
-
-def _jobs(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reduced", action="store_true", help="small test-size variant with the same block types")
     p.add_argument(
         "--jobs",
-        type=_jobs,
+        type=parse_jobs,
         help="export lanes: targets converted side by side in this many processes (default: "
         "$MOBILECLIP_EXPORT_JOBS, else one per core, at most 2)",
     )

@@ -11,7 +11,6 @@ and the items nobody took yet go to the lanes still alive.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import pickle
@@ -42,16 +41,21 @@ class LaneFailure:
     message: str
 
 
+def parse_jobs(text: str, source: str = "--jobs") -> int:
+    """A lane count as typed (``--jobs`` or ``$MOBILECLIP_EXPORT_JOBS``); UsageError naming ``source``."""
+    if not (text.isdigit() and int(text) >= 1):
+        from mobileclip_export.errors import UsageError
+
+        raise UsageError(f"{source} must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def lane_count(requested: int | None, items: int) -> int:
     """``requested`` lanes, else ``$MOBILECLIP_EXPORT_JOBS``, else one per core (at most 2: beyond that
     memory, not cores, limits full-size conversions); never more lanes than items."""
     if requested is None:
         env = os.environ.get(JOBS_ENV, "").strip()
-        if env and not (env.isdigit() and int(env) >= 1):
-            from mobileclip_export.errors import UsageError
-
-            raise UsageError(f"${JOBS_ENV} must be a whole number >= 1, got {env!r}")
-        requested = int(env) if env else min(2, os.cpu_count() or 1)
+        requested = parse_jobs(env, f"${JOBS_ENV}") if env else min(2, os.cpu_count() or 1)
     return max(1, min(requested, items))
 
 
@@ -204,11 +208,7 @@ def run_lanes(
 
 
 if __name__ == "__main__":
+    from mobileclip_export.lifeline import exit_without_teardown
+
     _child(int(sys.argv[1]), int(sys.argv[2]))
-    # Every result is sent and every file it wrote is closed: run the exit handlers (coremltools removes its
-    # temporary packages there), then skip the interpreter's teardown of torch and the converters (seconds
-    # that the parent's join would wait for).
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_without_teardown(0)  # every result is sent: the parent's join need not wait for a teardown
